@@ -1,0 +1,2 @@
+// Placeholder: the XDP program.
+fn main() {}

@@ -1,0 +1,1 @@
+//! BPF objects owner (placeholder).

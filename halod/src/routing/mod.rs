@@ -1,0 +1,1 @@
+//! Route-assignment rules (placeholder).
