@@ -1,1 +1,12 @@
-//! halod's developer tasks as a library, so tests can use the test bed.
+//! halod's developer tasks as a library: set-up, the network-namespace test bed, the test run,
+//! the demo and the benchmarks. halod's integration tests use [`testbed`] directly.
+
+pub mod bench;
+pub mod command;
+pub mod demo;
+pub mod setup;
+pub mod test_suite;
+pub mod testbed;
+pub mod workspace;
+
+pub use testbed::{Testbed, TestbedOptions};
