@@ -1,1 +1,524 @@
-//! placeholder, replaced by the control-plane work
+//! The gateway's YAML config (`halod run --config FILE`): parsing and checks.
+//!
+//! Every check happens before the daemon changes anything on the system, and
+//! every error names the key and the reason. docs/operations.md
+//! ("Configuration reference") documents each key; keep the two in step.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Highest number of routes (one port per route and listener).
+pub const MAX_ROUTES: u32 = 65_535;
+/// Most listener groups (every route message lists one port per group and
+/// must fit a 4 KiB protocol line).
+pub const MAX_LISTENERS: usize = halod_common::listener::MAX_LISTENERS;
+/// Default for `nodes.max_nodes`.
+pub const DEFAULT_MAX_NODES: u32 = 10_000;
+
+/// What went wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this gateway instance; BPF objects are pinned under
+    /// `/sys/fs/bpf/halod/<instance>`, so two gateways on one host need two names.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    pub interfaces: Interfaces,
+    /// The virtual address clients connect to.
+    pub vip: Ipv4Addr,
+    /// Number of routes `N`; route ids are `1..=N`.
+    pub routes: u32,
+    pub listeners: Vec<Listener>,
+    pub nodes: NodesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    /// Faces the clients; the XDP program is attached here.
+    pub external: String,
+    /// Faces the nodes.
+    pub internal: String,
+}
+
+/// One listener group: ports `base_port ..= base_port + routes - 1`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub base_port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodesConfig {
+    /// Where nodes register and heartbeat (TCP).
+    pub listen: SocketAddr,
+    /// Heartbeat interval told to each node in `welcome`.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Missed heartbeat intervals before a node is failed.
+    #[serde(default = "default_dead_after")]
+    pub dead_after: u32,
+    /// A lost connection fails the node after this long unless it comes back.
+    #[serde(default)]
+    pub reconnect_grace_ms: u64,
+    /// Spares to keep (routing rule `S`).
+    #[serde(default)]
+    pub spares: u32,
+    /// Most active nodes (routing rule `A`); defaults to `routes`.
+    #[serde(default)]
+    pub max_active: Option<u32>,
+    /// File holding the shared token nodes must present in `hello`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Most registered nodes (active and spare); more are refused with `full`.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: u32,
+}
+
+fn default_instance() -> String {
+    "default".to_string()
+}
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_dead_after() -> u32 {
+    3
+}
+fn default_max_nodes() -> u32 {
+    DEFAULT_MAX_NODES
+}
+
+impl Config {
+    /// Reads, parses and checks a config file. Touches nothing on the system
+    /// (see [`Config::check_system`] for the checks against the host).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_norway::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The ports of listener `index`.
+    pub fn listener_ports(&self, index: usize) -> RangeInclusive<u32> {
+        let base = u32::from(self.listeners[index].base_port);
+        base..=base + self.routes - 1
+    }
+
+    /// Base ports in listener order (route `r` is `base + r - 1` in each).
+    pub fn base_ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|l| l.base_port).collect()
+    }
+
+    /// The effective `nodes.max_active`.
+    pub fn max_active(&self) -> u32 {
+        self.nodes.max_active.unwrap_or(self.routes)
+    }
+
+    /// Checks that do not need the system.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_instance(&self.instance) {
+            return Err(invalid(
+                "instance",
+                format!(
+                    "{:?} is not a valid instance name: use 1 to 32 of A-Z a-z 0-9 _ - (it names a directory under /sys/fs/bpf/halod)",
+                    self.instance
+                ),
+            ));
+        }
+        for (key, name) in [
+            ("interfaces.external", &self.interfaces.external),
+            ("interfaces.internal", &self.interfaces.internal),
+        ] {
+            if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
+                return Err(invalid(
+                    key,
+                    format!("{name:?} is not a valid interface name"),
+                ));
+            }
+        }
+        if self.vip.is_unspecified() || self.vip.is_broadcast() || self.vip.is_multicast() {
+            return Err(invalid(
+                "vip",
+                format!("{} cannot be a virtual service address", self.vip),
+            ));
+        }
+        if !(1..=MAX_ROUTES).contains(&self.routes) {
+            return Err(invalid(
+                "routes",
+                format!("{} is out of range: use 1..={MAX_ROUTES}", self.routes),
+            ));
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid(
+                "listeners",
+                "at least one listener group is needed, e.g. `- {name: browser, base_port: 8000}`",
+            ));
+        }
+        if self.listeners.len() > MAX_LISTENERS {
+            return Err(invalid(
+                "listeners",
+                format!(
+                    "{} listener groups: at most {MAX_LISTENERS} are supported",
+                    self.listeners.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            if listener.name.is_empty() || listener.name.len() > 64 {
+                return Err(invalid(format!("{key}.name"), "must be 1 to 64 characters"));
+            }
+            if !names.insert(listener.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} is used by an earlier listener", listener.name),
+                ));
+            }
+            if listener.base_port == 0 {
+                return Err(invalid(
+                    format!("{key}.base_port"),
+                    "port 0 cannot be a listener port",
+                ));
+            }
+            let last = u32::from(listener.base_port) + self.routes - 1;
+            if last > 65_535 {
+                return Err(invalid(
+                    format!("{key} ({})", listener.name),
+                    format!(
+                        "ports {}..{last} go past port 65535: lower base_port to at most {} or use fewer routes",
+                        listener.base_port,
+                        65_536 - self.routes
+                    ),
+                ));
+            }
+            let ports = self.listener_ports(i);
+            for (j, earlier) in self.listeners[..i].iter().enumerate() {
+                let other = self.listener_ports(j);
+                if ports.start() <= other.end() && other.start() <= ports.end() {
+                    return Err(invalid(
+                        format!("{key} ({})", listener.name),
+                        format!(
+                            "ports {}..{} overlap listeners[{j}] ({}) {}..{}",
+                            ports.start(),
+                            ports.end(),
+                            earlier.name,
+                            other.start(),
+                            other.end()
+                        ),
+                    ));
+                }
+            }
+        }
+        let nodes = &self.nodes;
+        if nodes.listen.port() == 0 {
+            return Err(invalid(
+                "nodes.listen",
+                "needs a port, e.g. 198.19.0.1:7000",
+            ));
+        }
+        if !(10..=60_000).contains(&nodes.heartbeat_ms) {
+            return Err(invalid(
+                "nodes.heartbeat_ms",
+                format!("{} is out of range: use 10..=60000", nodes.heartbeat_ms),
+            ));
+        }
+        if !(1..=1000).contains(&nodes.dead_after) {
+            return Err(invalid(
+                "nodes.dead_after",
+                format!("{} is out of range: use 1..=1000", nodes.dead_after),
+            ));
+        }
+        if nodes.reconnect_grace_ms > 3_600_000 {
+            return Err(invalid(
+                "nodes.reconnect_grace_ms",
+                format!(
+                    "{} is more than an hour (3600000)",
+                    nodes.reconnect_grace_ms
+                ),
+            ));
+        }
+        if let Some(max_active) = nodes.max_active
+            && !(1..=self.routes).contains(&max_active)
+        {
+            return Err(invalid(
+                "nodes.max_active",
+                format!(
+                    "{max_active} is out of range: use 1..={} (at most `routes`)",
+                    self.routes
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&nodes.max_nodes) {
+            return Err(invalid(
+                "nodes.max_nodes",
+                format!("{} is out of range: use 1..=1000000", nodes.max_nodes),
+            ));
+        }
+        if nodes.spares >= nodes.max_nodes {
+            return Err(invalid(
+                "nodes.spares",
+                format!(
+                    "{} spares leave no room for an active node under nodes.max_nodes = {}",
+                    nodes.spares, nodes.max_nodes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks against the running system, still without changing it: both
+    /// interfaces exist in this network namespace and the token file reads.
+    /// Returns the node token, if one is configured.
+    pub fn check_system(&self) -> Result<Option<String>, ConfigError> {
+        for (key, name) in [
+            ("interfaces.external", &self.interfaces.external),
+            ("interfaces.internal", &self.interfaces.internal),
+        ] {
+            if let Err(errno) = nix::net::if_::if_nametoindex(name.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "no interface named {name:?} in this network namespace ({errno}); check `ip link`"
+                    ),
+                ));
+            }
+        }
+        match &self.nodes.token_file {
+            None => Ok(None),
+            Some(path) => read_token(path)
+                .map(Some)
+                .map_err(|reason| invalid("nodes.token_file", reason)),
+        }
+    }
+}
+
+fn valid_instance(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Reads a token file: its content with surrounding white space removed. The
+/// gateway and the node agent read tokens the same way.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read token file {}: {err}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    if token.len() > 1024 || token.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "token in {} must be at most 1024 printable characters",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "
+interfaces: {external: ext0, internal: int0}
+vip: 198.18.0.1
+routes: 24
+listeners:
+  - {name: browser, base_port: 8000}
+  - {name: app, base_port: 9000}
+nodes:
+  listen: 198.19.0.1:7000
+  heartbeat_ms: 100
+  dead_after: 3
+  reconnect_grace_ms: 0
+  spares: 0
+  max_active: 24
+  token_file: /etc/halod/token
+";
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_issue_example() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(config.instance, "default");
+        assert_eq!(config.interfaces.external, "ext0");
+        assert_eq!(config.vip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(config.routes, 24);
+        assert_eq!(config.base_ports(), vec![8000, 9000]);
+        assert_eq!(config.listener_ports(1), 9000..=9023);
+        assert_eq!(config.nodes.listen, "198.19.0.1:7000".parse().unwrap());
+        assert_eq!(config.nodes.max_active, Some(24));
+        assert_eq!(
+            config.nodes.token_file.as_deref(),
+            Some(Path::new("/etc/halod/token"))
+        );
+        assert_eq!(config.nodes.max_nodes, DEFAULT_MAX_NODES);
+    }
+
+    #[test]
+    fn the_deployed_example_parses() {
+        let config = Config::parse(include_str!("../../deploy/halod.example.yaml")).unwrap();
+        assert_eq!(
+            config,
+            Config::parse(
+                &EXAMPLE
+                    .replace("  token_file: /etc/halod/token\n", "")
+                    .replace("  max_active: 24\n", "")
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::parse(
+            "interfaces: {external: a, internal: b}\nvip: 198.18.0.1\nroutes: 4\n\
+             listeners: [{name: x, base_port: 100}]\nnodes: {listen: 127.0.0.1:7000}\n",
+        )
+        .unwrap();
+        assert_eq!(config.nodes.heartbeat_ms, 100);
+        assert_eq!(config.nodes.dead_after, 3);
+        assert_eq!(config.nodes.reconnect_grace_ms, 0);
+        assert_eq!(config.nodes.spares, 0);
+        assert_eq!(config.max_active(), 4);
+        assert_eq!(config.nodes.token_file, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let message = err(&EXAMPLE.replace("  spares: 0", "  spares: 0\n  sparez: 1"));
+        assert!(message.contains("sparez"), "{message}");
+        let message = err(&format!("{EXAMPLE}colour: blue\n"));
+        assert!(message.contains("colour"), "{message}");
+    }
+
+    #[test]
+    fn overlapping_listeners_are_rejected() {
+        let message = err(&EXAMPLE.replace("base_port: 9000", "base_port: 8010"));
+        assert_eq!(
+            message,
+            "config key `listeners[1] (app)`: ports 8010..8033 overlap listeners[0] (browser) 8000..8023"
+        );
+        // Touching but not overlapping is fine.
+        Config::parse(&EXAMPLE.replace("base_port: 9000", "base_port: 8024")).unwrap();
+    }
+
+    #[test]
+    fn ranges_past_65535_are_rejected() {
+        let message = err(&EXAMPLE.replace("base_port: 9000", "base_port: 65530"));
+        assert!(
+            message.starts_with(
+                "config key `listeners[1] (app)`: ports 65530..65553 go past port 65535"
+            ),
+            "{message}"
+        );
+        Config::parse(&EXAMPLE.replace("base_port: 9000", "base_port: 65512")).unwrap();
+        let message = err(&EXAMPLE.replace("base_port: 9000", "base_port: 70000"));
+        assert!(message.contains("base_port"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (from, to, key) in [
+            ("routes: 24", "routes: 0", "routes"),
+            ("routes: 24", "routes: 65536", "routes"),
+            ("max_active: 24", "max_active: 25", "nodes.max_active"),
+            ("heartbeat_ms: 100", "heartbeat_ms: 0", "nodes.heartbeat_ms"),
+            ("dead_after: 3", "dead_after: 0", "nodes.dead_after"),
+            (
+                "{name: app, base_port: 9000}",
+                "{name: browser, base_port: 9000}",
+                "listeners[1].name",
+            ),
+            ("vip: 198.18.0.1", "vip: 0.0.0.0", "vip"),
+        ] {
+            let message = err(&EXAMPLE.replace(from, to));
+            assert!(message.contains(&format!("`{key}`")), "{to}: {message}");
+        }
+        let message = err(&EXAMPLE.replace("vip: 198.18.0.1", "vip: nowhere"));
+        assert!(message.contains("vip"), "{message}");
+        let message = err(&EXAMPLE.replace("  listen: 198.19.0.1:7000\n", ""));
+        assert!(message.contains("listen"), "{message}");
+        let message = err(&EXAMPLE.replace("{external: ext0, internal: int0}", "{external: ext0}"));
+        assert!(message.contains("internal"), "{message}");
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let config = Config::parse(
+            &EXAMPLE
+                .replace("internal: int0", "internal: lo")
+                .replace("ext0", "nosuch9"),
+        )
+        .unwrap();
+        let message = config.check_system().unwrap_err().to_string();
+        assert!(
+            message.starts_with("config key `interfaces.external`: no interface named \"nosuch9\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn token_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("halod-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "s3cret");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(read_token(&path).unwrap_err().contains("empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(read_token(&path).unwrap_err().contains("cannot read"));
+    }
+}

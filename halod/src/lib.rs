@@ -7,5 +7,6 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod node;
+pub mod protocol;
 pub mod routing;
 pub mod simulate;

@@ -1,0 +1,313 @@
+//! One node connection: reads `hello`, checks it, registers through the
+//! manager, then relays heartbeats and `bye` in and queued messages out.
+//!
+//! Kept small on purpose (the daemon holds one per node): one task, a line
+//! buffer that is empty between lines, and a bounded outbound queue.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::manager::{Clock, ConnId, Outbound, Refusal, Registered, Request};
+use crate::protocol::{
+    ErrorCode, GatewayMessage, Hello, LineError, LineReader, NodeMessage, valid_name,
+};
+
+/// How long a new connection may take to send `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing one message to a node may take before the node counts
+/// as stuck.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection needs to know.
+#[derive(Clone, Debug)]
+pub struct ConnectionContext {
+    pub requests: mpsc::Sender<Request>,
+    pub token: Option<String>,
+    pub clock: Clock,
+    pub shutdown: CancellationToken,
+}
+
+/// Serves one node connection until it closes, the manager drops it, or the
+/// daemon shuts down.
+pub async fn serve<R, W>(
+    mut reader: R,
+    mut writer: W,
+    peer: IpAddr,
+    conn: ConnId,
+    context: ConnectionContext,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut lines = LineReader::new();
+    let hello = tokio::select! {
+        () = context.shutdown.cancelled() => return,
+        first = tokio::time::timeout(HELLO_TIMEOUT, lines.next_line(&mut reader)) => match first {
+            Err(_) => {
+                refuse(&mut writer, ErrorCode::BadRequest,
+                    format!("no hello within {} s", HELLO_TIMEOUT.as_secs())).await;
+                return;
+            }
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
+                refuse(&mut writer, ErrorCode::BadRequest, err.to_string()).await;
+                return;
+            }
+        }
+    };
+    let (name, addr) = match check_hello(&hello, peer, context.token.as_deref()) {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            debug!(%peer, code = %refusal.code, message = %refusal.message, "hello refused");
+            refuse(&mut writer, refusal.code, refusal.message).await;
+            return;
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = Request::Hello {
+        conn,
+        name: name.clone(),
+        addr,
+        reply,
+    };
+    if context.requests.send(request).await.is_err() {
+        return;
+    }
+    let Registered {
+        mut outbound,
+        last_seen,
+    } = match answer.await {
+        Ok(Ok(registered)) => registered,
+        Ok(Err(refusal)) => {
+            refuse(&mut writer, refusal.code, refusal.message).await;
+            return;
+        }
+        Err(_) => return,
+    };
+
+    // Registered: from here on, the manager hears how the connection ends.
+    let mut said_bye = false;
+    let reason = loop {
+        tokio::select! {
+            () = context.shutdown.cancelled() => return,
+            message = outbound.recv() => match message {
+                Some(message) => {
+                    if let Err(reason) = write(&mut writer, &message).await {
+                        break reason;
+                    }
+                }
+                // The manager closed the connection (failed, left, replaced).
+                None => {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            },
+            line = lines.next_line(&mut reader) => match line {
+                Ok(Some(line)) => match NodeMessage::decode(&line) {
+                    Ok(NodeMessage::Hb {}) => {
+                        last_seen.store(context.clock.now_ms(), Ordering::Relaxed);
+                    }
+                    Ok(NodeMessage::Bye {}) => {
+                        last_seen.store(context.clock.now_ms(), Ordering::Relaxed);
+                        if !said_bye {
+                            said_bye = true;
+                            let bye = Request::Bye { conn, name: name.clone() };
+                            if context.requests.send(bye).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(NodeMessage::Hello(_)) => {
+                        let message = "hello sent twice on one connection".to_string();
+                        refuse(&mut writer, ErrorCode::BadRequest, message.clone()).await;
+                        break message;
+                    }
+                    Err(err) => {
+                        let message = err.to_string();
+                        refuse(&mut writer, ErrorCode::BadRequest, message.clone()).await;
+                        break message;
+                    }
+                },
+                Ok(None) => break "closed by the node".to_string(),
+                Err(LineError::Io(err)) => break err.to_string(),
+                Err(err) => {
+                    let message = err.to_string();
+                    refuse(&mut writer, ErrorCode::BadRequest, message.clone()).await;
+                    break message;
+                }
+            },
+        }
+    };
+    let closed = Request::Closed { conn, name, reason };
+    let _ = context.requests.send(closed).await;
+}
+
+/// Checks a `hello` line: valid message, name, token and address.
+pub fn check_hello(
+    line: &str,
+    peer: IpAddr,
+    token: Option<&str>,
+) -> Result<(String, Ipv4Addr), Refusal> {
+    let bad = |message: String| Refusal {
+        code: ErrorCode::BadRequest,
+        message,
+    };
+    let hello: Hello = match NodeMessage::decode(line) {
+        Ok(NodeMessage::Hello(hello)) => hello,
+        Ok(_) => return Err(bad("the first message must be hello".to_string())),
+        Err(err) => return Err(bad(err.to_string())),
+    };
+    if !valid_name(&hello.name) {
+        return Err(bad(format!(
+            "invalid node name {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -",
+            hello.name
+        )));
+    }
+    if let Some(expected) = token {
+        let given = hello.token.as_deref().unwrap_or("");
+        if !same_token(given.as_bytes(), expected.as_bytes()) {
+            let message = if hello.token.is_none() {
+                "this gateway needs a token: pass --token-file"
+            } else {
+                "wrong token"
+            };
+            return Err(Refusal {
+                code: ErrorCode::BadToken,
+                message: message.to_string(),
+            });
+        }
+    }
+    let addr = match hello.addr {
+        Some(addr) => addr,
+        None => match peer {
+            IpAddr::V4(addr) => addr,
+            IpAddr::V6(addr) => match addr.to_ipv4_mapped() {
+                Some(addr) => addr,
+                None => {
+                    return Err(bad(format!(
+                        "connected from IPv6 address {addr}: give the node's IPv4 address in hello.addr"
+                    )));
+                }
+            },
+        },
+    };
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+        return Err(bad(format!("{addr} cannot be a node address")));
+    }
+    Ok((hello.name, addr))
+}
+
+/// Compares tokens in time that does not depend on where they differ.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = u8::from(given.len() != expected.len());
+    for (i, &byte) in expected.iter().enumerate() {
+        difference |= byte ^ given.get(i).copied().unwrap_or(!byte);
+    }
+    std::hint::black_box(difference) == 0
+}
+
+async fn write<W: AsyncWrite + Unpin>(writer: &mut W, message: &Outbound) -> Result<(), String> {
+    for line in message.encode() {
+        match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(format!("write failed: {err}")),
+            Err(_) => {
+                return Err(format!(
+                    "the node did not read for {} s",
+                    WRITE_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends an `error` line and closes the connection.
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, code: ErrorCode, message: String) {
+    let error = Box::new(GatewayMessage::Error { code, message });
+    let _ = write(writer, &error).await;
+    let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 11));
+
+    #[test]
+    fn hello_checks() {
+        assert_eq!(
+            check_hello(r#"{"type":"hello","version":1,"name":"n1"}"#, PEER, None),
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11)))
+        );
+        assert_eq!(
+            check_hello(
+                r#"{"type":"hello","version":1,"name":"n1","addr":"198.19.0.99"}"#,
+                PEER,
+                None
+            ),
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 99)))
+        );
+        let code = |line: &str, token| check_hello(line, PEER, token).map_err(|r| r.code);
+        assert_eq!(code(r#"{"type":"hb"}"#, None), Err(ErrorCode::BadRequest));
+        assert_eq!(
+            code(r#"{"type":"hello","version":2,"name":"n1"}"#, None),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"type":"hello","version":1,"name":"a b"}"#, None),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(
+                r#"{"type":"hello","version":1,"name":"n1","addr":"0.0.0.0"}"#,
+                None
+            ),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"type":"hello","version":1,"name":"n1"}"#, Some("s")),
+            Err(ErrorCode::BadToken)
+        );
+        assert_eq!(
+            code(
+                r#"{"type":"hello","version":1,"name":"n1","token":"x"}"#,
+                Some("s")
+            ),
+            Err(ErrorCode::BadToken)
+        );
+        assert_eq!(
+            code(
+                r#"{"type":"hello","version":1,"name":"n1","token":"s"}"#,
+                Some("s")
+            ),
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11)))
+        );
+        let v6: IpAddr = "::ffff:198.19.0.12".parse().unwrap();
+        assert_eq!(
+            check_hello(r#"{"type":"hello","version":1,"name":"n1"}"#, v6, None)
+                .unwrap()
+                .1,
+            Ipv4Addr::new(198, 19, 0, 12)
+        );
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert!(check_hello(r#"{"type":"hello","version":1,"name":"n1"}"#, v6, None).is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(same_token(b"secret", b"secret"));
+        assert!(!same_token(b"secreT", b"secret"));
+        assert!(!same_token(b"secret1", b"secret"));
+        assert!(!same_token(b"secre", b"secret"));
+        assert!(!same_token(b"", b"secret"));
+    }
+}

@@ -1,0 +1,639 @@
+//! The manager and the connection tasks over an in-memory transport
+//! (`tokio::io::duplex`), with a recorder in place of the data plane and
+//! tokio's paused clock in place of real time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{self, ConnectionContext};
+use super::manager::{Clock, Manager, Request, Settings, Snapshot};
+use super::tables::{TablePush, Write};
+use crate::protocol::{ErrorCode, GatewayMessage, LineReader, Role};
+use crate::routing::{Cluster, ClusterConfig};
+
+/// Records every batch and keeps a mirror of the tables it describes.
+#[derive(Clone, Default)]
+struct Recorder {
+    batches: Arc<Mutex<Vec<Vec<Write>>>>,
+}
+
+impl TablePush for Recorder {
+    async fn push(&self, writes: Vec<Write>) -> anyhow::Result<()> {
+        self.batches.lock().unwrap().push(writes);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn batches(&self) -> Vec<Vec<Write>> {
+        self.batches.lock().unwrap().clone()
+    }
+
+    /// Route -> node address, from every write so far.
+    fn mirror(&self) -> BTreeMap<u16, Ipv4Addr> {
+        let mut routes: BTreeMap<u16, u16> = BTreeMap::new();
+        let mut slots: BTreeMap<u16, Ipv4Addr> = BTreeMap::new();
+        for write in self.batches().into_iter().flatten() {
+            match write {
+                Write::Route {
+                    route,
+                    slot: Some(slot),
+                } => {
+                    assert!(
+                        slots.contains_key(&slot),
+                        "route {route} -> empty slot {slot}"
+                    );
+                    routes.insert(route, slot);
+                }
+                Write::Route { route, slot: None } => {
+                    routes.remove(&route);
+                }
+                Write::Slot {
+                    slot,
+                    node: Some(node),
+                } => {
+                    slots.insert(slot, node.addr);
+                }
+                Write::Slot { slot, node: None } => {
+                    assert!(
+                        !routes.values().any(|s| *s == slot),
+                        "slot {slot} emptied while used"
+                    );
+                    slots.remove(&slot);
+                }
+            }
+        }
+        routes
+            .into_iter()
+            .map(|(route, slot)| (route, slots[&slot]))
+            .collect()
+    }
+}
+
+const ROUTES: u32 = 24;
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+struct Gateway {
+    requests: mpsc::Sender<Request>,
+    recorder: Recorder,
+    clock: Clock,
+    shutdown: CancellationToken,
+    token: Option<String>,
+    next_conn: u64,
+}
+
+fn gateway(spares: u32, grace_ms: u64, max_nodes: u32) -> Gateway {
+    let cluster = Cluster::new(ClusterConfig {
+        routes: ROUTES,
+        spares,
+        max_active: None,
+    })
+    .unwrap();
+    let settings = Settings {
+        heartbeat: HEARTBEAT,
+        dead_after: 3,
+        reconnect_grace: Duration::from_millis(grace_ms),
+        max_nodes,
+        base_ports: vec![8000, 9000],
+    };
+    let recorder = Recorder::default();
+    let clock = Clock::new();
+    let (requests, inbox) = mpsc::channel(64);
+    let shutdown = CancellationToken::new();
+    let manager = Manager::new(cluster, settings, recorder.clone(), clock);
+    tokio::spawn(manager.run(inbox, shutdown.clone()));
+    Gateway {
+        requests,
+        recorder,
+        clock,
+        shutdown,
+        token: None,
+        next_conn: 0,
+    }
+}
+
+fn addr(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, 0, 10 + i)
+}
+
+/// The node end of an in-memory connection.
+struct TestNode {
+    name: String,
+    reader: ReadHalf<DuplexStream>,
+    writer: WriteHalf<DuplexStream>,
+    lines: LineReader,
+    /// Routes the node knows it serves, from its messages.
+    routes: BTreeSet<u16>,
+    role: Option<Role>,
+}
+
+impl Gateway {
+    fn open(&mut self, i: u8) -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
+        let (node, gateway) = tokio::io::duplex(64 * 1024);
+        let (reader, writer) = tokio::io::split(gateway);
+        self.next_conn += 1;
+        let context = ConnectionContext {
+            requests: self.requests.clone(),
+            token: self.token.clone(),
+            clock: self.clock,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(connection::serve(
+            reader,
+            writer,
+            IpAddr::V4(addr(i)),
+            self.next_conn,
+            context,
+        ));
+        tokio::io::split(node)
+    }
+
+    /// Connects node `i` as `name` and sends `hello` (with `extra` fields).
+    async fn connect(&mut self, i: u8, name: &str, extra: &str) -> TestNode {
+        let (reader, writer) = self.open(i);
+        let mut node = TestNode {
+            name: name.to_string(),
+            reader,
+            writer,
+            lines: LineReader::new(),
+            routes: BTreeSet::new(),
+            role: None,
+        };
+        node.send(&format!(
+            r#"{{"type":"hello","version":1,"name":"{name}"{extra}}}"#
+        ))
+        .await;
+        node
+    }
+
+    /// Connects and expects a welcome.
+    async fn join(&mut self, i: u8, name: &str) -> TestNode {
+        let mut node = self.connect(i, name, "").await;
+        match node.recv().await {
+            GatewayMessage::Welcome { heartbeat_ms, .. } => assert_eq!(heartbeat_ms, 100),
+            other => panic!("{name}: expected welcome, got {other:?}"),
+        }
+        node
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Snapshot { reply })
+            .await
+            .unwrap();
+        answer.await.unwrap()
+    }
+
+    /// Checks the data-plane mirror against the routing state and each
+    /// node's own view of its routes.
+    async fn check(&self, nodes: &mut [&mut TestNode]) {
+        let snapshot = self.snapshot().await;
+        let mirror = self.recorder.mirror();
+        let mut expected = BTreeMap::new();
+        for status in &snapshot.nodes {
+            for &route in &status.routes {
+                expected.insert(route, status.addr);
+            }
+        }
+        assert_eq!(mirror, expected, "data plane vs routing");
+        if !snapshot.active.is_empty() {
+            assert_eq!(mirror.len(), ROUTES as usize, "every route mapped");
+        }
+        for node in nodes.iter_mut() {
+            node.drain().await;
+            let status = snapshot
+                .nodes
+                .iter()
+                .find(|status| status.name == node.name)
+                .unwrap_or_else(|| panic!("{} not registered", node.name));
+            let routes: BTreeSet<u16> = status.routes.iter().copied().collect();
+            assert_eq!(node.routes, routes, "{}: its view of its routes", node.name);
+        }
+    }
+}
+
+impl TestNode {
+    async fn send(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Option<String> {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.lines.next_line(&mut self.reader),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}: nothing received", self.name))
+        .unwrap_or_else(|err| panic!("{}: {err}", self.name))
+    }
+
+    /// The next message, applied to the node's view.
+    async fn recv(&mut self) -> GatewayMessage {
+        let line = self
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("{}: connection closed", self.name));
+        let message = GatewayMessage::decode(&line).unwrap();
+        match &message {
+            GatewayMessage::Welcome { role, routes, .. } => {
+                self.role = Some(*role);
+                self.routes = routes.iter().map(|r| r.route).collect();
+            }
+            GatewayMessage::Assigned { routes } => {
+                for route in routes {
+                    assert_eq!(
+                        route.ports,
+                        vec![8000 + route.route - 1, 9000 + route.route - 1]
+                    );
+                    assert!(self.routes.insert(route.route), "assigned twice");
+                }
+            }
+            GatewayMessage::Moved { routes } => {
+                for route in routes {
+                    assert!(
+                        self.routes.remove(&route.route),
+                        "moved a route it did not have"
+                    );
+                }
+            }
+            GatewayMessage::Role { role } => self.role = Some(*role),
+            GatewayMessage::Error { .. } => {}
+        }
+        message
+    }
+
+    /// Applies every message already sent.
+    async fn drain(&mut self) {
+        // Let the gateway's tasks run to completion first.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                line = self.lines.next_line(&mut self.reader) => {
+                    let line = line.unwrap().unwrap_or_else(|| panic!("{}: closed", self.name));
+                    let message = GatewayMessage::decode(&line).unwrap();
+                    self.apply_line(message);
+                }
+                () = tokio::task::yield_now() => return,
+            }
+        }
+    }
+
+    fn apply_line(&mut self, message: GatewayMessage) {
+        match message {
+            GatewayMessage::Assigned { routes } => {
+                self.routes.extend(routes.iter().map(|r| r.route));
+            }
+            GatewayMessage::Moved { routes } => {
+                for route in routes {
+                    self.routes.remove(&route.route);
+                }
+            }
+            GatewayMessage::Role { role } => self.role = Some(role),
+            other => panic!("{}: unexpected {other:?}", self.name),
+        }
+    }
+
+    /// Reads until the gateway closes; returns what came before.
+    async fn until_closed(&mut self) -> Vec<GatewayMessage> {
+        let mut messages = Vec::new();
+        while let Some(line) = self.next().await {
+            messages.push(GatewayMessage::decode(&line).unwrap());
+        }
+        messages
+    }
+
+    fn heartbeat(mut writer: WriteHalf<DuplexStream>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if writer.write_all(b"{\"type\":\"hb\"}\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        })
+    }
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_nodes_register_and_every_route_reaches_its_node() {
+    let mut gateway = gateway(0, 0, 100);
+    let mut n1 = gateway.join(1, "n1").await;
+    assert_eq!(n1.role, Some(Role::Active));
+    assert_eq!(n1.routes.len(), 24);
+    let mut n2 = gateway.join(2, "n2").await;
+    assert_eq!(n2.routes, (13..=24).collect());
+    let mut n3 = gateway.join(3, "n3").await;
+    gateway.check(&mut [&mut n1, &mut n2, &mut n3]).await;
+    // T(3) from routing.md.
+    assert_eq!(n1.routes, (1..=8).collect());
+    assert_eq!(n2.routes, (13..=20).collect());
+    assert_eq!(n3.routes, (9..=12).chain(21..=24).collect());
+    let snapshot = gateway.snapshot().await;
+    assert_eq!(snapshot.active, vec!["n1", "n2", "n3"]);
+    let indexes: BTreeSet<u32> = snapshot.nodes.iter().map(|n| n.index).collect();
+    assert_eq!(indexes, BTreeSet::from([0, 1, 2]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_connection_fails_the_node_at_once() {
+    let mut gateway = gateway(0, 0, 100);
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    let n3 = gateway.join(3, "n3").await;
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+    let start = Instant::now();
+    drop(n3);
+    // n3 (slot 3, the last) goes: its routes return to slots 1 and 2.
+    n1.drain().await;
+    n2.drain().await;
+    settle().await;
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+    assert_eq!(n1.routes, (1..=12).collect());
+    assert_eq!(n2.routes, (13..=24).collect());
+    assert!(
+        start.elapsed() < HEARTBEAT,
+        "acted on at once: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(gateway.snapshot().await.nodes.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_node_fails_after_the_dead_window() {
+    let mut gateway = gateway(0, 0, 100);
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    let n3 = gateway.join(3, "n3").await;
+    // n1 and n2 heartbeat from their own tasks; n3 goes silent.
+    let TestNode {
+        reader: r1,
+        writer: w1,
+        ..
+    } = std::mem::replace(&mut n1, gateway.placeholder());
+    let TestNode {
+        reader: r2,
+        writer: w2,
+        ..
+    } = std::mem::replace(&mut n2, gateway.placeholder());
+    let beats = [TestNode::heartbeat(w1), TestNode::heartbeat(w2)];
+    let mut n3 = n3;
+    let start = Instant::now();
+    let messages = n3.until_closed().await;
+    let silent = start.elapsed();
+    eprintln!("n3 failed after {silent:?} of silence (dead window 300 ms)");
+    assert!(silent >= Duration::from_millis(300), "{silent:?}");
+    assert!(silent <= Duration::from_millis(400), "{silent:?}");
+    // It was told what it lost before the connection closed.
+    assert!(matches!(&messages[..], [GatewayMessage::Moved { routes }] if routes.len() == 8));
+    let snapshot = gateway.snapshot().await;
+    assert_eq!(snapshot.active, vec!["n1", "n2"]);
+    for beat in beats {
+        beat.abort();
+    }
+    drop((r1, r2));
+}
+
+impl Gateway {
+    /// A node value that is not connected (for `mem::replace`).
+    fn placeholder(&mut self) -> TestNode {
+        let (node, _) = tokio::io::duplex(16);
+        let (reader, writer) = tokio::io::split(node);
+        TestNode {
+            name: "placeholder".into(),
+            reader,
+            writer,
+            lines: LineReader::new(),
+            routes: BTreeSet::new(),
+            role: None,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_daemon_gives_every_node_a_new_dead_window() {
+    let mut gateway = gateway(0, 0, 100);
+    let _n1 = gateway.join(1, "n1").await;
+    let _n2 = gateway.join(2, "n2").await;
+    // Both silent for 250 ms: within the 300 ms window.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(gateway.snapshot().await.nodes.len(), 2);
+    // The daemon does not run for 5 s (time jumps past every deadline).
+    tokio::time::advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(
+        gateway.snapshot().await.nodes.len(),
+        2,
+        "a stall of the daemon must not fail nodes"
+    );
+    // Still silent: they fail one dead window later.
+    let stall_end = Instant::now();
+    while !gateway.snapshot().await.nodes.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let window = stall_end.elapsed();
+    eprintln!("silent nodes failed {window:?} after the stall");
+    assert!(window >= Duration::from_millis(290), "{window:?}");
+    assert!(window <= Duration::from_millis(450), "{window:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spare_takes_the_failed_slot_with_one_slot_write() {
+    let mut gateway = gateway(1, 0, 100);
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    assert_eq!(n2.role, Some(Role::Spare));
+    assert!(n2.routes.is_empty());
+    let mut n3 = gateway.join(3, "n3").await;
+    assert_eq!(n3.role, Some(Role::Active));
+    gateway.check(&mut [&mut n1, &mut n2, &mut n3]).await;
+    let n1_routes = n1.routes.clone();
+    let n3_routes = n3.routes.clone();
+    let before = gateway.recorder.batches().len();
+    drop(n1);
+    assert_eq!(n2.recv().await, GatewayMessage::Role { role: Role::Active });
+    assert!(matches!(n2.recv().await, GatewayMessage::Assigned { .. }));
+    settle().await;
+    gateway.check(&mut [&mut n2, &mut n3]).await;
+    assert_eq!(n2.routes, n1_routes);
+    assert_eq!(n3.routes, n3_routes, "no other route moves");
+    let batches = gateway.recorder.batches();
+    assert_eq!(batches.len(), before + 1);
+    let last = &batches[before];
+    assert!(
+        matches!(&last[..], [Write::Slot { slot: 1, node: Some(node) }] if node.addr == addr(2)),
+        "one slot write: {last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bye_announces_then_leaves() {
+    let mut gateway = gateway(0, 0, 100);
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+    let before = gateway.recorder.batches().len();
+    n2.send(r#"{"type":"bye"}"#).await;
+    let messages = n2.until_closed().await;
+    match &messages[..] {
+        [GatewayMessage::Moved { routes }] => {
+            assert_eq!(routes.len(), 12);
+            assert!(routes.iter().all(|r| r.to.as_deref() == Some("n1")));
+            assert_eq!(routes[0].ports, vec![8012, 9012]);
+        }
+        other => panic!("expected one moved, got {other:?}"),
+    }
+    settle().await;
+    gateway.check(&mut [&mut n1]).await;
+    assert_eq!(n1.routes.len(), 24);
+    assert_eq!(gateway.recorder.batches().len(), before + 1);
+    // The last node leaving: its routes go nowhere.
+    n1.send(r#"{"type":"bye"}"#).await;
+    match &n1.until_closed().await[..] {
+        [GatewayMessage::Moved { routes }] => {
+            assert_eq!(routes.len(), 24);
+            assert!(routes.iter().all(|r| r.to.is_none()));
+        }
+        other => panic!("expected one moved, got {other:?}"),
+    }
+    settle().await;
+    assert!(gateway.recorder.mirror().is_empty());
+}
+
+async fn refused(node: &mut TestNode) -> (ErrorCode, String) {
+    let messages = node.until_closed().await;
+    match &messages[..] {
+        [GatewayMessage::Error { code, message }] => (*code, message.clone()),
+        other => panic!("expected one error, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_carry_an_error_line() {
+    let mut gateway = gateway(0, 0, 2);
+    gateway.token = Some("s3cret".into());
+    let mut wrong = gateway.connect(1, "n1", r#","token":"guess""#).await;
+    assert_eq!(refused(&mut wrong).await.0, ErrorCode::BadToken);
+    let mut missing = gateway.connect(1, "n1", "").await;
+    assert_eq!(refused(&mut missing).await.0, ErrorCode::BadToken);
+
+    let mut n1 = gateway.connect(1, "n1", r#","token":"s3cret""#).await;
+    assert!(matches!(n1.recv().await, GatewayMessage::Welcome { .. }));
+    let mut twin = gateway.connect(2, "n1", r#","token":"s3cret""#).await;
+    let (code, message) = refused(&mut twin).await;
+    assert_eq!(code, ErrorCode::DuplicateName);
+    assert!(message.contains("n1"), "{message}");
+    let mut same_addr = gateway.connect(1, "n9", r#","token":"s3cret""#).await;
+    let (code, message) = refused(&mut same_addr).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("198.19.0.11"), "{message}");
+
+    let mut n2 = gateway.connect(2, "n2", r#","token":"s3cret""#).await;
+    assert!(matches!(n2.recv().await, GatewayMessage::Welcome { .. }));
+    let mut n3 = gateway.connect(3, "n3", r#","token":"s3cret""#).await;
+    assert_eq!(refused(&mut n3).await.0, ErrorCode::Full);
+
+    for (line, reason) in [
+        (r#"{"type":"hb"}"#, "first message must be hello"),
+        (r#"{"type":"hello","version":9,"name":"x"}"#, "version 9"),
+        (r#"{"type":"launch"}"#, "unknown message type"),
+        ("not json", "JSON"),
+    ] {
+        let (reader, writer) = gateway.open(4);
+        let mut node = TestNode {
+            name: "raw".into(),
+            reader,
+            writer,
+            lines: LineReader::new(),
+            routes: BTreeSet::new(),
+            role: None,
+        };
+        node.send(line).await;
+        let (code, message) = refused(&mut node).await;
+        assert_eq!(code, ErrorCode::BadRequest, "{line}");
+        assert!(message.contains(reason), "{line}: {message}");
+    }
+    // A registered node sending garbage is refused and failed.
+    n2.send(r#"{"type":"dance"}"#).await;
+    assert_eq!(refused(&mut n2).await.0, ErrorCode::BadRequest);
+    settle().await;
+    assert_eq!(gateway.snapshot().await.active, vec!["n1"]);
+    // The first node is untouched throughout.
+    n1.drain().await;
+    assert_eq!(n1.routes.len(), 24);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_line_over_4_kib_is_refused() {
+    let mut gateway = gateway(0, 0, 10);
+    let mut n1 = gateway.join(1, "n1").await;
+    let long = format!(r#"{{"type":"hb","pad":"{}"}}"#, "x".repeat(5000));
+    n1.send(&long).await;
+    let (code, message) = refused(&mut n1).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("4096"), "{message}");
+    settle().await;
+    assert!(gateway.snapshot().await.nodes.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_within_the_grace_time_resumes_the_node() {
+    let mut gateway = gateway(0, 500, 10);
+    let mut n1 = gateway.join(1, "n1").await;
+    let n2 = gateway.join(2, "n2").await;
+    gateway.check(&mut [&mut n1]).await;
+    let before = gateway.recorder.batches().len();
+    drop(n2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let snapshot = gateway.snapshot().await;
+    assert_eq!(snapshot.active, vec!["n1", "n2"]);
+    assert!(!snapshot.nodes[1].connected);
+    let mut n2 = gateway.connect(2, "n2", "").await;
+    match n2.recv().await {
+        GatewayMessage::Welcome { role, routes, .. } => {
+            assert_eq!(role, Role::Active);
+            assert_eq!(routes.len(), 12);
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    assert_eq!(gateway.recorder.batches().len(), before, "no table change");
+    // Heartbeat so only the grace rule is at play below.
+    let TestNode { reader, writer, .. } = n2;
+    let beat = TestNode::heartbeat(writer);
+    for _ in 0..20 {
+        n1.send(r#"{"type":"hb"}"#).await;
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+    assert_eq!(gateway.snapshot().await.active, vec!["n1", "n2"]);
+    beat.abort();
+    drop(reader);
+    // Gone for good: failed when the grace time is over.
+    let lost = Instant::now();
+    while gateway.snapshot().await.active.len() > 1 {
+        n1.send(r#"{"type":"hb"}"#).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waited = lost.elapsed();
+    eprintln!("failed {waited:?} after the connection was lost (grace 500 ms)");
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    gateway.check(&mut [&mut n1]).await;
+}

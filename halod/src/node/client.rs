@@ -1,0 +1,268 @@
+//! `halod::node::Client`: a node's side of the wire protocol
+//! (docs/protocol.md) as a library. It registers, heartbeats from its own
+//! task, and keeps the node's role and routes up to date from the messages
+//! it reads.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::protocol::{
+    DecodeError, ErrorCode, GatewayMessage, Hello, LineError, LineReader, NodeMessage, Role, Route,
+    VERSION,
+};
+
+/// How long `connect` waits for the gateway's answer to `hello`.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `bye` waits for the gateway to close the connection.
+pub const BYE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who the node is and where its gateway listens.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Gateway `nodes.listen` address, `IP:PORT` or `HOST:PORT`.
+    pub gateway: String,
+    pub name: String,
+    /// Address the gateway sends this node's traffic to; `None`: the
+    /// address this node connects from.
+    pub addr: Option<Ipv4Addr>,
+    pub token: Option<String>,
+}
+
+/// Why the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the gateway at {gateway}: {source}")]
+    Connect {
+        gateway: String,
+        source: std::io::Error,
+    },
+    #[error("the gateway refused this node: {code}: {message}")]
+    Refused {
+        code: ErrorCode,
+        message: String,
+        /// The `error` line as received.
+        line: String,
+    },
+    #[error("the gateway sent an invalid line: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("reading from the gateway: {0}")]
+    Line(#[from] LineError),
+    #[error("the gateway closed the connection")]
+    Closed,
+    #[error("no answer to hello within {} s", WELCOME_TIMEOUT.as_secs())]
+    NoWelcome,
+    #[error("the gateway sent {0} before welcome")]
+    Unexpected(String),
+}
+
+/// One message from the gateway, as parsed and as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub message: GatewayMessage,
+    /// The line without its newline.
+    pub line: String,
+}
+
+/// A registered node connection.
+#[derive(Debug)]
+pub struct Client {
+    reader: OwnedReadHalf,
+    lines: LineReader,
+    outgoing: mpsc::Sender<(NodeMessage, oneshot::Sender<std::io::Result<()>>)>,
+    heartbeat: JoinHandle<()>,
+    role: Role,
+    heartbeat_ms: u64,
+    routes: BTreeMap<Route, Vec<u16>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+impl Client {
+    /// Connects, says `hello` and waits for `welcome`; heartbeats start.
+    /// Returns the client and the `welcome` message.
+    pub async fn connect(options: &ClientOptions) -> Result<(Client, Received), ClientError> {
+        let stream = TcpStream::connect(&options.gateway)
+            .await
+            .map_err(|source| ClientError::Connect {
+                gateway: options.gateway.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let hello = NodeMessage::Hello(Hello {
+            version: VERSION,
+            name: options.name.clone(),
+            addr: options.addr,
+            token: options.token.clone(),
+        });
+        writer
+            .write_all(hello.encode().as_bytes())
+            .await
+            .map_err(LineError::Io)?;
+        let mut lines = LineReader::new();
+        let line = tokio::time::timeout(WELCOME_TIMEOUT, lines.next_line(&mut reader))
+            .await
+            .map_err(|_| ClientError::NoWelcome)??
+            .ok_or(ClientError::Closed)?;
+        let message = GatewayMessage::decode(&line)?;
+        let (role, heartbeat_ms, routes) = match &message {
+            GatewayMessage::Welcome {
+                role,
+                heartbeat_ms,
+                routes,
+            } => (*role, *heartbeat_ms, routes),
+            GatewayMessage::Error { code, message } => {
+                return Err(ClientError::Refused {
+                    code: *code,
+                    message: message.clone(),
+                    line,
+                });
+            }
+            _ => return Err(ClientError::Unexpected(line)),
+        };
+        let routes = routes
+            .iter()
+            .map(|route| (route.route, route.ports.clone()))
+            .collect();
+        let (outgoing, queue) = mpsc::channel(4);
+        let heartbeat = tokio::spawn(send_heartbeats(
+            writer,
+            Duration::from_millis(heartbeat_ms.max(1)),
+            queue,
+        ));
+        let client = Client {
+            reader,
+            lines,
+            outgoing,
+            heartbeat,
+            role,
+            heartbeat_ms,
+            routes,
+        };
+        Ok((client, Received { message, line }))
+    }
+
+    /// The next message from the gateway; the node's role and routes are
+    /// updated before it returns. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Received, ClientError> {
+        let line = self
+            .lines
+            .next_line(&mut self.reader)
+            .await?
+            .ok_or(ClientError::Closed)?;
+        let message = GatewayMessage::decode(&line)?;
+        match &message {
+            GatewayMessage::Welcome {
+                role,
+                heartbeat_ms,
+                routes,
+            } => {
+                // Not sent twice by this protocol version; accept it as a resync.
+                self.role = *role;
+                self.heartbeat_ms = *heartbeat_ms;
+                self.routes = routes.iter().map(|r| (r.route, r.ports.clone())).collect();
+            }
+            GatewayMessage::Assigned { routes } => {
+                self.routes
+                    .extend(routes.iter().map(|r| (r.route, r.ports.clone())));
+            }
+            GatewayMessage::Moved { routes } => {
+                for route in routes {
+                    self.routes.remove(&route.route);
+                }
+            }
+            GatewayMessage::Role { role } => self.role = *role,
+            GatewayMessage::Error { code, message } => {
+                return Err(ClientError::Refused {
+                    code: *code,
+                    message: message.clone(),
+                    line,
+                });
+            }
+        }
+        Ok(Received { message, line })
+    }
+
+    /// Leaves the cluster: sends `bye` and reads what the gateway sends until
+    /// it closes the connection (its `moved` message), at most [`BYE_TIMEOUT`].
+    pub async fn bye(mut self) -> Result<Vec<Received>, ClientError> {
+        let (done, sent) = oneshot::channel();
+        if self
+            .outgoing
+            .send((NodeMessage::Bye {}, done))
+            .await
+            .is_err()
+        {
+            return Err(ClientError::Closed);
+        }
+        sent.await
+            .map_err(|_| ClientError::Closed)?
+            .map_err(LineError::Io)?;
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + BYE_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Ok(Ok(message)) => received.push(message),
+                Ok(Err(ClientError::Closed)) | Err(_) => return Ok(received),
+                Ok(Err(err)) => return Err(err),
+            }
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.heartbeat_ms
+    }
+
+    /// Routes this node serves now, ascending.
+    pub fn routes(&self) -> Vec<Route> {
+        self.routes.keys().copied().collect()
+    }
+
+    /// Ports this node serves now (every port of every route), ascending.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.routes.values().flatten().copied().collect();
+        ports.sort_unstable();
+        ports
+    }
+}
+
+/// Writes a heartbeat every `interval`, and whatever `queue` asks for.
+async fn send_heartbeats(
+    mut writer: OwnedWriteHalf,
+    interval: Duration,
+    mut queue: mpsc::Receiver<(NodeMessage, oneshot::Sender<std::io::Result<()>>)>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat = NodeMessage::Hb {}.encode();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if writer.write_all(heartbeat.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            request = queue.recv() => match request {
+                Some((message, done)) => {
+                    let _ = done.send(writer.write_all(message.encode().as_bytes()).await);
+                }
+                None => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The node wire protocol (docs/protocol.md): TCP, one JSON object per line,
+//! every line at most [`MAX_LINE`] bytes including its newline.
+//!
+//! Both ends use this module: the gateway (`control`) decodes [`NodeMessage`]s
+//! and encodes [`GatewayMessage`]s, the node client (`node`) the reverse.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The protocol version this build speaks (`hello.version`).
+pub const VERSION: u32 = 1;
+/// Longest line in either direction, in bytes, including the `\n`.
+pub const MAX_LINE: usize = 4096;
+/// Longest node name, in bytes.
+pub const MAX_NAME: usize = 64;
+
+/// A route id (`1..=N`).
+pub type Route = u16;
+
+/// What a node sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeMessage {
+    /// First line of every connection.
+    Hello(Hello),
+    /// Every `heartbeat_ms`.
+    Hb {},
+    /// Graceful exit: the node leaves the cluster.
+    Bye {},
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub name: String,
+    /// Where the gateway sends the node's traffic; defaults to the
+    /// connection's source address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Active,
+    Spare,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Spare => "spare",
+        }
+    }
+}
+
+/// A route and its port in every listener group, in listener order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePorts {
+    pub route: Route,
+    pub ports: Vec<u16>,
+}
+
+/// A route the node lost, and the node that serves it now (`null`: none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedRoute {
+    pub route: Route,
+    pub ports: Vec<u16>,
+    pub to: Option<String>,
+}
+
+/// Why the gateway refuses a node; sent in `error` just before it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    DuplicateName,
+    BadToken,
+    BadRequest,
+    Full,
+    /// A code this build does not know (a newer gateway).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::DuplicateName => "duplicate_name",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Full => "full",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the gateway sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GatewayMessage {
+    /// Answer to `hello`: the node is registered.
+    Welcome {
+        role: Role,
+        heartbeat_ms: u64,
+        routes: Vec<RoutePorts>,
+    },
+    /// Routes the node gained.
+    Assigned { routes: Vec<RoutePorts> },
+    /// Routes the node lost.
+    Moved { routes: Vec<MovedRoute> },
+    /// The node's role changed.
+    Role { role: Role },
+    /// The request was refused; the gateway closes the connection next.
+    Error { code: ErrorCode, message: String },
+}
+
+/// A line that is not a valid message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not a JSON object: {0}")]
+    Json(String),
+    #[error("no \"type\" field")]
+    NoType,
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("bad {kind:?} message: {reason}")]
+    Invalid { kind: String, reason: String },
+    #[error("unsupported protocol version {0} (this build speaks {VERSION})")]
+    Version(u32),
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+}
+
+fn decode<'a, T: Deserialize<'a>>(line: &'a str, known: &[&str]) -> Result<T, DecodeError> {
+    match serde_json::from_str::<T>(line) {
+        Ok(message) => Ok(message),
+        Err(err) => {
+            let head: TypeOnly =
+                serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+            match head.kind {
+                None => Err(DecodeError::NoType),
+                Some(serde_json::Value::String(kind)) if known.contains(&kind.as_str()) => {
+                    Err(DecodeError::Invalid {
+                        kind,
+                        reason: err.to_string(),
+                    })
+                }
+                Some(serde_json::Value::String(kind)) => Err(DecodeError::UnknownType(kind)),
+                Some(other) => Err(DecodeError::UnknownType(other.to_string())),
+            }
+        }
+    }
+}
+
+impl NodeMessage {
+    /// Decodes one line (without its newline), checking the version of `hello`.
+    pub fn decode(line: &str) -> Result<NodeMessage, DecodeError> {
+        let message: NodeMessage = decode(line, &["hello", "hb", "bye"])?;
+        if let NodeMessage::Hello(hello) = &message
+            && hello.version != VERSION
+        {
+            return Err(DecodeError::Version(hello.version));
+        }
+        Ok(message)
+    }
+
+    /// The line to send, with its newline.
+    pub fn encode(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("node messages always serialize");
+        line.push('\n');
+        line
+    }
+}
+
+impl GatewayMessage {
+    /// Decodes one line (without its newline).
+    pub fn decode(line: &str) -> Result<GatewayMessage, DecodeError> {
+        decode(line, &["welcome", "assigned", "moved", "role", "error"])
+    }
+
+    /// The lines to send, each with its newline and at most [`MAX_LINE`]
+    /// bytes. A route list that does not fit one line is split: `assigned`
+    /// and `moved` into several of the same type, `welcome` into a `welcome`
+    /// followed by `assigned` messages with the rest of the routes.
+    pub fn encode(&self) -> Vec<String> {
+        // `{"type":"assigned","routes":[` ... `]}\n` around the entries.
+        const ASSIGNED_FRAME: usize = 32;
+        match self {
+            GatewayMessage::Welcome {
+                role,
+                heartbeat_ms,
+                routes,
+            } => {
+                let frame = 64;
+                let (first, rest) = split_fitting(routes, frame, ASSIGNED_FRAME);
+                let mut lines = vec![line(&GatewayMessage::Welcome {
+                    role: *role,
+                    heartbeat_ms: *heartbeat_ms,
+                    routes: first,
+                })];
+                lines.extend(
+                    rest.into_iter()
+                        .map(|routes| line(&GatewayMessage::Assigned { routes })),
+                );
+                lines
+            }
+            GatewayMessage::Assigned { routes } if !routes.is_empty() => {
+                let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
+                std::iter::once(first)
+                    .chain(rest)
+                    .map(|routes| line(&GatewayMessage::Assigned { routes }))
+                    .collect()
+            }
+            GatewayMessage::Moved { routes } if !routes.is_empty() => {
+                let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
+                std::iter::once(first)
+                    .chain(rest)
+                    .map(|routes| line(&GatewayMessage::Moved { routes }))
+                    .collect()
+            }
+            GatewayMessage::Error { code, message } => {
+                // Keep the line within bounds whatever the message says.
+                let mut message = message.clone();
+                if message.len() > 1024 {
+                    let mut end = 1024;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    message.truncate(end);
+                }
+                vec![line(&GatewayMessage::Error {
+                    code: *code,
+                    message,
+                })]
+            }
+            other => vec![line(other)],
+        }
+    }
+}
+
+fn line(message: &GatewayMessage) -> String {
+    let mut line = serde_json::to_string(message).expect("gateway messages always serialize");
+    line.push('\n');
+    debug_assert!(line.len() <= MAX_LINE, "line too long: {}", line.len());
+    line
+}
+
+/// Splits `items` into a first list that fits a line with `first_frame` bytes
+/// of framing and further lists that fit lines with `frame` bytes of framing.
+fn split_fitting<T: Serialize + Clone>(
+    items: &[T],
+    first_frame: usize,
+    frame: usize,
+) -> (Vec<T>, Vec<Vec<T>>) {
+    let mut chunks: Vec<Vec<T>> = vec![Vec::new()];
+    let mut used = first_frame;
+    for item in items {
+        // +1 for the separating comma.
+        let size = serde_json::to_string(item)
+            .expect("route entries always serialize")
+            .len()
+            + 1;
+        let current = chunks.last_mut().expect("never empty");
+        if used + size > MAX_LINE && !current.is_empty() {
+            chunks.push(vec![item.clone()]);
+            used = frame + size;
+        } else {
+            current.push(item.clone());
+            used += size;
+        }
+    }
+    let mut chunks = chunks.into_iter();
+    let first = chunks.next().unwrap_or_default();
+    (first, chunks.collect())
+}
+
+/// Whether `name` is a valid node name: 1 to [`MAX_NAME`] bytes of
+/// `A-Z a-z 0-9 . _ -`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Why no line could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("line is not UTF-8")]
+    NotUtf8,
+    #[error("connection closed in the middle of a line")]
+    Truncated,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads `\n`-terminated lines of at most [`MAX_LINE`] bytes. Its buffer
+/// starts empty and holds only the unread part of the stream, so an idle
+/// connection costs next to nothing (the daemon keeps one per node).
+#[derive(Debug, Default)]
+pub struct LineReader {
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already searched for a newline.
+    scanned: usize,
+}
+
+impl LineReader {
+    pub fn new() -> LineReader {
+        LineReader::default()
+    }
+
+    /// The next non-empty line without its line ending, or `None` at a clean
+    /// end of stream. Cancel-safe: bytes read stay buffered.
+    pub async fn next_line<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<Option<String>, LineError> {
+        loop {
+            if let Some(line) = self.take_line()? {
+                if line.is_empty() {
+                    continue;
+                }
+                return Ok(Some(line));
+            }
+            if self.buf.len() >= MAX_LINE {
+                return Err(LineError::TooLong);
+            }
+            // Small reads: a heartbeat is 14 bytes.
+            self.buf.reserve(256.min(MAX_LINE - self.buf.len()));
+            let read = reader.read_buf(&mut self.buf).await?;
+            if read == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(LineError::Truncated)
+                };
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> Result<Option<String>, LineError> {
+        let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+            self.scanned = self.buf.len();
+            return Ok(None);
+        };
+        let end = self.scanned + at;
+        if end + 1 > MAX_LINE {
+            return Err(LineError::TooLong);
+        }
+        let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+        self.scanned = 0;
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 512 {
+            self.buf = Vec::new();
+        }
+        String::from_utf8(line)
+            .map(Some)
+            .map_err(|_| LineError::NotUtf8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_decodes_with_and_without_options() {
+        let full = NodeMessage::decode(
+            r#"{"type":"hello","version":1,"name":"n1","addr":"198.19.0.11","token":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            full,
+            NodeMessage::Hello(Hello {
+                version: 1,
+                name: "n1".into(),
+                addr: Some(Ipv4Addr::new(198, 19, 0, 11)),
+                token: Some("t".into()),
+            })
+        );
+        let bare = NodeMessage::decode(r#"{"type":"hello","version":1,"name":"n1"}"#).unwrap();
+        assert_eq!(
+            bare,
+            NodeMessage::Hello(Hello {
+                version: 1,
+                name: "n1".into(),
+                addr: None,
+                token: None,
+            })
+        );
+        assert_eq!(
+            bare.encode(),
+            "{\"type\":\"hello\",\"version\":1,\"name\":\"n1\"}\n"
+        );
+    }
+
+    #[test]
+    fn heartbeat_and_bye_round_trip_and_ignore_unknown_fields() {
+        assert_eq!(NodeMessage::Hb {}.encode(), "{\"type\":\"hb\"}\n");
+        assert_eq!(NodeMessage::Bye {}.encode(), "{\"type\":\"bye\"}\n");
+        assert_eq!(
+            NodeMessage::decode(r#"{"type":"hb","seq":7,"load":{"x":1}}"#).unwrap(),
+            NodeMessage::Hb {}
+        );
+        assert_eq!(
+            NodeMessage::decode(r#"{"extra":true,"type":"bye"}"#).unwrap(),
+            NodeMessage::Bye {}
+        );
+        assert!(matches!(
+            NodeMessage::decode(r#"{"type":"hello","version":1,"name":"n","future":[1]}"#),
+            Ok(NodeMessage::Hello(_))
+        ));
+    }
+
+    #[test]
+    fn bad_node_lines_say_why() {
+        assert_eq!(
+            NodeMessage::decode(r#"{"type":"hello","version":2,"name":"n1"}"#),
+            Err(DecodeError::Version(2))
+        );
+        assert_eq!(
+            NodeMessage::decode(r#"{"type":"ping"}"#),
+            Err(DecodeError::UnknownType("ping".into()))
+        );
+        assert_eq!(
+            NodeMessage::decode(r#"{"type":7}"#),
+            Err(DecodeError::UnknownType("7".into()))
+        );
+        assert_eq!(
+            NodeMessage::decode(r#"{"name":"n1"}"#),
+            Err(DecodeError::NoType)
+        );
+        assert!(matches!(
+            NodeMessage::decode("hello"),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            NodeMessage::decode("[1,2]"),
+            Err(DecodeError::Json(_))
+        ));
+        let missing = NodeMessage::decode(r#"{"type":"hello","name":"n1"}"#).unwrap_err();
+        assert!(missing.to_string().contains("version"), "{missing}");
+        let bad_addr =
+            NodeMessage::decode(r#"{"type":"hello","version":1,"name":"n1","addr":"x"}"#)
+                .unwrap_err();
+        assert!(
+            matches!(bad_addr, DecodeError::Invalid { .. }),
+            "{bad_addr}"
+        );
+    }
+
+    #[test]
+    fn gateway_messages_have_the_documented_shape() {
+        let welcome = GatewayMessage::Welcome {
+            role: Role::Active,
+            heartbeat_ms: 100,
+            routes: vec![RoutePorts {
+                route: 3,
+                ports: vec![8002, 9002],
+            }],
+        };
+        assert_eq!(
+            welcome.encode(),
+            vec![
+                "{\"type\":\"welcome\",\"role\":\"active\",\"heartbeat_ms\":100,\"routes\":[{\"route\":3,\"ports\":[8002,9002]}]}\n"
+            ]
+        );
+        let moved = GatewayMessage::Moved {
+            routes: vec![
+                MovedRoute {
+                    route: 3,
+                    ports: vec![8002, 9002],
+                    to: Some("n4".into()),
+                },
+                MovedRoute {
+                    route: 4,
+                    ports: vec![8003, 9003],
+                    to: None,
+                },
+            ],
+        };
+        assert_eq!(
+            moved.encode(),
+            vec![
+                "{\"type\":\"moved\",\"routes\":[{\"route\":3,\"ports\":[8002,9002],\"to\":\"n4\"},{\"route\":4,\"ports\":[8003,9003],\"to\":null}]}\n"
+            ]
+        );
+        assert_eq!(
+            GatewayMessage::Role { role: Role::Spare }.encode(),
+            vec!["{\"type\":\"role\",\"role\":\"spare\"}\n"]
+        );
+        assert_eq!(
+            GatewayMessage::Error {
+                code: ErrorCode::DuplicateName,
+                message: "x".into()
+            }
+            .encode(),
+            vec!["{\"type\":\"error\",\"code\":\"duplicate_name\",\"message\":\"x\"}\n"]
+        );
+        for message in [welcome, moved] {
+            let lines = message.encode();
+            assert_eq!(
+                GatewayMessage::decode(lines[0].trim_end()).unwrap(),
+                message
+            );
+        }
+        assert_eq!(
+            GatewayMessage::decode(r#"{"type":"error","code":"too_hot","message":"m"}"#).unwrap(),
+            GatewayMessage::Error {
+                code: ErrorCode::Unknown,
+                message: "m".into()
+            }
+        );
+        assert_eq!(
+            GatewayMessage::decode(r#"{"type":"surprise"}"#),
+            Err(DecodeError::UnknownType("surprise".into()))
+        );
+    }
+
+    fn ports(route: Route) -> Vec<u16> {
+        (0..16).map(|i| 1000 * i + route).collect()
+    }
+
+    #[test]
+    fn long_route_lists_are_split_into_lines_that_fit() {
+        let routes: Vec<RoutePorts> = (1..=3000)
+            .map(|route| RoutePorts {
+                route,
+                ports: ports(route),
+            })
+            .collect();
+        let lines = GatewayMessage::Welcome {
+            role: Role::Active,
+            heartbeat_ms: 60_000,
+            routes: routes.clone(),
+        }
+        .encode();
+        assert!(lines.len() > 10);
+        let mut seen = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line.len() <= MAX_LINE, "line {i} has {} bytes", line.len());
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+            match GatewayMessage::decode(line.trim_end()).unwrap() {
+                GatewayMessage::Welcome { routes, .. } if i == 0 => seen.extend(routes),
+                GatewayMessage::Assigned { routes } if i > 0 => seen.extend(routes),
+                other => panic!("line {i}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, routes);
+
+        let moved: Vec<MovedRoute> = (1..=3000)
+            .map(|route| MovedRoute {
+                route,
+                ports: ports(route),
+                to: Some("n".repeat(MAX_NAME)),
+            })
+            .collect();
+        let lines = GatewayMessage::Moved {
+            routes: moved.clone(),
+        }
+        .encode();
+        let mut seen = Vec::new();
+        for line in &lines {
+            assert!(line.len() <= MAX_LINE);
+            let GatewayMessage::Moved { routes } = GatewayMessage::decode(line.trim_end()).unwrap()
+            else {
+                panic!("not moved: {line}")
+            };
+            seen.extend(routes);
+        }
+        assert_eq!(seen, moved);
+
+        // An empty welcome is still one line.
+        assert_eq!(
+            GatewayMessage::Welcome {
+                role: Role::Spare,
+                heartbeat_ms: 100,
+                routes: vec![]
+            }
+            .encode()
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("n1"));
+        assert!(valid_name("node-7.rack_2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("ü"));
+        assert!(!valid_name(&"n".repeat(MAX_NAME + 1)));
+    }
+
+    async fn read_all(input: &[u8]) -> Vec<Result<Option<String>, String>> {
+        let mut reader = LineReader::new();
+        let mut stream = input;
+        let mut out = Vec::new();
+        loop {
+            let next = reader
+                .next_line(&mut stream)
+                .await
+                .map_err(|e| e.to_string());
+            let stop = !matches!(next, Ok(Some(_)));
+            out.push(next);
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn line_reader_splits_lines_and_caps_length() {
+        assert_eq!(
+            read_all(b"{\"type\":\"hb\"}\n\r\n{\"type\":\"bye\"}\r\n").await,
+            vec![
+                Ok(Some("{\"type\":\"hb\"}".to_string())),
+                Ok(Some("{\"type\":\"bye\"}".to_string())),
+                Ok(None)
+            ]
+        );
+        assert_eq!(
+            read_all(b"abc").await,
+            vec![Err("connection closed in the middle of a line".to_string())]
+        );
+        let mut exact = vec![b'x'; MAX_LINE - 1];
+        exact.push(b'\n');
+        assert_eq!(
+            read_all(&exact).await,
+            vec![Ok(Some("x".repeat(MAX_LINE - 1))), Ok(None)]
+        );
+        let mut long = vec![b'x'; MAX_LINE];
+        long.push(b'\n');
+        assert_eq!(
+            read_all(&long).await,
+            vec![Err(format!("line longer than {MAX_LINE} bytes"))]
+        );
+        let endless = vec![b'x'; 100_000];
+        assert_eq!(
+            read_all(&endless).await,
+            vec![Err(format!("line longer than {MAX_LINE} bytes"))]
+        );
+        assert_eq!(
+            read_all(b"\xff\xfe\n").await,
+            vec![Err("line is not UTF-8".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn line_reader_handles_bytes_arriving_one_at_a_time() {
+        let (mut client, mut server) = tokio::io::duplex(1);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            client.write_all(b"{\"type\":\"hb\"}\nxy\n").await.unwrap();
+        });
+        let mut reader = LineReader::new();
+        assert_eq!(
+            reader.next_line(&mut server).await.unwrap().as_deref(),
+            Some("{\"type\":\"hb\"}")
+        );
+        assert_eq!(
+            reader.next_line(&mut server).await.unwrap().as_deref(),
+            Some("xy")
+        );
+        writer.await.unwrap();
+        assert_eq!(reader.next_line(&mut server).await.unwrap(), None);
+    }
+}

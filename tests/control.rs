@@ -1,0 +1,614 @@
+//! End to end: `halod run` with the real XDP data plane in the test bed's
+//! gateway namespace, `halod node` agents (and `examples/node.py`) in the node
+//! namespaces, backend servers there that answer every route port with their
+//! node's name, and a client that connects to the VIP. Needs root; run by
+//! `cargo xtask test`.
+//!
+//! Every test has its own test-bed prefix and data-plane instance, and kills
+//! every process it started (guards), so the tests run in parallel.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use halod::routing::{Cluster, ClusterConfig, Event};
+use xtask::testbed::{self, Testbed, TestbedOptions};
+
+const HALOD: &str = env!("CARGO_BIN_EXE_halod");
+const ROUTES: u16 = 12;
+const BASES: [u16; 2] = [8000, 9000];
+const NODES_PORT: u16 = 7000;
+/// Generous: correctness deadlines, never performance checks.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn require_root() {
+    if let Err(e) = xtask::setup::require_root(
+        "the control-plane tests build network namespaces and load XDP programs; \
+         run them through `cargo xtask test` as root",
+    ) {
+        panic!("{e}");
+    }
+}
+
+fn up(prefix: &str, nodes: usize) -> Testbed {
+    Testbed::up(TestbedOptions {
+        prefix: prefix.into(),
+        nodes,
+        clients: 1,
+    })
+    .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"))
+}
+
+/// A process killed (SIGKILL) and reaped when the guard goes.
+struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command) -> Process {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal} to {}: {e}", self.name));
+    }
+
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of a child's output, forwarded to the test's stderr with a tag.
+fn follow(tag: String, output: impl Read + Send + 'static) -> Receiver<String> {
+    let (lines, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { return };
+            eprintln!("[{tag}] {line}");
+            if lines.send(line).is_err() {
+                // Nobody listens any more; keep draining so the child never blocks.
+            }
+        }
+    });
+    receiver
+}
+
+fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if matches(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no {what} within {DEADLINE:?}"),
+        }
+    }
+}
+
+struct Options {
+    spares: u32,
+    token: Option<&'static str>,
+}
+
+struct Bed {
+    bed: Testbed,
+    dir: PathBuf,
+    gateway: Process,
+    gateway_log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bed {
+    /// A test bed with `nodes` node namespaces and a running gateway.
+    fn start(prefix: &str, nodes: usize, options: Options) -> Bed {
+        require_root();
+        let bed = up(prefix, nodes);
+        let dir = std::env::temp_dir().join(format!("halod-{prefix}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let instance = prefix.trim_end_matches('-').replace('-', "_");
+        let token_line = match options.token {
+            Some(token) => {
+                let path = dir.join("token");
+                std::fs::write(&path, format!("{token}\n")).unwrap();
+                format!("  token_file: {}\n", path.display())
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "instance: {instance}\n\
+             interfaces: {{external: ext0, internal: int0}}\n\
+             vip: {vip}\n\
+             routes: {ROUTES}\n\
+             listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
+             reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}",
+            vip = bed.vip(),
+            b0 = BASES[0],
+            b1 = BASES[1],
+            gw = bed.gateway_internal_addr(),
+            spares = options.spares,
+        );
+        let config_path = dir.join("halod.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = bed.command(&bed.gateway_ns(), HALOD);
+        command
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("HALOD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut gateway = Process::spawn("gateway", command);
+        let stderr = gateway.child.stderr.take().unwrap();
+        let lines = follow(format!("{prefix}gateway"), stderr);
+        let gateway_log = Arc::new(Mutex::new(Vec::new()));
+        let log = gateway_log.clone();
+        let (ready, started) = mpsc::channel();
+        thread::spawn(move || {
+            let mut ready = Some(ready);
+            for line in lines {
+                if line.contains("gateway running")
+                    && let Some(ready) = ready.take()
+                {
+                    let _ = ready.send(());
+                }
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        if started.recv_timeout(DEADLINE).is_err() {
+            let status = gateway.child.try_wait().unwrap();
+            panic!(
+                "the gateway did not start (exit: {status:?}); its log:\n{}",
+                gateway_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .join("\n")
+            );
+        }
+        Bed {
+            bed,
+            dir,
+            gateway,
+            gateway_log,
+        }
+    }
+
+    fn gateway_address(&self) -> String {
+        format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr())
+    }
+
+    /// A backend in node `i`'s namespace answering `name\n` on every route
+    /// port, bound to the node's own address.
+    fn backend(&self, i: usize, name: &str) -> Process {
+        let ports: Vec<String> = all_ports().iter().map(u16::to_string).collect();
+        let mut command = self.bed.command(&self.bed.node_ns(i), "python3");
+        command
+            .args(["-c", BACKEND, &self.bed.node_addr(i).to_string(), name])
+            .args(&ports)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut process = Process::spawn(&format!("backend {name}"), command);
+        let stdout = process.child.stdout.take().unwrap();
+        let lines = follow(format!("backend {name}"), stdout);
+        expect_line(&lines, "backend ready", |line| line == "ready");
+        process
+    }
+
+    /// `halod node` in node `i`'s namespace; returns it with its stdout lines.
+    fn agent(&self, i: usize, name: &str, extra: &[&str]) -> (Process, Receiver<String>) {
+        let mut command = self.bed.command(&self.bed.node_ns(i), HALOD);
+        command
+            .args(["node", "--gateway", &self.gateway_address(), "--name", name])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut process = Process::spawn(&format!("agent {name}"), command);
+        let stdout = process.child.stdout.take().unwrap();
+        let lines = follow(format!("agent {name}"), stdout);
+        (process, lines)
+    }
+
+    /// An agent plus its backend, registered (welcome received).
+    fn node(&self, i: usize, name: &str) -> Node {
+        let backend = self.backend(i, name);
+        let (agent, lines) = self.agent(i, name, &[]);
+        let welcome = expect_line(&lines, "welcome", |line| {
+            line.contains(r#""type":"welcome""#)
+        });
+        Node {
+            agent,
+            lines,
+            welcome,
+            _backend: backend,
+        }
+    }
+
+    /// Which node answers on `port` of the VIP (`None`: no answer).
+    fn probe(&self, port: u16) -> Option<String> {
+        let target = SocketAddr::from((self.bed.vip(), port));
+        testbed::run_in_netns(&self.bed.client_ns(1), move || {
+            let mut stream =
+                TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            let answer = answer.trim().to_string();
+            (!answer.is_empty()).then_some(answer)
+        })
+        .unwrap()
+    }
+
+    /// Node answering each route (its first listener's port), checking that
+    /// every listener's port of a route reaches the same node.
+    fn answers(&self) -> BTreeMap<u16, Option<String>> {
+        (1..=ROUTES)
+            .map(|route| {
+                let first = self.probe(BASES[0] + route - 1);
+                for base in &BASES[1..] {
+                    let other = self.probe(base + route - 1);
+                    assert_eq!(
+                        other,
+                        first,
+                        "route {route}: port {} vs {}",
+                        base + route - 1,
+                        BASES[0] + route - 1
+                    );
+                }
+                (route, first)
+            })
+            .collect()
+    }
+
+    /// Waits until the VIP answers as `expected` says; returns how long it took.
+    fn wait_for(&self, expected: &BTreeMap<u16, Option<String>>, what: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            let answers = self.answers();
+            if &answers == expected {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{what}: after {DEADLINE:?} the routes answer\n{answers:?}\nexpected\n{expected:?}\ngateway log:\n{}",
+                self.gateway_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the route answers as `expected` says, probing only it.
+    fn wait_for_route(&self, route: u16, expected: &str) -> Duration {
+        let start = Instant::now();
+        while self.probe(BASES[0] + route - 1).as_deref() != Some(expected) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "route {route} never reached {expected}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        start.elapsed()
+    }
+
+    fn gateway_logged(&self, needle: &str) -> bool {
+        self.gateway_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|line| line.contains(needle))
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // Stop the gateway cleanly so it detaches XDP and removes its pins.
+        self.gateway.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.gateway.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Node {
+    agent: Process,
+    lines: Receiver<String>,
+    welcome: String,
+    _backend: Process,
+}
+
+fn all_ports() -> Vec<u16> {
+    BASES
+        .iter()
+        .flat_map(|base| (0..ROUTES).map(move |offset| base + offset))
+        .collect()
+}
+
+/// Serves `NAME\n` on every given port of ADDR; prints `ready` once bound.
+const BACKEND: &str = r#"
+import selectors, socket, sys
+addr, name, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
+sel = selectors.DefaultSelector()
+for port in ports:
+    s = socket.create_server((addr, int(port)), reuse_port=True)
+    sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        conn, _ = key.fileobj.accept()
+        try:
+            conn.sendall((name + "\n").encode())
+        finally:
+            conn.close()
+"#;
+
+/// What the routing rules say after `events`: route -> node.
+fn expected(spares: u32, events: &[Event]) -> BTreeMap<u16, Option<String>> {
+    let mut cluster = Cluster::new(ClusterConfig {
+        routes: ROUTES.into(),
+        spares,
+        max_active: None,
+    })
+    .unwrap();
+    for event in events {
+        cluster.apply(event.clone()).unwrap();
+    }
+    (1..=ROUTES)
+        .map(|route| (route, cluster.node_of_route(route).map(str::to_string)))
+        .collect()
+}
+
+fn join(name: &str) -> Event {
+    Event::Join(name.into())
+}
+fn fail(name: &str) -> Event {
+    Event::Fail(name.into())
+}
+fn leave(name: &str) -> Event {
+    Event::Leave(name.into())
+}
+
+#[test]
+fn nodes_register_fail_and_leave() {
+    let bed = Bed::start(
+        "hd-c1-",
+        3,
+        Options {
+            spares: 0,
+            token: None,
+        },
+    );
+    let mut events = vec![];
+    let mut nodes = BTreeMap::new();
+    for (i, name) in [(1, "n1"), (2, "n2"), (3, "n3")] {
+        nodes.insert(name, bed.node(i, name));
+        events.push(join(name));
+        // Wait for each join's switch before the next node joins.
+        bed.wait_for(&expected(0, &events), &format!("{name} joined"));
+    }
+    let n1 = &nodes["n1"];
+    assert!(n1.welcome.starts_with(r#"{"type":"welcome","role":"active","heartbeat_ms":100,"routes":[{"route":1,"ports":[8000,9000]}"#), "{}", n1.welcome);
+
+    // kill -9 of n2's agent: its connection closes, its routes move at once.
+    let before = expected(0, &events);
+    let lost: Vec<u16> = before
+        .iter()
+        .filter(|(_, node)| node.as_deref() == Some("n2"))
+        .map(|(route, _)| *route)
+        .collect();
+    events.push(fail("n2"));
+    let after = expected(0, &events);
+    let killed = Instant::now();
+    nodes["n2"].agent.signal(nix::sys::signal::Signal::SIGKILL);
+    let first = lost[0];
+    bed.wait_for_route(first, after[&first].as_deref().unwrap());
+    eprintln!(
+        "kill -9 of agent n2: route {first} answered by its new owner {:?} after the kill (probing every 5 ms)",
+        killed.elapsed()
+    );
+    bed.wait_for(&after, "after kill -9 of n2");
+    assert!(
+        bed.gateway_logged("node failed"),
+        "the gateway logs the failure"
+    );
+    // n1 was told about what it gained or lost, as JSON lines.
+    let n1_lines: Vec<String> = nodes["n1"].lines.try_iter().collect();
+    assert!(
+        n1_lines
+            .iter()
+            .any(|l| l.starts_with(r#"{"type":"assigned""#) || l.starts_with(r#"{"type":"moved""#)),
+        "n1 printed {n1_lines:?}"
+    );
+
+    // SIGSTOP of n3's agent: no more heartbeats; failed after the dead window.
+    let stopped = Instant::now();
+    nodes["n3"].agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    events.push(fail("n3"));
+    let after = expected(0, &events);
+    bed.wait_for(&after, "after SIGSTOP of n3");
+    let took = stopped.elapsed();
+    eprintln!(
+        "SIGSTOP of agent n3: every route answered by n1 {took:?} after the stop (dead window 300 ms)"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "failed before the dead window was over: {took:?}"
+    );
+    // Left stopped: a resumed agent would register again. The guard kills it.
+
+    // `bye` is a leave: n4 joins, then leaves on SIGTERM.
+    nodes.remove("n2");
+    let mut n4 = bed.node(2, "n4");
+    events.push(join("n4"));
+    bed.wait_for(&expected(0, &events), "n4 joined");
+    n4.agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = n4.agent.wait(DEADLINE);
+    assert!(status.success(), "agent n4 exits 0 after bye: {status}");
+    let moved = expect_line(&n4.lines, "moved after bye", |l| {
+        l.starts_with(r#"{"type":"moved""#)
+    });
+    assert!(moved.contains(r#""to":"n1""#), "{moved}");
+    events.push(leave("n4"));
+    bed.wait_for(&expected(0, &events), "after n4 said bye");
+    assert!(bed.gateway_logged("node said bye"));
+}
+
+#[test]
+fn a_spare_takes_the_failed_slot_and_nothing_else_moves() {
+    let bed = Bed::start(
+        "hd-c2-",
+        3,
+        Options {
+            spares: 1,
+            token: None,
+        },
+    );
+    let mut events = vec![];
+    let mut nodes = BTreeMap::new();
+    for (i, name) in [(1, "n1"), (2, "n2"), (3, "n3")] {
+        nodes.insert(name, bed.node(i, name));
+        events.push(join(name));
+        bed.wait_for(&expected(1, &events), &format!("{name} joined"));
+    }
+    assert!(
+        nodes["n2"].welcome.contains(r#""role":"spare""#),
+        "{}",
+        nodes["n2"].welcome
+    );
+    let before = bed.answers();
+    events.push(fail("n1"));
+    let after = expected(1, &events);
+    let killed = Instant::now();
+    nodes["n1"].agent.signal(nix::sys::signal::Signal::SIGKILL);
+    bed.wait_for(&after, "after kill -9 of n1");
+    eprintln!(
+        "kill -9 of active n1 with a spare: every route answered correctly after {:?}",
+        killed.elapsed()
+    );
+    for route in 1..=ROUTES {
+        let was = before[&route].as_deref();
+        let now = after[&route].as_deref();
+        if was == Some("n1") {
+            assert_eq!(now, Some("n2"), "route {route}: the spare takes n1's slot");
+        } else {
+            assert_eq!(now, was, "route {route} must not move");
+        }
+    }
+    let role = expect_line(&nodes["n2"].lines, "role message", |l| {
+        l.starts_with(r#"{"type":"role""#)
+    });
+    assert_eq!(role, r#"{"type":"role","role":"active"}"#);
+}
+
+#[test]
+fn python_example_node_tokens_and_duplicate_names() {
+    let bed = Bed::start(
+        "hd-c3-",
+        3,
+        Options {
+            spares: 0,
+            token: Some("s3cret"),
+        },
+    );
+    let token_path = bed.dir.join("token");
+    let token = token_path.to_str().unwrap();
+
+    // examples/node.py, standard library only, registers and serves its routes.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/node.py");
+    let mut command = bed.bed.command(&bed.bed.node_ns(1), "python3");
+    command
+        .arg(&script)
+        .args([
+            "--gateway",
+            &bed.gateway_address(),
+            "--name",
+            "py1",
+            "--token-file",
+            token,
+            "--serve",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut python = Process::spawn("node.py", command);
+    let lines = follow("node.py".into(), python.child.stdout.take().unwrap());
+    let welcome = expect_line(&lines, "welcome from node.py", |l| {
+        l.contains(r#""type":"welcome""#)
+    });
+    assert!(welcome.contains(r#""role":"active""#), "{welcome}");
+    bed.wait_for(&expected(0, &[join("py1")]), "node.py routed to");
+    // Heartbeats keep it alive past several dead windows.
+    thread::sleep(Duration::from_secs(1));
+    bed.wait_for(&expected(0, &[join("py1")]), "node.py still routed to");
+
+    // A wrong token: refused with the error line, exit 2.
+    let bad = bed.dir.join("bad-token");
+    std::fs::write(&bad, "guess\n").unwrap();
+    let (mut wrong, wrong_lines) = bed.agent(2, "n2", &["--token-file", bad.to_str().unwrap()]);
+    let error = expect_line(&wrong_lines, "bad_token error", |l| {
+        l.contains(r#""type":"error""#)
+    });
+    assert_eq!(
+        error,
+        r#"{"type":"error","code":"bad_token","message":"wrong token"}"#
+    );
+    assert_eq!(wrong.wait(DEADLINE).code(), Some(2));
+
+    // A duplicate name: refused with the error line (the agent retries).
+    let (_twin, twin_lines) = bed.agent(2, "py1", &["--token-file", token]);
+    let error = expect_line(&twin_lines, "duplicate_name error", |l| {
+        l.contains(r#""type":"error""#)
+    });
+    assert!(
+        error.starts_with(r#"{"type":"error","code":"duplicate_name","#),
+        "{error}"
+    );
+
+    // node.py leaves on SIGTERM: bye, then the gateway's moved, then exit 0.
+    python.signal(nix::sys::signal::Signal::SIGTERM);
+    let moved = expect_line(&lines, "moved after bye", |l| {
+        l.starts_with(r#"{"type":"moved""#)
+    });
+    assert!(moved.contains(r#""to":null"#), "{moved}");
+    assert!(python.wait(DEADLINE).success());
+}
