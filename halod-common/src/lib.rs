@@ -1,2 +1,10 @@
 //! Shared by the XDP program and user space; `no_std`, host-tested.
+//!
+//! - [`maps`]: the `#[repr(C)]` keys and values of every BPF map.
+//! - [`checksum`]: RFC 1624 incremental checksum updates used by the rewrite.
+//! - [`listener`]: port <-> route arithmetic for listener groups.
 #![no_std]
+
+pub mod checksum;
+pub mod listener;
+pub mod maps;

@@ -1,1 +1,712 @@
-//! BPF objects owner (placeholder).
+//! The data plane: the one owner of the XDP program and its maps.
+//!
+//! [`Dataplane::start`] loads the program (`halod-ebpf`, embedded at build time),
+//! writes the configuration, attaches it to the external and internal interfaces
+//! (native mode, generic as a fallback) and pins the maps under
+//! `/sys/fs/bpf/halod/<instance>`. [`Dataplane::apply`] carries out the table
+//! writes of a routing plan; [`spawn`] wraps it in the actor that the rest of the
+//! daemon talks to. Dropping it detaches the program and removes the pins.
+//!
+//! Map layout (see `halod-common/src/maps.rs`): `ROUTE_SLOT[route-1] = slot`,
+//! `SLOT_NODE[slot-1] = node`, so a packet costs two array lookups and a spare
+//! taking over a failed node is one slot write.
+
+mod actor;
+mod object;
+mod table;
+
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+};
+use halod_common::{
+    listener::{MAX_LISTENERS, last_port},
+    maps::{self as common, CONFIG_ENABLED, NODE_PRESENT, NodeAddr, Reason, SlotNode, names},
+};
+use serde::Serialize;
+
+pub use actor::{DataplaneHandle, spawn};
+use table::{AddrChange, Table};
+
+/// Where the maps of every instance are pinned (bpffs).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/halod";
+const BPF_FS: &str = "/sys/fs/bpf";
+/// `statfs` magic of bpffs (linux/magic.h).
+const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
+
+/// What the data plane needs to know to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Instance name: the pin directory is `/sys/fs/bpf/halod/<instance>`.
+    pub instance: String,
+    /// Interface facing the clients (carries the VIP).
+    pub external: String,
+    /// Interface facing the nodes; may be the same as `external`.
+    pub internal: String,
+    /// The virtual IP clients connect to.
+    pub vip: Ipv4Addr,
+    /// Number of routes `N`.
+    pub routes: u16,
+    /// Base port of each listener group; route `r` owns `base + r - 1` in each.
+    pub listeners: Vec<u16>,
+    /// Number of per-node counter slots; every `NodeTarget::index` is below it.
+    pub max_nodes: u32,
+}
+
+/// A node as the data plane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeTarget {
+    pub addr: Ipv4Addr,
+    /// The node's per-node counter slot, `< max_nodes`.
+    pub index: u32,
+}
+
+/// One table write. [`Dataplane::apply`] carries a batch out in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Put a node in a slot (or empty it).
+    Slot { slot: u16, node: Option<NodeTarget> },
+    /// Point a route at a slot (or at nothing).
+    Route { route: u16, slot: Option<u16> },
+}
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE).
+    Native,
+    /// In the kernel stack after the skb is built (XDP_FLAGS_SKB_MODE): slower.
+    Generic,
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters summed over all CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Forwarded traffic (both directions) per route; index `route - 1`.
+    pub routes: Vec<Counter>,
+    /// Forwarded traffic (both directions) per node index.
+    pub nodes: Vec<Counter>,
+    /// Packets per verdict reason (`forwarded_in`, `pass_no_node`, ...).
+    pub reasons: Vec<(&'static str, u64)>,
+}
+
+impl Stats {
+    /// The count of one reason by name; 0 for an unknown name.
+    pub fn reason(&self, name: &str) -> u64 {
+        self.reasons
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+/// What went wrong, naming the interface, map or program and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("invalid data plane configuration: {0}")]
+    Config(String),
+    #[error("interface {interface:?}: {error}; check the name with `ip link`")]
+    Interface {
+        interface: String,
+        error: nix::Error,
+    },
+    #[error(
+        "this halod was built with HALOD_SKIP_EBPF, so it has no XDP program: rebuild without it"
+    )]
+    NoObject,
+    #[error("loading the XDP object failed: {error}")]
+    Object { error: Box<aya::EbpfError> },
+    #[error("program {program}: {action} failed: {error}")]
+    Program {
+        program: &'static str,
+        action: &'static str,
+        error: Box<ProgramError>,
+    },
+    #[error(
+        "attaching XDP program {program} to interface {interface} failed in native mode ({native}) and in generic mode ({generic})"
+    )]
+    Attach {
+        program: &'static str,
+        interface: String,
+        native: Box<ProgramError>,
+        generic: Box<ProgramError>,
+    },
+    #[error("map {map}: {action} failed: {error}")]
+    Map {
+        map: &'static str,
+        action: String,
+        error: Box<MapError>,
+    },
+    #[error("map {map} is missing from the XDP object")]
+    MissingMap { map: &'static str },
+    #[error("pinning maps under {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+    #[error("table write #{position} {write:?} refused, nothing written: {reason}")]
+    Write {
+        position: usize,
+        write: Write,
+        reason: String,
+    },
+    #[error("the data plane task has stopped")]
+    Stopped,
+}
+
+fn map_error(
+    map: &'static str,
+    action: impl Into<String>,
+) -> impl FnOnce(MapError) -> DataplaneError {
+    let action = action.into();
+    move |error| DataplaneError::Map {
+        map,
+        action,
+        error: Box::new(error),
+    }
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    config: DataplaneConfig,
+    /// Set once the maps are pinned; removed on drop.
+    pins: Option<PathBuf>,
+    modes: Vec<(String, AttachMode)>,
+    table: Table,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("config", &self.config)
+            .field("pins", &self.pins)
+            .field("modes", &self.modes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Loads the program, writes the configuration, attaches it to both
+    /// interfaces and pins the maps under `/sys/fs/bpf/halod/<instance>`.
+    pub fn start(config: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+        let pin_dir = Path::new(PIN_ROOT).join(&config.instance);
+        // Checked before loading so a second instance with the same name does not
+        // attach over the first one.
+        prepare_pin_dir(&pin_dir, &config.instance)?;
+        let mut dataplane = match Dataplane::load_unattached(config) {
+            Ok(dataplane) => dataplane,
+            Err(error) => {
+                let _ = fs::remove_dir(&pin_dir);
+                return Err(error);
+            }
+        };
+        // From here `Drop` cleans up whatever was done.
+        dataplane.pins = Some(pin_dir.clone());
+        dataplane.pin_maps(&pin_dir)?;
+        dataplane.attach()?;
+        Ok(dataplane)
+    }
+
+    /// Loads the program and writes the configuration without attaching or
+    /// pinning anything: for `BPF_PROG_TEST_RUN` tests and benchmarks. The
+    /// interfaces must exist in the calling thread's network namespace.
+    pub fn load_unattached(config: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+        let (external, internal) = validate(config)?;
+        let bytes = object::bytes();
+        if bytes.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        // Table sizes follow the configuration; `NODE_BY_ADDR` holds one address
+        // per node index.
+        let routes = u32::from(config.routes);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::ROUTE_SLOT, routes)
+            .map_max_entries(names::SLOT_NODE, routes)
+            .map_max_entries(names::ROUTE_COUNTERS, routes)
+            .map_max_entries(names::NODE_COUNTERS, config.max_nodes)
+            .map_max_entries(names::NODE_BY_ADDR, config.max_nodes)
+            .load(bytes)
+            .map_err(|error| DataplaneError::Object {
+                error: Box::new(error),
+            })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(common::PROGRAM_NAME)
+            .ok_or(DataplaneError::Object {
+                error: Box::new(aya::EbpfError::ProgramError(ProgramError::InvalidName {
+                    name: common::PROGRAM_NAME.to_owned(),
+                })),
+            })?
+            .try_into()
+            .map_err(|error| DataplaneError::Program {
+                program: common::PROGRAM_NAME,
+                action: "finding the XDP program",
+                error: Box::new(error),
+            })?;
+        program.load().map_err(|error| DataplaneError::Program {
+            program: common::PROGRAM_NAME,
+            action: "loading (BPF_PROG_LOAD)",
+            error: Box::new(error),
+        })?;
+
+        let mut listeners = [0u16; MAX_LISTENERS];
+        listeners[..config.listeners.len()].copy_from_slice(&config.listeners);
+        let value = common::Config {
+            vip: config.vip.octets(),
+            external_ifindex: external,
+            internal_ifindex: internal,
+            routes: config.routes,
+            listener_count: config.listeners.len() as u16,
+            listeners,
+            flags: CONFIG_ENABLED,
+        };
+        let mut dataplane = Dataplane {
+            ebpf,
+            config: config.clone(),
+            pins: None,
+            modes: Vec::new(),
+            table: Table::new(config.routes, config.max_nodes),
+        };
+        dataplane
+            .array::<common::Config>(names::CONFIG)?
+            .set(0, value, 0)
+            .map_err(map_error(names::CONFIG, "writing the configuration"))?;
+        Ok(dataplane)
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.config
+    }
+
+    /// Carries out `writes` in the given order after checking the whole batch:
+    /// ids in range, no route ever pointing at a slot without a node. A refused
+    /// batch writes nothing.
+    pub fn apply(&mut self, writes: &[Write]) -> Result<(), DataplaneError> {
+        self.table.check(writes)?;
+        for write in writes {
+            match *write {
+                Write::Route { route, slot } => {
+                    self.array::<common::RouteSlot>(names::ROUTE_SLOT)?
+                        .set(u32::from(route) - 1, u32::from(slot.unwrap_or(0)), 0)
+                        .map_err(map_error(
+                            names::ROUTE_SLOT,
+                            format!("writing route {route}"),
+                        ))?;
+                }
+                Write::Slot { slot, node } => {
+                    // Return traffic from the node must be recognised before
+                    // client traffic reaches it.
+                    if let Some(node) = &node {
+                        for change in self.table.addr_changes(node) {
+                            self.change_addr(change)?;
+                        }
+                    }
+                    let value = node.map_or(SlotNode::default(), |node| SlotNode {
+                        addr: node.addr.octets(),
+                        index: node.index,
+                        flags: NODE_PRESENT,
+                    });
+                    self.array::<SlotNode>(names::SLOT_NODE)?
+                        .set(u32::from(slot) - 1, value, 0)
+                        .map_err(map_error(names::SLOT_NODE, format!("writing slot {slot}")))?;
+                }
+            }
+            self.table.record(write);
+        }
+        Ok(())
+    }
+
+    fn change_addr(&mut self, change: AddrChange) -> Result<(), DataplaneError> {
+        let mut map: BpfHashMap<&mut MapData, NodeAddr, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut(names::NODE_BY_ADDR).ok_or(
+                DataplaneError::MissingMap {
+                    map: names::NODE_BY_ADDR,
+                },
+            )?)
+            .map_err(map_error(names::NODE_BY_ADDR, "opening"))?;
+        match change {
+            AddrChange::Insert(addr, index) => map
+                .insert(
+                    NodeAddr {
+                        addr: addr.octets(),
+                    },
+                    index,
+                    0,
+                )
+                .map_err(map_error(names::NODE_BY_ADDR, format!("inserting {addr}"))),
+            AddrChange::Remove(addr) => match map.remove(&NodeAddr {
+                addr: addr.octets(),
+            }) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(error) => Err(map_error(names::NODE_BY_ADDR, format!("removing {addr}"))(
+                    error,
+                )),
+            },
+        }
+    }
+
+    /// Reads the route -> slot and slot -> node tables back from the kernel
+    /// (index `route - 1` and `slot - 1`).
+    #[allow(clippy::type_complexity)]
+    pub fn table(&self) -> Result<(Vec<Option<u16>>, Vec<Option<NodeTarget>>), DataplaneError> {
+        let routes = self.array_ref::<common::RouteSlot>(names::ROUTE_SLOT)?;
+        let routes = (0..u32::from(self.config.routes))
+            .map(|i| {
+                routes
+                    .get(&i, 0)
+                    .map(|slot| u16::try_from(slot).ok().filter(|s| *s != 0))
+                    .map_err(map_error(
+                        names::ROUTE_SLOT,
+                        format!("reading route {}", i + 1),
+                    ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let slots = self.array_ref::<SlotNode>(names::SLOT_NODE)?;
+        let slots = (0..u32::from(self.config.routes))
+            .map(|i| {
+                slots
+                    .get(&i, 0)
+                    .map(|node| {
+                        (node.flags & NODE_PRESENT != 0).then(|| NodeTarget {
+                            addr: Ipv4Addr::from(node.addr),
+                            index: node.index,
+                        })
+                    })
+                    .map_err(map_error(
+                        names::SLOT_NODE,
+                        format!("reading slot {}", i + 1),
+                    ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((routes, slots))
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn stats(&self) -> Result<Stats, DataplaneError> {
+        let routes = self.counters(names::ROUTE_COUNTERS)?;
+        let nodes = self.counters(names::NODE_COUNTERS)?;
+        let map = self.map_ref(names::REASON_COUNTERS)?;
+        let reasons_map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_error(names::REASON_COUNTERS, "opening"))?;
+        let reasons = Reason::ALL
+            .iter()
+            .map(|reason| {
+                reasons_map
+                    .get(&(*reason as u32), 0)
+                    .map(|values| (reason.name(), values.iter().sum()))
+                    .map_err(map_error(
+                        names::REASON_COUNTERS,
+                        format!("reading {}", reason.name()),
+                    ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Stats {
+            routes,
+            nodes,
+            reasons,
+        })
+    }
+
+    fn counters(&self, name: &'static str) -> Result<Vec<Counter>, DataplaneError> {
+        let map: PerCpuArray<&MapData, common::Counter> =
+            PerCpuArray::try_from(self.map_ref(name)?).map_err(map_error(name, "opening"))?;
+        (0..map.len())
+            .map(|i| {
+                map.get(&i, 0)
+                    .map(|values| {
+                        values.iter().fold(Counter::default(), |sum, c| Counter {
+                            packets: sum.packets + c.packets,
+                            bytes: sum.bytes + c.bytes,
+                        })
+                    })
+                    .map_err(map_error(name, format!("reading index {i}")))
+            })
+            .collect()
+    }
+
+    /// Attach mode per interface.
+    pub fn modes(&self) -> Vec<(String, AttachMode)> {
+        self.modes.clone()
+    }
+
+    /// The pin directory, once pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_deref()
+    }
+
+    /// Runs the program once on `frame` as if it arrived on interface
+    /// `ingress_ifindex` (`BPF_PROG_TEST_RUN`), returning the verdict and the
+    /// frame as the program left it. The interface must exist in the calling
+    /// thread's network namespace; `bpf_fib_lookup` consults that namespace.
+    pub fn test_run(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<(u32, Vec<u8>), DataplaneError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(common::PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::Config("no XDP program loaded".to_owned()))?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (the kernel wants data = 0 and data_end = frame length).
+        let context: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+        let context: Vec<u8> = context.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&context),
+                ..TestRunOptions::default()
+            })
+            .map_err(|error| DataplaneError::Program {
+                program: common::PROGRAM_NAME,
+                action: "BPF_PROG_TEST_RUN",
+                error: Box::new(error),
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    fn attach(&mut self) -> Result<(), DataplaneError> {
+        let mut interfaces = vec![self.config.external.clone()];
+        if self.config.internal != self.config.external {
+            interfaces.push(self.config.internal.clone());
+        }
+        for interface in interfaces {
+            let program: &mut Xdp = self
+                .ebpf
+                .program_mut(common::PROGRAM_NAME)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DataplaneError::Config("no XDP program loaded".to_owned()))?;
+            let mode = match program.attach(&interface, XdpMode::Driver) {
+                Ok(_) => AttachMode::Native,
+                Err(native) => {
+                    tracing::warn!(
+                        interface = %interface,
+                        error = %native,
+                        "native XDP attach failed; falling back to generic (skb) mode, which is much slower"
+                    );
+                    match program.attach(&interface, XdpMode::Skb) {
+                        Ok(_) => AttachMode::Generic,
+                        Err(generic) => {
+                            return Err(DataplaneError::Attach {
+                                program: common::PROGRAM_NAME,
+                                interface,
+                                native: Box::new(native),
+                                generic: Box::new(generic),
+                            });
+                        }
+                    }
+                }
+            };
+            tracing::info!(interface = %interface, mode = ?mode, "XDP program attached");
+            self.modes.push((interface, mode));
+        }
+        Ok(())
+    }
+
+    /// Pins every map as `<dir>/<MAP>`. A later restart can adopt them with
+    /// `EbpfLoader::map_pin_path` per name.
+    fn pin_maps(&mut self, dir: &Path) -> Result<(), DataplaneError> {
+        for name in names::ALL {
+            let path = dir.join(name);
+            self.map_ref(name)?
+                .pin(&path)
+                .map_err(|error| DataplaneError::Pin {
+                    path: path.clone(),
+                    message: format!("pinning map {name}: {error}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn map_ref(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { map: name })
+    }
+
+    fn array_ref<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Array<&MapData, V>, DataplaneError> {
+        Array::try_from(self.map_ref(name)?).map_err(map_error(name, "opening"))
+    }
+
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { map: name })?;
+        Array::try_from(map).map_err(map_error(name, "opening"))
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        // The program's links are released with `self.ebpf` (detaching it); the
+        // pins would keep the maps alive, so remove them.
+        if let Some(dir) = self.pins.take() {
+            for name in names::ALL {
+                match fs::remove_file(dir.join(name)) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(path = %dir.join(name).display(), %error, "removing pinned map")
+                    }
+                }
+            }
+            if let Err(error) = fs::remove_dir(&dir) {
+                tracing::warn!(path = %dir.display(), %error, "removing pin directory");
+            }
+            // The shared parent goes when the last instance leaves; it fails
+            // harmlessly while others remain.
+            let _ = fs::remove_dir(PIN_ROOT);
+        }
+    }
+}
+
+/// Checks the configuration and resolves the interface indices (in the calling
+/// thread's network namespace).
+fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
+    let invalid = |message: String| Err(DataplaneError::Config(message));
+    if config.instance.is_empty()
+        || !config
+            .instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || config.instance.starts_with('.')
+    {
+        return invalid(format!(
+            "instance name {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it names the pin directory)",
+            config.instance
+        ));
+    }
+    if config.routes == 0 {
+        return invalid("routes must be at least 1".to_owned());
+    }
+    if config.listeners.is_empty() || config.listeners.len() > MAX_LISTENERS {
+        return invalid(format!(
+            "{} listener groups given; between 1 and {MAX_LISTENERS} are supported",
+            config.listeners.len()
+        ));
+    }
+    let mut groups: Vec<(u16, u16)> = Vec::new();
+    for &base in &config.listeners {
+        let Some(last) = last_port(base, config.routes).filter(|_| base != 0) else {
+            return invalid(format!(
+                "listener group with base port {base} and {} routes does not fit in ports 1..=65535",
+                config.routes
+            ));
+        };
+        if let Some((other, other_last)) = groups.iter().find(|(b, l)| base <= *l && *b <= last) {
+            return invalid(format!(
+                "listener groups {base}..={last} and {other}..={other_last} overlap"
+            ));
+        }
+        groups.push((base, last));
+    }
+    if config.max_nodes == 0 {
+        return invalid("max_nodes must be at least 1".to_owned());
+    }
+    if config.vip.is_unspecified() || config.vip.is_broadcast() || config.vip.is_multicast() {
+        return invalid(format!("VIP {} is not a unicast address", config.vip));
+    }
+    let index = |interface: &str| {
+        nix::net::if_::if_nametoindex(interface).map_err(|error| DataplaneError::Interface {
+            interface: interface.to_owned(),
+            error,
+        })
+    };
+    Ok((index(&config.external)?, index(&config.internal)?))
+}
+
+/// Makes sure bpffs is mounted and `dir` is free for this instance.
+fn prepare_pin_dir(dir: &Path, instance: &str) -> Result<(), DataplaneError> {
+    let pin_error = |message: String| DataplaneError::Pin {
+        path: dir.to_path_buf(),
+        message,
+    };
+    match nix::sys::statfs::statfs(BPF_FS) {
+        Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => {}
+        Ok(_) => {
+            return Err(pin_error(format!(
+                "{BPF_FS} is not a BPF filesystem; mount it with `mount -t bpf bpf {BPF_FS}`"
+            )));
+        }
+        Err(error) => return Err(pin_error(format!("statfs {BPF_FS}: {error}"))),
+    }
+    fs::create_dir_all(PIN_ROOT)
+        .map_err(|error| pin_error(format!("creating {PIN_ROOT}: {error}")))?;
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Err(pin_error(format!(
+            "already exists: another halod instance named {instance:?} is running, or one \
+             stopped without cleaning up; stop it, or remove the directory with `rm -r {}`",
+            dir.display()
+        ))),
+        Err(error) => Err(pin_error(format!("creating the directory: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> DataplaneConfig {
+        DataplaneConfig {
+            instance: "test".to_owned(),
+            external: "lo".to_owned(),
+            internal: "lo".to_owned(),
+            vip: Ipv4Addr::new(198, 18, 0, 1),
+            routes: 24,
+            listeners: vec![8000, 9000],
+            max_nodes: 16,
+        }
+    }
+
+    #[test]
+    fn bad_configurations_are_explained() {
+        for (change, expected) in [
+            (
+                Box::new(|c: &mut DataplaneConfig| c.instance = "../x".into())
+                    as Box<dyn Fn(&mut DataplaneConfig)>,
+                "instance name",
+            ),
+            (Box::new(|c| c.routes = 0), "routes must be at least 1"),
+            (Box::new(|c| c.listeners = vec![]), "0 listener groups"),
+            (Box::new(|c| c.listeners = vec![8000, 8010]), "overlap"),
+            (Box::new(|c| c.listeners = vec![65530]), "does not fit"),
+            (Box::new(|c| c.max_nodes = 0), "max_nodes"),
+            (Box::new(|c| c.vip = Ipv4Addr::UNSPECIFIED), "not a unicast"),
+            (
+                Box::new(|c| c.external = "halod-nope0".into()),
+                "interface \"halod-nope0\"",
+            ),
+        ] {
+            let mut c = config();
+            change(&mut c);
+            let err = validate(&c).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        assert!(validate(&config()).is_ok());
+    }
+}

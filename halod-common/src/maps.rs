@@ -1,0 +1,203 @@
+//! Keys and values of the XDP program's maps. Every type is `#[repr(C)]` with
+//! explicit padding and a size check, because the kernel copies them byte for byte
+//! between user space and the program.
+//!
+//! Addresses are kept as their four wire bytes (`[u8; 4]`, network order), so the
+//! program compares and copies them without byte swapping.
+
+use crate::listener::MAX_LISTENERS;
+
+/// Map names as they appear in the object file and under the pin directory.
+pub mod names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const ROUTE_SLOT: &str = "ROUTE_SLOT";
+    pub const SLOT_NODE: &str = "SLOT_NODE";
+    pub const NODE_BY_ADDR: &str = "NODE_BY_ADDR";
+    pub const ROUTE_COUNTERS: &str = "ROUTE_COUNTERS";
+    pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
+    pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
+    /// Every map, in the order user space pins them.
+    pub const ALL: [&str; 7] = [
+        CONFIG,
+        ROUTE_SLOT,
+        SLOT_NODE,
+        NODE_BY_ADDR,
+        ROUTE_COUNTERS,
+        NODE_COUNTERS,
+        REASON_COUNTERS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "halod";
+
+/// Upper bound on `routes` (shared/spec/routing.md: 1..=65535); sizes of the route
+/// and slot tables are set to the configured count at load time.
+pub const MAX_ROUTES: u32 = 65535;
+
+/// `Config::flags`: user space has written a complete configuration. Until then
+/// the program passes every packet.
+pub const CONFIG_ENABLED: u32 = 1;
+
+/// The gateway's configuration, the single entry (index 0) of `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The virtual IP clients connect to.
+    pub vip: [u8; 4],
+    /// Interface facing the clients.
+    pub external_ifindex: u32,
+    /// Interface facing the nodes (may equal `external_ifindex`).
+    pub internal_ifindex: u32,
+    /// Number of routes `N`.
+    pub routes: u16,
+    /// Number of valid entries in `listeners`.
+    pub listener_count: u16,
+    /// Base port of each listener group (host order).
+    pub listeners: [u16; MAX_LISTENERS],
+    /// `CONFIG_ENABLED` and future switches.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Config>() == 36);
+
+/// Value of `ROUTE_SLOT[route - 1]`: the slot serving the route, 0 for none.
+pub type RouteSlot = u32;
+
+/// `SlotNode::flags`: the slot has a node.
+pub const NODE_PRESENT: u32 = 1;
+
+/// Value of `SLOT_NODE[slot - 1]`: the node in the slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotNode {
+    /// The node's address.
+    pub addr: [u8; 4],
+    /// The node's counter index in `NODE_COUNTERS`.
+    pub index: u32,
+    /// `NODE_PRESENT`, or 0 for an empty slot.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<SlotNode>() == 12);
+
+/// Key of `NODE_BY_ADDR`: a node address as its wire bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<NodeAddr>() == 4);
+
+/// Value of `NODE_BY_ADDR`: the node's counter index.
+pub type NodeIndex = u32;
+
+/// Packet and byte counts (per CPU in the maps; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// Why the program gave a packet its verdict; the index into `REASON_COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Client -> node, rewritten and redirected.
+    ForwardedIn = 0,
+    /// Node -> client, rewritten and redirected.
+    ForwardedOut,
+    /// Passed: user space has not configured the program yet.
+    PassNotConfigured,
+    /// Passed: not IPv4 (ARP, IPv6, VLAN...).
+    PassNotIpv4,
+    /// Passed: IPv4 not for us (other address, interface or direction).
+    PassNotOurs,
+    /// Passed: for the VIP (or from a node) but neither TCP nor UDP (ICMP...).
+    PassOtherProtocol,
+    /// Passed: TCP/UDP for the VIP or from a node, but not a route port.
+    PassNotRoutePort,
+    /// Passed: the route has no slot, or its slot no node.
+    PassNoNode,
+    /// Passed: TTL 1 or less, so the kernel sends time exceeded.
+    PassTtl,
+    /// Passed: an IP fragment (ports are only in the first one).
+    PassFragment,
+    /// Passed: the frame ends inside a header.
+    PassTruncated,
+    /// Passed: the next hop's neighbour entry is not resolved; the kernel resolves it.
+    PassNoNeigh,
+    /// Passed: the packet is larger than the egress MTU; the kernel fragments or
+    /// answers "fragmentation needed".
+    PassMtu,
+    /// Passed: `bpf_fib_lookup` found no usable route (unreachable, forwarding off...).
+    PassFibFailed,
+    /// Dropped: an IPv4 header the kernel would reject too (IHL < 5, bad length).
+    DropMalformed,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Reason; 15] = [
+        Reason::ForwardedIn,
+        Reason::ForwardedOut,
+        Reason::PassNotConfigured,
+        Reason::PassNotIpv4,
+        Reason::PassNotOurs,
+        Reason::PassOtherProtocol,
+        Reason::PassNotRoutePort,
+        Reason::PassNoNode,
+        Reason::PassTtl,
+        Reason::PassFragment,
+        Reason::PassTruncated,
+        Reason::PassNoNeigh,
+        Reason::PassMtu,
+        Reason::PassFibFailed,
+        Reason::DropMalformed,
+    ];
+    /// Number of reasons: the size of `REASON_COUNTERS`.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable name, used in stats output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::ForwardedIn => "forwarded_in",
+            Reason::ForwardedOut => "forwarded_out",
+            Reason::PassNotConfigured => "pass_not_configured",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotOurs => "pass_not_ours",
+            Reason::PassOtherProtocol => "pass_other_protocol",
+            Reason::PassNotRoutePort => "pass_not_route_port",
+            Reason::PassNoNode => "pass_no_node",
+            Reason::PassTtl => "pass_ttl",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassNoNeigh => "pass_no_neigh",
+            Reason::PassMtu => "pass_mtu",
+            Reason::PassFibFailed => "pass_fib_failed",
+            Reason::DropMalformed => "drop_malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding: every bit pattern is a
+    // valid value and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SlotNode {}
+    unsafe impl aya::Pod for super::NodeAddr {}
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_in_index_order() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.name());
+        }
+    }
+}

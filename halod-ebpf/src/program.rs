@@ -1,0 +1,379 @@
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use halod_common::{
+    checksum,
+    listener::route_for_port,
+    maps::{
+        CONFIG_ENABLED, Config, Counter, NODE_PRESENT, NodeAddr, NodeIndex, Reason, RouteSlot,
+        SlotNode,
+    },
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+// Map sizes here are placeholders: user space sets the real ones at load time
+// from the configuration (`EbpfLoader::set_max_entries`).
+
+/// The gateway configuration (VIP, interfaces, listener groups), one entry.
+/// Written by user space at start; read by the program for every packet.
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Route -> slot: `ROUTE_SLOT[route - 1]` is the slot serving the route, 0 for none.
+/// Written by user space (dataplane actor); read by the program on the inbound path.
+#[map]
+static ROUTE_SLOT: Array<RouteSlot> = Array::with_max_entries(1, 0);
+
+/// Slot -> node: `SLOT_NODE[slot - 1]` is the node in the slot. A spare taking over
+/// is one write here. Written by user space; read by the program on the inbound path.
+#[map]
+static SLOT_NODE: Array<SlotNode> = Array::with_max_entries(1, 0);
+
+/// Node address -> node counter index, for every node in a slot. Written by user
+/// space; read by the program to recognise return traffic.
+#[map]
+static NODE_BY_ADDR: HashMap<NodeAddr, NodeIndex> = HashMap::with_max_entries(1, 0);
+
+/// Per-route packets and bytes forwarded (both directions), index `route - 1`.
+/// Written by the program; read by user space (stats).
+#[map]
+static ROUTE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-node packets and bytes forwarded (both directions), by node index.
+/// Written by the program; read by user space (stats).
+#[map]
+static NODE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+
+/// Packets per verdict reason (`Reason` as index). Written by the program; read by
+/// user space (stats).
+#[map]
+static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const AF_INET: u8 = 2;
+/// IPv4 "more fragments" flag and fragment offset mask of the flags/offset word.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+#[xdp]
+pub fn halod(ctx: XdpContext) -> u32 {
+    // Every `Err` is "no configuration" (the single config entry is missing, which
+    // only happens before user space writes it): let the kernel have the packet.
+    try_halod(&ctx).unwrap_or_else(|()| pass(Reason::PassNotConfigured))
+}
+
+/// Counts `reason` and passes the packet to the kernel stack.
+#[inline(always)]
+fn pass(reason: Reason) -> u32 {
+    count(reason);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn count(reason: Reason) {
+    if let Some(counter) = REASON_COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn add(counters: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}
+
+/// A pointer to a `T` at `offset` bytes into the frame, or `None` when the frame
+/// ends before the whole `T` (the bounds check the verifier requires).
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Where the L4 checksum lives and how it must be updated.
+#[derive(Clone, Copy)]
+enum L4 {
+    Tcp(*mut TcpHdr),
+    Udp(*mut UdpHdr),
+}
+
+fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
+    let config = CONFIG.get(0).ok_or(())?;
+    if config.flags & CONFIG_ENABLED == 0 {
+        return Err(());
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(pass(Reason::PassTruncated));
+    };
+    // SAFETY: `ptr_at` checked the bounds.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Ok(pass(Reason::PassNotIpv4));
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return Ok(pass(Reason::PassTruncated));
+    };
+    // SAFETY: `ptr_at` checked the bounds; the header is copied, not borrowed.
+    let header = unsafe { *ip };
+    let ingress = ctx.ingress_ifindex() as u32;
+
+    // Inbound: a client packet for the VIP on the external interface.
+    let inbound = ingress == config.external_ifindex && header.dst_addr == config.vip;
+    // Return: a packet from a node on the internal interface (one hash lookup).
+    let mut return_node: Option<NodeIndex> = None;
+    if !inbound {
+        if ingress != config.internal_ifindex {
+            return Ok(pass(Reason::PassNotOurs));
+        }
+        // SAFETY: the value is a plain u32 copied out at once.
+        match unsafe {
+            NODE_BY_ADDR.get(NodeAddr {
+                addr: header.src_addr,
+            })
+        } {
+            Some(index) => return_node = Some(*index),
+            None => return Ok(pass(Reason::PassNotOurs)),
+        }
+    }
+
+    // From here the packet is addressed to us; check it the way the kernel would.
+    let header_len = ((header.vihl & 0x0f) as usize) * 4;
+    if header.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        count(Reason::DropMalformed);
+        return Ok(xdp_action::XDP_DROP);
+    }
+    let total_len = u16::from_be_bytes(header.tot_len);
+    if (total_len as usize) < header_len {
+        count(Reason::DropMalformed);
+        return Ok(xdp_action::XDP_DROP);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    if frame_len < EthHdr::LEN + total_len as usize {
+        return Ok(pass(Reason::PassTruncated));
+    }
+    if header.proto != IPPROTO_TCP && header.proto != IPPROTO_UDP {
+        return Ok(pass(Reason::PassOtherProtocol));
+    }
+    let frags = u16::from_be_bytes(header.frags);
+    if frags & (IP_MF | IP_OFFSET) != 0 {
+        return Ok(pass(Reason::PassFragment));
+    }
+
+    let l4_offset = EthHdr::LEN + header_len;
+    // The L4 header must lie inside the IP packet, not in Ethernet padding.
+    let l4_header_len = if header.proto == IPPROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    };
+    if (total_len as usize) < header_len + l4_header_len {
+        return Ok(pass(Reason::PassTruncated));
+    }
+    let (l4, source_port, destination_port) = if header.proto == IPPROTO_TCP {
+        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_offset) else {
+            return Ok(pass(Reason::PassTruncated));
+        };
+        // SAFETY: `ptr_at` checked the bounds.
+        let (source, dest) = unsafe { ((*tcp).source, (*tcp).dest) };
+        (L4::Tcp(tcp), source, dest)
+    } else {
+        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_offset) else {
+            return Ok(pass(Reason::PassTruncated));
+        };
+        // SAFETY: `ptr_at` checked the bounds.
+        let (source, dest) = unsafe { ((*udp).src, (*udp).dst) };
+        (L4::Udp(udp), source, dest)
+    };
+    let route_port = if inbound {
+        u16::from_be_bytes(destination_port)
+    } else {
+        u16::from_be_bytes(source_port)
+    };
+    let Some(route) = route_for_port(
+        route_port,
+        &config.listeners,
+        config.listener_count,
+        config.routes,
+    ) else {
+        return Ok(pass(Reason::PassNotRoutePort));
+    };
+    // The address that changes, and the one the next hop is looked up for.
+    let (node_index, old_addr, new_addr, fib_source, fib_destination) = match return_node {
+        None => {
+            // Two O(1) lookups: route -> slot, slot -> node.
+            let slot = *ROUTE_SLOT.get(route as u32 - 1).ok_or(())?;
+            if slot == 0 {
+                return Ok(pass(Reason::PassNoNode));
+            }
+            let Some(node) = SLOT_NODE.get(slot - 1) else {
+                return Ok(pass(Reason::PassNoNode));
+            };
+            if node.flags & NODE_PRESENT == 0 {
+                return Ok(pass(Reason::PassNoNode));
+            }
+            (
+                node.index,
+                header.dst_addr,
+                node.addr,
+                header.src_addr,
+                node.addr,
+            )
+        }
+        Some(index) => (
+            index,
+            header.src_addr,
+            config.vip,
+            config.vip,
+            header.dst_addr,
+        ),
+    };
+
+    let inbound_rewrite = return_node.is_none();
+    // TTL 1 or less: the kernel must answer "time exceeded". It only does that
+    // for packets it forwards, so hand it over with the address rewritten.
+    if header.ttl <= 1 {
+        rewrite_addresses(
+            ip,
+            l4,
+            inbound_rewrite,
+            u16::from_be_bytes(header.check),
+            old_addr,
+            new_addr,
+        );
+        return Ok(pass(Reason::PassTtl));
+    }
+
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = header.proto;
+    fib.sport = u16::from_ne_bytes(source_port);
+    fib.dport = u16::from_ne_bytes(destination_port);
+    fib.__bindgen_anon_1.tot_len = total_len;
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_2.tos = header.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(fib_source);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(fib_destination);
+    // SAFETY: `fib` is a live stack value of the size passed.
+    let answer = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut c_void,
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match answer as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        // The next hop is not resolved yet, or the packet needs fragmenting: the
+        // kernel does both, given the packet with the address rewritten (it then
+        // forwards it itself, decrementing the TTL).
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            rewrite_addresses(
+                ip,
+                l4,
+                inbound_rewrite,
+                u16::from_be_bytes(header.check),
+                old_addr,
+                new_addr,
+            );
+            return Ok(pass(Reason::PassNoNeigh));
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            rewrite_addresses(
+                ip,
+                l4,
+                inbound_rewrite,
+                u16::from_be_bytes(header.check),
+                old_addr,
+                new_addr,
+            );
+            return Ok(pass(Reason::PassMtu));
+        }
+        _ => return Ok(pass(Reason::PassFibFailed)),
+    }
+
+    // Forward: next-hop MACs, TTL, address. SAFETY: pointers from `ptr_at`.
+    unsafe {
+        (*eth).dst_addr = fib.dmac;
+        (*eth).src_addr = fib.smac;
+        (*ip).ttl = header.ttl - 1;
+        (*ip).check =
+            checksum::decrement_ttl(u16::from_be_bytes(header.check), header.ttl, header.proto)
+                .to_be_bytes();
+    }
+    // SAFETY: pointer from `ptr_at`.
+    let check = u16::from_be_bytes(unsafe { (*ip).check });
+    rewrite_addresses(ip, l4, inbound_rewrite, check, old_addr, new_addr);
+
+    let bytes = frame_len as u64;
+    add(&ROUTE_COUNTERS, route as u32 - 1, bytes);
+    add(&NODE_COUNTERS, node_index, bytes);
+    count(if inbound_rewrite {
+        Reason::ForwardedIn
+    } else {
+        Reason::ForwardedOut
+    });
+    if fib.ifindex == ingress {
+        return Ok(xdp_action::XDP_TX);
+    }
+    // SAFETY: plain helper call; it only records the target for after we return.
+    Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+}
+
+/// Rewrites the destination (inbound) or source (return) address from `old` to
+/// `new`, updating the IPv4 and TCP/UDP checksums incrementally (RFC 1624).
+/// `check` is the IPv4 header checksum as it is in the frame now.
+#[inline(always)]
+fn rewrite_addresses(
+    ip: *mut Ipv4Hdr,
+    l4: L4,
+    destination: bool,
+    check: u16,
+    old: [u8; 4],
+    new: [u8; 4],
+) {
+    // SAFETY (all blocks): every pointer came from `ptr_at`.
+    unsafe {
+        (*ip).check = checksum::replace_addr(check, old, new).to_be_bytes();
+        if destination {
+            (*ip).dst_addr = new;
+        } else {
+            (*ip).src_addr = new;
+        }
+    }
+    match l4 {
+        L4::Tcp(tcp) => unsafe {
+            (*tcp).check =
+                checksum::tcp_addr(u16::from_be_bytes((*tcp).check), old, new).to_be_bytes();
+        },
+        L4::Udp(udp) => unsafe {
+            (*udp).check =
+                checksum::udp_addr(u16::from_be_bytes((*udp).check), old, new).to_be_bytes();
+        },
+    }
+}

@@ -1,0 +1,99 @@
+//! The task that owns the [`Dataplane`]: nobody else touches the maps. Requests
+//! arrive on an mpsc channel and are answered on oneshot channels.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AttachMode, Dataplane, DataplaneError, NodeTarget, Stats, Write};
+
+type TableView = (Vec<Option<u16>>, Vec<Option<NodeTarget>>);
+
+enum Request {
+    Apply(Vec<Write>, oneshot::Sender<Result<(), DataplaneError>>),
+    Stats(oneshot::Sender<Result<Stats, DataplaneError>>),
+    Modes(oneshot::Sender<Vec<(String, AttachMode)>>),
+    Table(oneshot::Sender<Result<TableView, DataplaneError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A cheap, cloneable way to reach the data plane task.
+#[derive(Clone, Debug)]
+pub struct DataplaneHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+/// Moves `dataplane` into its own task. The task ends, detaching the program
+/// and removing the pins, on [`DataplaneHandle::shutdown`] or when every handle
+/// is dropped. Must be called inside a tokio runtime.
+pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
+    let (requests, mut inbox) = mpsc::channel::<Request>(64);
+    // Map updates are short syscalls; a blocking thread keeps them off the
+    // async workers anyway.
+    tokio::task::spawn_blocking(move || {
+        let mut dataplane = dataplane;
+        while let Some(request) = inbox.blocking_recv() {
+            match request {
+                Request::Apply(writes, reply) => {
+                    let result = dataplane.apply(&writes);
+                    if let Err(error) = &result {
+                        tracing::error!(%error, "data plane write failed");
+                    }
+                    let _ = reply.send(result);
+                }
+                Request::Stats(reply) => {
+                    let _ = reply.send(dataplane.stats());
+                }
+                Request::Modes(reply) => {
+                    let _ = reply.send(dataplane.modes());
+                }
+                Request::Table(reply) => {
+                    let _ = reply.send(dataplane.table());
+                }
+                Request::Shutdown(reply) => {
+                    drop(dataplane);
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+    });
+    DataplaneHandle { requests }
+}
+
+impl DataplaneHandle {
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, DataplaneError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(request(reply))
+            .await
+            .map_err(|_| DataplaneError::Stopped)?;
+        answer.await.map_err(|_| DataplaneError::Stopped)
+    }
+
+    /// Carries out `writes` in order (see [`Dataplane::apply`]).
+    pub async fn apply(&self, writes: Vec<Write>) -> Result<(), DataplaneError> {
+        self.ask(|reply| Request::Apply(writes, reply)).await?
+    }
+
+    pub async fn stats(&self) -> Result<Stats, DataplaneError> {
+        self.ask(Request::Stats).await?
+    }
+
+    /// Attach mode per interface; empty once the task has stopped.
+    pub async fn modes(&self) -> Vec<(String, AttachMode)> {
+        self.ask(Request::Modes).await.unwrap_or_default()
+    }
+
+    /// The route -> slot and slot -> node tables as the kernel holds them.
+    pub async fn table(&self) -> Result<TableView, DataplaneError> {
+        self.ask(Request::Table).await?
+    }
+
+    /// Detaches the program and removes the pins; returns once done. Other
+    /// handles get [`DataplaneError::Stopped`] afterwards.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Request::Shutdown).await;
+    }
+}
