@@ -606,13 +606,19 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// A veth pair with one end in each namespace, both up, tx checksum offload off, GRO on.
+///
+/// Both ends go up *before* GRO is switched on: veth only starts accepting XDP_REDIRECTed
+/// frames (its NAPI path) when GRO is enabled on a running device (seen on Linux 6.18: with the
+/// other order every redirect fails with -EOPNOTSUPP on the `xdp:xdp_redirect_err` tracepoint).
 fn veth((a, a_ns): (&str, &str), (b, b_ns): (&str, &str)) -> Result<()> {
     ip(&[
         "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
     ])?;
     for (dev, ns) in [(a, a_ns), (b, b_ns)] {
-        command::run(netns_command(ns, "ethtool").args(["-K", dev, "tx", "off", "gro", "on"]))?;
         ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    for (dev, ns) in [(a, a_ns), (b, b_ns)] {
+        command::run(netns_command(ns, "ethtool").args(["-K", dev, "tx", "off", "gro", "on"]))?;
     }
     Ok(())
 }
