@@ -153,7 +153,10 @@ impl Bed {
              routes: {ROUTES}\n\
              listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
              nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
-             reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}",
+             reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}\
+             control: {{socket: {dir}/halod.sock}}\n\
+             state_file: {dir}/state.json\n",
+            dir = dir.display(),
             vip = bed.vip(),
             b0 = BASES[0],
             b1 = BASES[1],
@@ -340,7 +343,8 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        // Stop the gateway cleanly so it detaches XDP and removes its pins.
+        // Stop the gateway (it leaves XDP attached for a restart), then
+        // remove its program, pins and state file.
         self.gateway.signal(nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -349,6 +353,13 @@ impl Drop for Bed {
             }
             thread::sleep(Duration::from_millis(20));
         }
+        let _ = self.gateway.child.kill();
+        let _ = self.gateway.child.wait();
+        let _ = Command::new(HALOD)
+            .args(["teardown", "--config"])
+            .arg(self.dir.join("halod.yaml"))
+            .stdout(Stdio::null())
+            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

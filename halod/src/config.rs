@@ -18,6 +18,15 @@ pub const MAX_ROUTES: u32 = 65_535;
 pub const MAX_LISTENERS: usize = halod_common::listener::MAX_LISTENERS;
 /// Default for `nodes.max_nodes`.
 pub const DEFAULT_MAX_NODES: u32 = 10_000;
+/// Default for `control.socket`.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/halod/halod.sock";
+/// Directory of the default `state_file` (`<dir>/<instance>.state.json`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/halod";
+/// Default for `nodes.restart_grace_ms`: longer than the reference agent's
+/// longest reconnect backoff (5 s plus 50 % jitter).
+pub const DEFAULT_RESTART_GRACE_MS: u64 = 10_000;
+/// Longest `sun_path` of a Unix socket, less its terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
 
 /// What went wrong with a config file.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,44 @@ pub struct Config {
     pub routes: u32,
     pub listeners: Vec<Listener>,
     pub nodes: NodesConfig,
+    /// The operator's control socket.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Where the daemon keeps its table (slots, spares, node addresses) for a
+    /// restart; default `/var/lib/halod/<instance>.state.json`.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// The Prometheus endpoint; off unless `metrics.listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the Unix socket `halod routes|nodes|status|...` talk to.
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+    /// Group allowed to use the socket (mode 0660); none: root only (0600).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            socket: default_control_socket(),
+            group: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:PORT` serving `GET /metrics`; none: no metrics endpoint.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,6 +135,10 @@ pub struct NodesConfig {
     /// A lost connection fails the node after this long unless it comes back.
     #[serde(default)]
     pub reconnect_grace_ms: u64,
+    /// After a daemon restart, how long the nodes of the saved state have to
+    /// reconnect before they are failed.
+    #[serde(default = "default_restart_grace_ms")]
+    pub restart_grace_ms: u64,
     /// Spares to keep (routing rule `S`).
     #[serde(default)]
     pub spares: u32,
@@ -113,6 +164,12 @@ fn default_dead_after() -> u32 {
 }
 fn default_max_nodes() -> u32 {
     DEFAULT_MAX_NODES
+}
+fn default_restart_grace_ms() -> u64 {
+    DEFAULT_RESTART_GRACE_MS
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 
 impl Config {
@@ -152,6 +209,13 @@ impl Config {
     /// Base ports in listener order (route `r` is `base + r - 1` in each).
     pub fn base_ports(&self) -> Vec<u16> {
         self.listeners.iter().map(|l| l.base_port).collect()
+    }
+
+    /// The effective `state_file`.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_file.clone().unwrap_or_else(|| {
+            Path::new(DEFAULT_STATE_DIR).join(format!("{}.state.json", self.instance))
+        })
     }
 
     /// The effective `nodes.max_active`.
@@ -283,6 +347,12 @@ impl Config {
                 ),
             ));
         }
+        if nodes.restart_grace_ms > 3_600_000 {
+            return Err(invalid(
+                "nodes.restart_grace_ms",
+                format!("{} is more than an hour (3600000)", nodes.restart_grace_ms),
+            ));
+        }
         if let Some(max_active) = nodes.max_active
             && !(1..=self.routes).contains(&max_active)
         {
@@ -298,6 +368,40 @@ impl Config {
             return Err(invalid(
                 "nodes.max_nodes",
                 format!("{} is out of range: use 1..=1000000", nodes.max_nodes),
+            ));
+        }
+        let socket = self.control.socket.as_os_str();
+        if socket.is_empty() || socket.len() > MAX_SOCKET_PATH {
+            return Err(invalid(
+                "control.socket",
+                format!(
+                    "{:?} must be a path of 1 to {MAX_SOCKET_PATH} bytes (a Unix socket address)",
+                    self.control.socket
+                ),
+            ));
+        }
+        if let Some(group) = &self.control.group
+            && group.is_empty()
+        {
+            return Err(invalid(
+                "control.group",
+                "must name a group, or be left out (root only)",
+            ));
+        }
+        if let Some(path) = &self.state_file
+            && (path.as_os_str().is_empty() || path.file_name().is_none())
+        {
+            return Err(invalid(
+                "state_file",
+                format!("{path:?} must name a file, e.g. /var/lib/halod/default.state.json"),
+            ));
+        }
+        if let Some(listen) = self.metrics.listen
+            && listen.port() == 0
+        {
+            return Err(invalid(
+                "metrics.listen",
+                "needs a port, e.g. 127.0.0.1:9464",
             ));
         }
         if nodes.spares >= nodes.max_nodes {
@@ -334,6 +438,26 @@ impl Config {
             Some(path) => read_token(path)
                 .map(Some)
                 .map_err(|reason| invalid("nodes.token_file", reason)),
+        }
+    }
+}
+
+impl Config {
+    /// The group of `control.group`, looked up without changing anything.
+    pub fn control_group(&self) -> Result<Option<nix::unistd::Gid>, ConfigError> {
+        let Some(name) = &self.control.group else {
+            return Ok(None);
+        };
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => Ok(Some(group.gid)),
+            Ok(None) => Err(invalid(
+                "control.group",
+                format!("no group named {name:?} on this system; check `getent group {name}`"),
+            )),
+            Err(errno) => Err(invalid(
+                "control.group",
+                format!("looking up group {name:?}: {errno}"),
+            )),
         }
     }
 }
@@ -409,15 +533,73 @@ nodes:
     #[test]
     fn the_deployed_example_parses() {
         let config = Config::parse(include_str!("../../deploy/halod.example.yaml")).unwrap();
+        let mut expected = Config::parse(
+            &EXAMPLE
+                .replace("  token_file: /etc/halod/token\n", "")
+                .replace("  max_active: 24\n", ""),
+        )
+        .unwrap();
+        // The example turns metrics on and spells out the default state file.
+        expected.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
+        expected.state_file = Some(PathBuf::from("/var/lib/halod/default.state.json"));
+        assert_eq!(config, expected);
+        assert_eq!(config.state_file(), expected.state_file());
+    }
+
+    #[test]
+    fn operator_keys_parse_with_defaults() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(config.control.socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(config.control.group, None);
+        assert_eq!(config.metrics.listen, None);
+        assert_eq!(config.nodes.restart_grace_ms, DEFAULT_RESTART_GRACE_MS);
         assert_eq!(
-            config,
-            Config::parse(
-                &EXAMPLE
-                    .replace("  token_file: /etc/halod/token\n", "")
-                    .replace("  max_active: 24\n", "")
-            )
-            .unwrap()
+            config.state_file(),
+            Path::new("/var/lib/halod/default.state.json")
         );
+        let config = Config::parse(&format!(
+            "{}control: {{socket: /tmp/h.sock, group: adm}}\nstate_file: /tmp/s.json\n\
+             metrics: {{listen: 127.0.0.1:9464}}\n",
+            EXAMPLE.replace("  spares: 0", "  spares: 0\n  restart_grace_ms: 2500")
+        ))
+        .unwrap();
+        assert_eq!(config.control.socket, Path::new("/tmp/h.sock"));
+        assert_eq!(config.control.group.as_deref(), Some("adm"));
+        assert_eq!(config.state_file(), Path::new("/tmp/s.json"));
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(config.nodes.restart_grace_ms, 2500);
+
+        for (extra, key) in [
+            ("control: {sockett: /x}\n", "sockett"),
+            ("metrics: {listen: 127.0.0.1:0}\n", "`metrics.listen`"),
+            ("control: {group: \"\"}\n", "`control.group`"),
+            ("state_file: /\n", "`state_file`"),
+        ] {
+            let message = err(&format!("{EXAMPLE}{extra}"));
+            assert!(message.contains(key), "{extra}: {message}");
+        }
+        let long = format!("control: {{socket: /{}}}\n", "s".repeat(120));
+        assert!(err(&format!("{EXAMPLE}{long}")).contains("`control.socket`"));
+        let message =
+            err(&EXAMPLE.replace("  spares: 0", "  spares: 0\n  restart_grace_ms: 3600001"));
+        assert!(message.contains("`nodes.restart_grace_ms`"), "{message}");
+    }
+
+    #[test]
+    fn control_group_is_looked_up() {
+        let mut config = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(config.control_group().unwrap(), None);
+        config.control.group = Some("root".into());
+        assert_eq!(
+            config.control_group().unwrap(),
+            Some(nix::unistd::Gid::from_raw(0))
+        );
+        config.control.group = Some("no-such-group-halod".into());
+        let message = config.control_group().unwrap_err().to_string();
+        assert!(message.contains("no group named"), "{message}");
     }
 
     #[test]

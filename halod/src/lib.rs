@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod node;
+pub mod operator;
 pub mod protocol;
 pub mod routing;
 pub mod simulate;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::manager::{Clock, ConnId, Outbound, Refusal, Registered, Request};
+use super::metrics::Metrics;
 use crate::protocol::{
     ErrorCode, GatewayMessage, Hello, LineError, LineReader, NodeMessage, valid_name,
 };
@@ -31,6 +32,8 @@ pub struct ConnectionContext {
     pub token: Option<String>,
     pub clock: Clock,
     pub shutdown: CancellationToken,
+    /// Heartbeat lateness is observed here, where heartbeats arrive.
+    pub metrics: Metrics,
 }
 
 /// Serves one node connection until it closes, the manager drops it, or the
@@ -112,7 +115,9 @@ pub async fn serve<R, W>(
             line = lines.next_line(&mut reader) => match line {
                 Ok(Some(line)) => match NodeMessage::decode(&line) {
                     Ok(NodeMessage::Hb {}) => {
-                        last_seen.store(context.clock.now_ms(), Ordering::Relaxed);
+                        let now = context.clock.now_ms();
+                        let previous = last_seen.swap(now, Ordering::Relaxed);
+                        context.metrics.heartbeat_gap(now.saturating_sub(previous));
                     }
                     Ok(NodeMessage::Bye {}) => {
                         last_seen.store(context.clock.now_ms(), Ordering::Relaxed);

@@ -8,16 +8,19 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::metrics::Metrics;
+use super::state::{Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{NodeTarget, TablePush, Write};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, Role, RoutePorts};
-use crate::routing::{self, Cluster, Event, Notification, Plan, Route, TableWrite};
+use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
 
 /// Messages queued for one node before it counts as stuck and is failed.
 pub const OUTBOUND_QUEUE: usize = 64;
@@ -79,6 +82,99 @@ pub enum Request {
     },
     /// A copy of the node table (for the control socket and tests).
     Snapshot { reply: oneshot::Sender<Snapshot> },
+    /// An operator drains `name` (`halod drain`): a leave, announced to the
+    /// node, which is then told it was drained and disconnected.
+    Drain {
+        name: String,
+        reply: oneshot::Sender<Result<Drained, String>>,
+    },
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drained {
+    pub node: String,
+    /// Routes that moved to other nodes.
+    pub moved: usize,
+}
+
+/// Something the daemon did, for `halod watch` (one JSON line each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WatchEvent {
+    NodeJoined {
+        node: String,
+        addr: Ipv4Addr,
+        role: routing::Role,
+        slot: Option<Slot>,
+        routes: usize,
+    },
+    /// The node's connection closed; it may reconnect within `grace_ms`.
+    NodeDisconnected {
+        node: String,
+        reason: String,
+        grace_ms: u64,
+    },
+    NodeReconnected {
+        node: String,
+        addr: Ipv4Addr,
+    },
+    NodeFailed {
+        node: String,
+        cause: String,
+    },
+    /// `by` is `bye` (the node asked) or `drain` (an operator asked).
+    NodeLeft {
+        node: String,
+        by: String,
+    },
+    /// A failed active node's routes went elsewhere.
+    Failover(Failover),
+    RoutesMoved {
+        cause: String,
+        moved: usize,
+        active: usize,
+        spares: usize,
+    },
+}
+
+/// One event with its time, as `halod watch` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped {
+    pub time_unix_ms: u64,
+    #[serde(flatten)]
+    pub event: WatchEvent,
+}
+
+/// The last failure of an active node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub node: String,
+    pub cause: String,
+    pub time_unix_ms: u64,
+    /// The spare that took the slot, if one waited.
+    pub replacement: Option<String>,
+    /// Routes that changed node.
+    pub moved: usize,
+    /// Time to carry the plan out (messages and data-plane writes), in microseconds.
+    pub plan_us: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the manager reports to, besides the nodes and the data plane: the
+/// `halod watch` stream, the metrics and the state-file writer. All optional.
+#[derive(Debug, Default)]
+pub struct Observers {
+    pub events: Option<broadcast::Sender<Stamped>>,
+    pub metrics: Metrics,
+    /// The config fingerprint to save with the table, and where to publish it.
+    pub state: Option<(Fingerprint, watch::Sender<Option<SavedState>>)>,
 }
 
 /// The registered nodes as the manager sees them.
@@ -90,6 +186,8 @@ pub struct Snapshot {
     pub spares: Vec<String>,
     /// Every registered node.
     pub nodes: Vec<NodeStatus>,
+    /// The last failure of an active node.
+    pub last_failover: Option<Failover>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +198,15 @@ pub struct NodeStatus {
     pub connected: bool,
     /// Routes the node serves.
     pub routes: Vec<Route>,
+    pub role: Option<routing::Role>,
+    pub slot: Option<Slot>,
+    /// Milliseconds since the last message from the node (while connected).
+    pub last_heartbeat_ms: Option<u64>,
+    /// When the current connection was made (Unix ms; while connected).
+    pub connected_since_unix_ms: Option<u64>,
+    /// Waiting for the node to reconnect: `reconnect` (its connection closed)
+    /// or `restart` (known from the state file after a daemon restart).
+    pub awaiting: Option<&'static str>,
 }
 
 /// A registered connection's side of the node entry.
@@ -156,8 +263,16 @@ struct NodeEntry {
     index: u32,
     connection: Option<Connection>,
     last_seen: Arc<AtomicU64>,
-    /// When the connection was lost (ms), while within the reconnect grace.
-    disconnected_at: Option<u64>,
+    /// While the node may reconnect: the deadline (ms) and why it waits.
+    awaiting: Option<Awaiting>,
+    connected_since_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    until: u64,
+    /// Known from the state file after a daemon restart (not a lost connection).
+    restart: bool,
 }
 
 /// Why a node is failed, for the log.
@@ -166,7 +281,21 @@ enum Cause {
     Heartbeat(u64),
     Disconnected(String),
     GraceOver,
+    RestartGraceOver,
     QueueFull,
+}
+
+impl Cause {
+    /// The metrics label.
+    fn label(&self) -> &'static str {
+        match self {
+            Cause::Heartbeat(_) => "heartbeat",
+            Cause::Disconnected(_) => "disconnected",
+            Cause::GraceOver => "reconnect_grace",
+            Cause::RestartGraceOver => "restart_grace",
+            Cause::QueueFull => "queue_full",
+        }
+    }
 }
 
 impl std::fmt::Display for Cause {
@@ -175,6 +304,9 @@ impl std::fmt::Display for Cause {
             Cause::Heartbeat(ms) => write!(f, "no heartbeat for {ms} ms"),
             Cause::Disconnected(reason) => write!(f, "connection lost: {reason}"),
             Cause::GraceOver => f.write_str("connection not re-established within the grace time"),
+            Cause::RestartGraceOver => f.write_str(
+                "did not reconnect within nodes.restart_grace_ms after the daemon restarted",
+            ),
             Cause::QueueFull => write!(
                 f,
                 "{OUTBOUND_QUEUE} messages queued and not read: the node is stuck"
@@ -197,6 +329,10 @@ pub struct Manager<T> {
     silence_floor: u64,
     /// Nodes whose outbound queue overflowed while a plan was carried out.
     overflowed: Vec<String>,
+    observers: Observers,
+    last_failover: Option<Failover>,
+    /// The table changed since the state was last published.
+    dirty: bool,
 }
 
 impl<T: TablePush> Manager<T> {
@@ -211,7 +347,137 @@ impl<T: TablePush> Manager<T> {
             silence_floor: clock.now_ms(),
             clock,
             overflowed: Vec::new(),
+            observers: Observers::default(),
+            last_failover: None,
+            dirty: false,
         }
+    }
+
+    /// Reports events, metrics and states to `observers`.
+    pub fn observe(mut self, observers: Observers) -> Manager<T> {
+        self.observers = observers;
+        // Published on the first sweep (or by `restore`), not before: a
+        // restored cluster has no node entries yet.
+        self.dirty = true;
+        self
+    }
+
+    /// Takes over the nodes of a saved state (the cluster was built from it
+    /// with [`SavedState::cluster`]): each may reconnect within `grace` and
+    /// resumes without route changes; after it, the missing ones fail. The
+    /// whole table is written to the data plane, so it matches the state
+    /// whatever the maps held.
+    pub async fn restore(&mut self, saved: &SavedState, grace: Duration) {
+        let until = self.clock.now_ms() + grace.as_millis() as u64;
+        for node in saved.nodes() {
+            self.nodes.insert(
+                node.name.clone(),
+                NodeEntry {
+                    addr: node.addr,
+                    index: node.index,
+                    connection: None,
+                    last_seen: Arc::new(AtomicU64::new(0)),
+                    awaiting: Some(Awaiting {
+                        until,
+                        restart: true,
+                    }),
+                    connected_since_unix_ms: None,
+                },
+            );
+        }
+        self.next_index = saved.nodes().map(|n| n.index + 1).max().unwrap_or(0);
+        let used: std::collections::HashSet<u32> = saved.nodes().map(|n| n.index).collect();
+        self.free_indexes = (0..self.next_index)
+            .rev()
+            .filter(|i| !used.contains(i))
+            .collect();
+        let mut writes = Vec::new();
+        for (i, name) in self.cluster.active().iter().enumerate() {
+            let entry = &self.nodes[name];
+            writes.push(Write::Slot {
+                slot: i as Slot + 1,
+                node: Some(NodeTarget {
+                    addr: entry.addr,
+                    index: entry.index,
+                }),
+            });
+        }
+        for route in 1..=self.cluster.routes() {
+            writes.push(Write::Route {
+                route,
+                slot: self.cluster.slot_of_route(route),
+            });
+        }
+        if let Err(err) = self.tables.push(writes).await {
+            error!("data plane refused the restored table: {err:#}");
+        }
+        info!(
+            active = saved.active.len(),
+            spares = saved.spares.len(),
+            grace_ms = grace.as_millis() as u64,
+            "table restored from the state file; waiting for its nodes to reconnect"
+        );
+        self.dirty = true;
+        self.publish_state();
+    }
+
+    fn emit(&self, event: WatchEvent) {
+        if let Some(events) = &self.observers.events {
+            // No subscriber is not an error.
+            let _ = events.send(Stamped {
+                time_unix_ms: unix_ms(),
+                event,
+            });
+        }
+    }
+
+    /// Publishes the table for the state-file writer if it changed.
+    fn publish_state(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let Some((fingerprint, states)) = &self.observers.state else {
+            return;
+        };
+        // A restored cluster before `restore` has entered its nodes: saving
+        // now would save an empty table over the real one.
+        let registered = self.cluster.active().len() + self.cluster.spares().len();
+        if registered > self.nodes.len() {
+            self.dirty = true;
+            return;
+        }
+        let saved = |name: &str| {
+            self.nodes.get(name).map(|entry| SavedNode {
+                name: name.to_string(),
+                addr: entry.addr,
+                index: entry.index,
+            })
+        };
+        let state = SavedState {
+            version: STATE_VERSION,
+            fingerprint: fingerprint.clone(),
+            active: self
+                .cluster
+                .active()
+                .iter()
+                .filter_map(|name| saved(name))
+                .collect(),
+            spares: self
+                .cluster
+                .spares()
+                .into_iter()
+                .filter_map(saved)
+                .collect(),
+        };
+        states.send_if_modified(|current| {
+            if current.as_ref() == Some(&state) {
+                false
+            } else {
+                *current = Some(state);
+                true
+            }
+        });
     }
 
     /// Serves requests and sweeps for dead nodes until `shutdown`.
@@ -264,11 +530,18 @@ impl<T: TablePush> Manager<T> {
             Request::Bye { conn, name } => {
                 if self.is_current(&name, conn) {
                     info!(node = %name, "node said bye: it leaves");
+                    self.emit(WatchEvent::NodeLeft {
+                        node: name.clone(),
+                        by: "bye".into(),
+                    });
                     self.remove(Event::Leave(name)).await;
                 }
             }
             Request::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            Request::Drain { name, reply } => {
+                let _ = reply.send(self.drain(name).await);
             }
             Request::Closed { conn, name, reason } => {
                 if !self.is_current(&name, conn) {
@@ -277,14 +550,56 @@ impl<T: TablePush> Manager<T> {
                 if self.settings.reconnect_grace.is_zero() {
                     self.fail(name, Cause::Disconnected(reason)).await;
                 } else if let Some(entry) = self.nodes.get_mut(&name) {
-                    info!(node = %name, %reason, grace_ms = self.settings.reconnect_grace.as_millis() as u64,
+                    let grace_ms = self.settings.reconnect_grace.as_millis() as u64;
+                    info!(node = %name, %reason, grace_ms,
                         "connection lost; waiting for the node to reconnect");
                     entry.connection = None;
-                    entry.disconnected_at = Some(self.clock.now_ms());
+                    entry.connected_since_unix_ms = None;
+                    entry.awaiting = Some(Awaiting {
+                        until: self.clock.now_ms() + grace_ms,
+                        restart: false,
+                    });
+                    self.emit(WatchEvent::NodeDisconnected {
+                        node: name,
+                        reason,
+                        grace_ms,
+                    });
                 }
             }
         }
         self.fail_overflowed().await;
+        self.publish_state();
+    }
+
+    /// `halod drain NAME`: the node leaves (it hears `moved` first), then it
+    /// is told `drained` and its connection closes.
+    async fn drain(&mut self, name: String) -> Result<Drained, String> {
+        if !self.nodes.contains_key(&name) {
+            return Err(format!(
+                "unknown node {name:?}: no node of that name is registered (see `halod nodes`)"
+            ));
+        }
+        info!(node = %name, "drained by the operator: it leaves");
+        self.emit(WatchEvent::NodeLeft {
+            node: name.clone(),
+            by: "drain".into(),
+        });
+        let plan = match self.cluster.apply(Event::Leave(name.clone())) {
+            Ok(plan) => plan,
+            Err(err) => return Err(err.to_string()),
+        };
+        let moved = plan.moves.len();
+        self.carry_out(plan).await;
+        self.send(
+            &name,
+            GatewayMessage::Error {
+                code: ErrorCode::Drained,
+                message: "drained by the operator (halod drain): this node has left the cluster"
+                    .to_string(),
+            },
+        );
+        self.forget(&name);
+        Ok(Drained { node: name, moved })
     }
 
     fn is_current(&self, name: &str, conn: ConnId) -> bool {
@@ -328,8 +643,10 @@ impl<T: TablePush> Manager<T> {
                 return;
             }
             // Back within the reconnect grace: resume, with the full state.
+            let after_restart = entry.awaiting.is_some_and(|awaiting| awaiting.restart);
             entry.connection = Some(Connection { id: conn, outbound });
-            entry.disconnected_at = None;
+            entry.awaiting = None;
+            entry.connected_since_unix_ms = Some(unix_ms());
             entry.last_seen.store(now, Ordering::Relaxed);
             let last_seen = entry.last_seen.clone();
             let moved_addr = entry.addr != addr;
@@ -339,7 +656,18 @@ impl<T: TablePush> Manager<T> {
                 outbound: receiver,
                 last_seen,
             }));
-            info!(node = %name, %addr, "node reconnected within the grace time");
+            if after_restart {
+                info!(node = %name, %addr, "node reconnected after the daemon restart; its routes are unchanged");
+            } else {
+                info!(node = %name, %addr, "node reconnected within the grace time");
+            }
+            self.emit(WatchEvent::NodeReconnected {
+                node: name.clone(),
+                addr,
+            });
+            if moved_addr {
+                self.dirty = true;
+            }
             if moved_addr && let Some(slot) = self.cluster.slot_of(&name) {
                 // One slot write sends the node's routes to its new address.
                 let write = Write::Slot {
@@ -375,7 +703,8 @@ impl<T: TablePush> Manager<T> {
                 index,
                 connection: Some(Connection { id: conn, outbound }),
                 last_seen: last_seen.clone(),
-                disconnected_at: None,
+                awaiting: None,
+                connected_since_unix_ms: Some(unix_ms()),
             },
         );
         let plan = match self.cluster.apply(Event::Join(name.clone())) {
@@ -402,6 +731,15 @@ impl<T: TablePush> Manager<T> {
         }
         info!(node = %name, %addr, role = ?self.cluster.role(&name), slot = ?self.cluster.slot_of(&name),
             routes = self.cluster.routes_of(&name).len(), "node joined");
+        if let Some(role) = self.cluster.role(&name) {
+            self.emit(WatchEvent::NodeJoined {
+                node: name.clone(),
+                addr,
+                role,
+                slot: self.cluster.slot_of(&name),
+                routes: self.cluster.routes_of(&name).len(),
+            });
+        }
         self.carry_out(plan).await;
     }
 
@@ -422,7 +760,39 @@ impl<T: TablePush> Manager<T> {
             return;
         }
         warn!(node = %name, %cause, "node failed");
-        self.remove(Event::Fail(name)).await;
+        self.observers.metrics.node_failed(cause.label());
+        self.emit(WatchEvent::NodeFailed {
+            node: name.clone(),
+            cause: cause.to_string(),
+        });
+        let slot = self.cluster.slot_of(&name);
+        let replacement = slot.and_then(|_| self.cluster.spares().first().map(|s| s.to_string()));
+        let started = std::time::Instant::now();
+        let moved = match self.cluster.apply(Event::Fail(name.clone())) {
+            Ok(plan) => {
+                let moved = plan.moves.len();
+                self.carry_out(plan).await;
+                moved
+            }
+            Err(err) => {
+                error!(node = %name, "routing refused the failure: {err}");
+                0
+            }
+        };
+        self.forget(&name);
+        if slot.is_some() {
+            let failover = Failover {
+                node: name,
+                cause: cause.to_string(),
+                time_unix_ms: unix_ms(),
+                replacement,
+                moved,
+                plan_us: started.elapsed().as_micros() as u64,
+            };
+            self.observers.metrics.failovers.inc();
+            self.emit(WatchEvent::Failover(failover.clone()));
+            self.last_failover = Some(failover);
+        }
     }
 
     /// Drops a node's entry: closes its connection (after what is queued) and
@@ -431,6 +801,7 @@ impl<T: TablePush> Manager<T> {
         if let Some(entry) = self.nodes.remove(name) {
             self.free_indexes.push(entry.index);
         }
+        self.dirty = true;
     }
 
     /// Carries out a plan: `moved` to the nodes that lose routes, then the
@@ -459,10 +830,16 @@ impl<T: TablePush> Manager<T> {
         let writes = self.translate(&plan.writes);
         if !writes.is_empty() {
             let count = writes.len();
+            let started = std::time::Instant::now();
             if let Err(err) = self.tables.push(writes).await {
                 error!(event = %plan.event, "data plane refused {count} writes: {err:#}");
             }
+            self.observers
+                .metrics
+                .plan_push
+                .observe(started.elapsed().as_secs_f64());
         }
+        self.dirty = true;
         for notification in &plan.notifications {
             match notification {
                 Notification::Moved { .. } => {}
@@ -484,6 +861,12 @@ impl<T: TablePush> Manager<T> {
         if !plan.moves.is_empty() {
             info!(event = %plan.event, moved = plan.moves.len(), active = self.cluster.active().len(),
                 spares = self.cluster.spares().len(), "routes moved");
+            self.emit(WatchEvent::RoutesMoved {
+                cause: plan.event.to_string(),
+                moved: plan.moves.len(),
+                active: self.cluster.active().len(),
+                spares: self.cluster.spares().len(),
+            });
         }
     }
 
@@ -576,13 +959,17 @@ impl<T: TablePush> Manager<T> {
     pub async fn sweep(&mut self) {
         let now = self.clock.now_ms();
         let dead = self.settings.dead_window().as_millis() as u64;
-        let grace = self.settings.reconnect_grace.as_millis() as u64;
         let mut failed: Vec<(String, Cause)> = Vec::new();
         for (name, entry) in &self.nodes {
-            match entry.disconnected_at {
-                Some(since) => {
-                    if now.saturating_sub(since) >= grace {
-                        failed.push((name.clone(), Cause::GraceOver));
+            match entry.awaiting {
+                Some(awaiting) => {
+                    if now >= awaiting.until {
+                        let cause = if awaiting.restart {
+                            Cause::RestartGraceOver
+                        } else {
+                            Cause::GraceOver
+                        };
+                        failed.push((name.clone(), cause));
                     }
                 }
                 None => {
@@ -603,10 +990,12 @@ impl<T: TablePush> Manager<T> {
             self.fail(name, cause).await;
         }
         self.fail_overflowed().await;
+        self.publish_state();
     }
 
     /// The node table, sorted by name.
     pub fn snapshot(&self) -> Snapshot {
+        let now = self.clock.now_ms();
         let mut nodes: Vec<NodeStatus> = self
             .nodes
             .iter()
@@ -616,6 +1005,16 @@ impl<T: TablePush> Manager<T> {
                 index: entry.index,
                 connected: entry.connection.is_some(),
                 routes: self.cluster.routes_of(name),
+                role: self.cluster.role(name),
+                slot: self.cluster.slot_of(name),
+                last_heartbeat_ms: entry
+                    .connection
+                    .as_ref()
+                    .map(|_| now.saturating_sub(entry.last_seen.load(Ordering::Relaxed))),
+                connected_since_unix_ms: entry.connected_since_unix_ms,
+                awaiting: entry
+                    .awaiting
+                    .map(|a| if a.restart { "restart" } else { "reconnect" }),
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -628,6 +1027,7 @@ impl<T: TablePush> Manager<T> {
                 .map(str::to_string)
                 .collect(),
             nodes,
+            last_failover: self.last_failover.clone(),
         }
     }
 

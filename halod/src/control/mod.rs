@@ -3,26 +3,35 @@
 //!
 //! Tasks: one accept loop, one task per node connection ([`connection`]),
 //! one node manager ([`manager`]) that owns the routing cluster and the node
-//! table, and the data-plane actor that owns the BPF maps. Shutdown goes
+//! table, and the data-plane actor that owns the BPF maps; beside them the
+//! operator's control socket ([`socket`]), the metrics endpoint
+//! ([`metrics`]) and the state-file writer ([`state`]). Shutdown goes
 //! through one cancellation token, set on SIGINT or SIGTERM.
 
 pub mod connection;
 pub mod manager;
+pub mod metrics;
+pub mod socket;
+pub mod state;
 pub mod tables;
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::connection::ConnectionContext;
-use self::manager::{Clock, Manager, Settings};
+use self::manager::{Clock, Manager, Observers, Settings};
+use self::metrics::Metrics;
+use self::socket::{DaemonInfo, Services};
+use self::state::{Fingerprint, SavedState};
 use crate::config::Config;
 use crate::dataplane;
 use crate::routing::{Cluster, ClusterConfig};
@@ -35,6 +44,11 @@ pub struct RunArgs {
     /// Path of the gateway's YAML config (docs/operations.md, "Configuration reference").
     #[arg(long)]
     pub config: PathBuf,
+    /// Start with an empty table: ignore (and then overwrite) the state file
+    /// instead of taking its nodes and routes over. Needed after a change of
+    /// `routes`, `listeners`, `vip` or `interfaces`.
+    #[arg(long)]
+    pub reset: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -47,7 +61,50 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_name("halod")
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(serve(config, token))?;
+    runtime.block_on(serve(config, token, args.reset))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TeardownArgs {
+    /// The config of the stopped gateway (its `instance`, `state_file`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Keep the state file (only detach the program and remove the pins).
+    #[arg(long)]
+    pub keep_state: bool,
+}
+
+/// `halod teardown`: removes what a stopped gateway left behind: the XDP
+/// program (it stays attached after `halod run` stops, for a restart without
+/// loss), its pinned maps, and the state file. Refuses while a daemon answers
+/// on the control socket.
+pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    if std::os::unix::net::UnixStream::connect(&config.control.socket).is_ok() {
+        anyhow::bail!(
+            "a daemon is running on {}: stop it first (systemctl stop halod), then tear down",
+            config.control.socket.display()
+        );
+    }
+    if dataplane::Dataplane::remove_pins(&config.instance)? {
+        println!(
+            "detached the XDP program of instance {} and removed its pins",
+            config.instance
+        );
+    } else {
+        println!("nothing pinned for instance {}", config.instance);
+    }
+    let state = config.state_file();
+    if !args.keep_state {
+        match std::fs::remove_file(&state) {
+            Ok(()) => println!("removed {}", state.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("removing {}", state.display()));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -61,10 +118,25 @@ fn init_logging() {
         .try_init();
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub async fn serve(config: Config, token: Option<String>) -> anyhow::Result<()> {
+/// Runs the daemon until SIGINT or SIGTERM. With `reset`, the state file is
+/// not read (and is overwritten with the new table).
+pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
+
+    // The saved table, checked against the config before anything is bound.
+    let state_path = config.state_file();
+    let saved = if reset {
+        info!(path = %state_path.display(), "--reset: starting with an empty table");
+        None
+    } else {
+        SavedState::load(&state_path)?
+    };
+    let restored_cluster = match &saved {
+        Some(saved) => Some(saved.cluster(&config, &state_path)?),
+        None => None,
+    };
+    let group = config.control_group()?;
 
     // Bind first: a busy port fails before the data plane is touched.
     let listener = TcpListener::bind(config.nodes.listen)
@@ -76,12 +148,21 @@ pub async fn serve(config: Config, token: Option<String>) -> anyhow::Result<()> 
             )
         })?;
 
-    let cluster = Cluster::new(ClusterConfig {
-        routes: config.routes,
-        spares: config.nodes.spares,
-        max_active: config.nodes.max_active,
-    })
-    .context("config: routing")?;
+    let control = socket::bind(&config.control.socket, group)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(listen) => Some(metrics::bind(listen).await?),
+        None => None,
+    };
+
+    let cluster = match restored_cluster {
+        Some(cluster) => cluster,
+        None => Cluster::new(ClusterConfig {
+            routes: config.routes,
+            spares: config.nodes.spares,
+            max_active: config.nodes.max_active,
+        })
+        .context("config: routing")?,
+    };
 
     let dataplane_config = dataplane::DataplaneConfig {
         instance: config.instance.clone(),
@@ -92,12 +173,33 @@ pub async fn serve(config: Config, token: Option<String>) -> anyhow::Result<()> 
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
     };
-    let dataplane = dataplane::Dataplane::start(&dataplane_config).with_context(|| {
-        format!(
-            "starting the data plane on {} / {}",
-            config.interfaces.external, config.interfaces.internal
-        )
-    })?;
+    // The control socket is bound: no other daemon of this socket runs, so
+    // whatever is pinned for this instance is a previous daemon's. With a
+    // saved table it is adopted (forwarding never stops); otherwise removed.
+    let adopted = match &saved {
+        Some(_) => dataplane::Dataplane::adopt(&dataplane_config)
+            .context("adopting the data plane the previous daemon left running")?,
+        None => None,
+    };
+    let dataplane = match adopted {
+        Some(dataplane) => {
+            info!("data plane adopted: the XDP program kept forwarding across the restart");
+            dataplane
+        }
+        None => {
+            if dataplane::Dataplane::remove_pins(&config.instance)
+                .context("removing the previous daemon's pins")?
+            {
+                warn!(instance = %config.instance, "removed the XDP program and maps a previous daemon left pinned");
+            }
+            dataplane::Dataplane::start(&dataplane_config).with_context(|| {
+                format!(
+                    "starting the data plane on {} / {}",
+                    config.interfaces.external, config.interfaces.internal
+                )
+            })?
+        }
+    };
     let tables = dataplane::spawn(dataplane);
 
     let settings = Settings {
@@ -109,8 +211,52 @@ pub async fn serve(config: Config, token: Option<String>) -> anyhow::Result<()> 
     };
     let clock = Clock::new();
     let (requests, inbox) = mpsc::channel(REQUEST_QUEUE);
-    let manager = Manager::new(cluster, settings, tables.clone(), clock);
+    let metrics = Metrics::new(settings.heartbeat);
+    let (events, _) = broadcast::channel(1024);
+    let (states, saved_states) = watch::channel(None);
+    // The writer outlives the manager: it writes the last table on the way out.
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(state::run_writer(
+        state_path.clone(),
+        saved_states,
+        metrics.clone(),
+        state::RETRY_START,
+        writer_stop.clone(),
+    ));
+    let mut manager = Manager::new(cluster, settings, tables.clone(), clock).observe(Observers {
+        events: Some(events.clone()),
+        metrics: metrics.clone(),
+        state: Some((Fingerprint::of(&config), states)),
+    });
+    if let Some(saved) = &saved {
+        manager
+            .restore(
+                saved,
+                std::time::Duration::from_millis(config.nodes.restart_grace_ms),
+            )
+            .await;
+    }
     let manager = tokio::spawn(manager.run(inbox, shutdown.clone()));
+
+    let services = Services {
+        requests: requests.clone(),
+        dataplane: tables.clone(),
+        events,
+        metrics: metrics.clone(),
+        info: Arc::new(DaemonInfo::new(
+            &config,
+            saved.as_ref().map(|s| s.nodes().count()),
+        )),
+    };
+    let control_task = tokio::spawn(socket::serve(
+        control,
+        config.control.socket.clone(),
+        services.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, services, shutdown.clone()));
+    }
 
     info!(
         instance = %config.instance,
@@ -118,6 +264,9 @@ pub async fn serve(config: Config, token: Option<String>) -> anyhow::Result<()> 
         routes = config.routes,
         listeners = ?config.base_ports(),
         nodes = %config.nodes.listen,
+        control = %config.control.socket.display(),
+        state_file = %state_path.display(),
+        metrics = ?config.metrics.listen,
         "gateway running"
     );
     let context = ConnectionContext {
@@ -125,11 +274,16 @@ pub async fn serve(config: Config, token: Option<String>) -> anyhow::Result<()> 
         token,
         clock,
         shutdown: shutdown.clone(),
+        metrics,
     };
     accept_loop(listener, context).await;
     manager.await.context("node manager task")?;
-    // Detach the program and remove the pins before the process exits.
-    tables.shutdown().await;
+    writer_stop.cancel();
+    let _ = writer.await;
+    let _ = control_task.await;
+    // Leave the program attached and pinned: it forwards with the last table
+    // until the next daemon adopts it (`halod teardown` removes it).
+    tables.shutdown_keeping().await;
     info!("gateway stopped");
     Ok(())
 }

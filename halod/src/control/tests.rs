@@ -144,6 +144,7 @@ impl Gateway {
             token: self.token.clone(),
             clock: self.clock,
             shutdown: self.shutdown.clone(),
+            metrics: Default::default(),
         };
         tokio::spawn(connection::serve(
             reader,

@@ -13,6 +13,8 @@ enum Request {
     Modes(oneshot::Sender<Vec<(String, AttachMode)>>),
     Table(oneshot::Sender<Result<TableView, DataplaneError>>),
     Shutdown(oneshot::Sender<()>),
+    /// Stop, leaving the program attached and pinned for the next daemon.
+    ShutdownKeeping(oneshot::Sender<()>),
 }
 
 /// A cheap, cloneable way to reach the data plane task.
@@ -47,6 +49,12 @@ pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
                 }
                 Request::Table(reply) => {
                     let _ = reply.send(dataplane.table());
+                }
+                Request::ShutdownKeeping(reply) => {
+                    dataplane.keep_on_drop();
+                    drop(dataplane);
+                    let _ = reply.send(());
+                    return;
                 }
                 Request::Shutdown(reply) => {
                     drop(dataplane);
@@ -95,5 +103,12 @@ impl DataplaneHandle {
     /// handles get [`DataplaneError::Stopped`] afterwards.
     pub async fn shutdown(&self) {
         let _ = self.ask(Request::Shutdown).await;
+    }
+
+    /// Stops the task but leaves the program attached and the maps and links
+    /// pinned, so it goes on forwarding with the last table until the next
+    /// daemon adopts it ([`Dataplane::adopt`](super::Dataplane::adopt)).
+    pub async fn shutdown_keeping(&self) {
+        let _ = self.ask(Request::ShutdownKeeping).await;
     }
 }

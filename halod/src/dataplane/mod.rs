@@ -24,7 +24,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use halod_common::{
     listener::{MAX_LISTENERS, last_port},
@@ -186,7 +190,14 @@ pub struct Dataplane {
     pins: Option<PathBuf>,
     modes: Vec<(String, AttachMode)>,
     table: Table,
+    /// Leave the program attached and everything pinned when dropped (a
+    /// stopping daemon that a restart will adopt).
+    keep: bool,
 }
+
+/// Name prefix of the pinned XDP links in the pin directory:
+/// `link_<native|generic>_<interface>`.
+const LINK_PIN: &str = "link_";
 
 impl std::fmt::Debug for Dataplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,6 +235,12 @@ impl Dataplane {
     /// pinning anything: for `BPF_PROG_TEST_RUN` tests and benchmarks. The
     /// interfaces must exist in the calling thread's network namespace.
     pub fn load_unattached(config: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load(config, None)
+    }
+
+    /// Loads the program; with `pinned`, its maps are the ones pinned in that
+    /// directory (adoption), not new ones.
+    fn load(config: &DataplaneConfig, pinned: Option<&Path>) -> Result<Dataplane, DataplaneError> {
         let (external, internal) = validate(config)?;
         let bytes = object::bytes();
         if bytes.is_empty() {
@@ -232,16 +249,21 @@ impl Dataplane {
         // Table sizes follow the configuration; `NODE_BY_ADDR` holds one address
         // per node index.
         let routes = u32::from(config.routes);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::ROUTE_SLOT, routes)
             .map_max_entries(names::SLOT_NODE, routes)
             .map_max_entries(names::ROUTE_COUNTERS, routes)
             .map_max_entries(names::NODE_COUNTERS, config.max_nodes)
-            .map_max_entries(names::NODE_BY_ADDR, config.max_nodes)
-            .load(bytes)
-            .map_err(|error| DataplaneError::Object {
-                error: Box::new(error),
-            })?;
+            .map_max_entries(names::NODE_BY_ADDR, config.max_nodes);
+        if let Some(dir) = pinned {
+            for name in names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(bytes).map_err(|error| DataplaneError::Object {
+            error: Box::new(error),
+        })?;
         let program: &mut Xdp = ebpf
             .program_mut(common::PROGRAM_NAME)
             .ok_or(DataplaneError::Object {
@@ -278,12 +300,144 @@ impl Dataplane {
             pins: None,
             modes: Vec::new(),
             table: Table::new(config.routes, config.max_nodes),
+            keep: false,
         };
         dataplane
             .array::<common::Config>(names::CONFIG)?
             .set(0, value, 0)
             .map_err(map_error(names::CONFIG, "writing the configuration"))?;
         Ok(dataplane)
+    }
+
+    /// Takes over the program a previous daemon of this instance left
+    /// attached and pinned (see [`Dataplane::keep_on_drop`]): a new program
+    /// reusing the pinned maps, swapped into the pinned XDP links atomically
+    /// (`bpf_link_update`), so forwarding never stops. `Ok(None)` when there
+    /// is nothing complete to adopt; an error when the pins were made for
+    /// another table size.
+    pub fn adopt(config: &DataplaneConfig) -> Result<Option<Dataplane>, DataplaneError> {
+        let dir = Path::new(PIN_ROOT).join(&config.instance);
+        let mut interfaces = vec![config.external.clone()];
+        if config.internal != config.external {
+            interfaces.push(config.internal.clone());
+        }
+        let links: Vec<(String, AttachMode, PathBuf)> = match fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().into_string().ok()?;
+                    let rest = name.strip_prefix(LINK_PIN)?;
+                    let (mode, interface) = rest.split_once('_')?;
+                    let mode = match mode {
+                        "native" => AttachMode::Native,
+                        "generic" => AttachMode::Generic,
+                        _ => return None,
+                    };
+                    Some((interface.to_owned(), mode, entry.path()))
+                })
+                .collect(),
+            Err(_) => return Ok(None),
+        };
+        let complete = interfaces
+            .iter()
+            .all(|interface| links.iter().filter(|(i, _, _)| i == interface).count() == 1)
+            && links.len() == interfaces.len()
+            && names::ALL.iter().all(|name| dir.join(name).exists());
+        if !complete {
+            return Ok(None);
+        }
+        let mut dataplane = Dataplane::load(config, Some(&dir))?;
+        for (name, expected) in [
+            (names::ROUTE_SLOT, u32::from(config.routes)),
+            (names::SLOT_NODE, u32::from(config.routes)),
+            (names::ROUTE_COUNTERS, u32::from(config.routes)),
+            (names::NODE_COUNTERS, config.max_nodes),
+            (names::NODE_BY_ADDR, config.max_nodes),
+        ] {
+            let size = match dataplane.map_ref(name)? {
+                aya::maps::Map::Array(data)
+                | aya::maps::Map::PerCpuArray(data)
+                | aya::maps::Map::HashMap(data) => data
+                    .info()
+                    .map_err(map_error(name, "reading the pinned map's info"))?
+                    .max_entries(),
+                _ => expected,
+            };
+            if size != expected {
+                return Err(DataplaneError::Pin {
+                    path: dir.join(name),
+                    message: format!(
+                        "the pinned map holds {size} entries, this configuration needs {expected}; \
+                         start with --reset to replace the pinned data plane"
+                    ),
+                });
+            }
+        }
+        for (interface, mode, path) in links {
+            let link = PinnedLink::from_pin(&path).map_err(|error| DataplaneError::Pin {
+                path: path.clone(),
+                message: format!("opening the pinned XDP link: {error}"),
+            })?;
+            let link =
+                XdpLink::try_from(FdLink::from(link)).map_err(|error| DataplaneError::Pin {
+                    path: path.clone(),
+                    message: format!("the pin is not an XDP link: {error}"),
+                })?;
+            let program: &mut Xdp = dataplane
+                .ebpf
+                .program_mut(common::PROGRAM_NAME)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DataplaneError::Config("no XDP program loaded".to_owned()))?;
+            program
+                .attach_to_link(link)
+                .map_err(|error| DataplaneError::Program {
+                    program: common::PROGRAM_NAME,
+                    action: "replacing the program in the pinned XDP link",
+                    error: Box::new(error),
+                })?;
+            tracing::info!(interface = %interface, mode = ?mode, "XDP program adopted: the pinned link now runs the new program");
+            dataplane.modes.push((interface, mode));
+        }
+        dataplane.pins = Some(dir);
+        Ok(Some(dataplane))
+    }
+
+    /// When this data plane is dropped, leave the program attached and the
+    /// maps and links pinned: it goes on forwarding with the last table until
+    /// the next daemon adopts it ([`Dataplane::adopt`]) or
+    /// [`Dataplane::remove_pins`] removes it.
+    pub fn keep_on_drop(&mut self) {
+        self.keep = true;
+    }
+
+    /// Removes what a stopped (or killed) daemon of `instance` left pinned:
+    /// the XDP links (which detaches the program) and the maps. Returns
+    /// whether there was anything. The caller makes sure no daemon of that
+    /// instance runs.
+    pub fn remove_pins(instance: &str) -> Result<bool, DataplaneError> {
+        let dir = Path::new(PIN_ROOT).join(instance);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => {
+                return Err(DataplaneError::Pin {
+                    path: dir,
+                    message: format!("reading the pin directory: {error}"),
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            fs::remove_file(entry.path()).map_err(|error| DataplaneError::Pin {
+                path: entry.path(),
+                message: format!("removing the pin: {error}"),
+            })?;
+        }
+        fs::remove_dir(&dir).map_err(|error| DataplaneError::Pin {
+            path: dir.clone(),
+            message: format!("removing the pin directory: {error}"),
+        })?;
+        let _ = fs::remove_dir(PIN_ROOT);
+        Ok(true)
     }
 
     /// The configuration it was started with.
@@ -493,8 +647,8 @@ impl Dataplane {
                 .program_mut(common::PROGRAM_NAME)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DataplaneError::Config("no XDP program loaded".to_owned()))?;
-            let mode = match program.attach(&interface, XdpMode::Driver) {
-                Ok(_) => AttachMode::Native,
+            let (mode, link) = match program.attach(&interface, XdpMode::Driver) {
+                Ok(link) => (AttachMode::Native, link),
                 Err(native) => {
                     tracing::warn!(
                         interface = %interface,
@@ -502,7 +656,7 @@ impl Dataplane {
                         "native XDP attach failed; falling back to generic (skb) mode, which is much slower"
                     );
                     match program.attach(&interface, XdpMode::Skb) {
-                        Ok(_) => AttachMode::Generic,
+                        Ok(link) => (AttachMode::Generic, link),
                         Err(generic) => {
                             return Err(DataplaneError::Attach {
                                 program: common::PROGRAM_NAME,
@@ -514,6 +668,32 @@ impl Dataplane {
                     }
                 }
             };
+            // Pinned, the link (and so the attachment) outlives this process;
+            // Drop removes the pin unless the data plane is kept.
+            if let Some(dir) = &self.pins {
+                let mode_name = match mode {
+                    AttachMode::Native => "native",
+                    AttachMode::Generic => "generic",
+                };
+                let path = dir.join(format!("{LINK_PIN}{mode_name}_{interface}"));
+                let pin_error = |message: String| DataplaneError::Pin {
+                    path: path.clone(),
+                    message,
+                };
+                let link = program
+                    .take_link(link)
+                    .map_err(|error| pin_error(format!("taking the XDP link: {error}")))?;
+                let link = FdLink::try_from(link).map_err(|error| {
+                    pin_error(format!(
+                        "the kernel attached XDP without a BPF link ({error}); Linux 5.9 or later is needed"
+                    ))
+                })?;
+                // The fd closes here; the pin keeps the link.
+                drop(
+                    link.pin(&path)
+                        .map_err(|error| pin_error(format!("pinning the XDP link: {error}")))?,
+                );
+            }
             tracing::info!(interface = %interface, mode = ?mode, "XDP program attached");
             self.modes.push((interface, mode));
         }
@@ -565,6 +745,20 @@ impl Drop for Dataplane {
         // The program's links are released with `self.ebpf` (detaching it); the
         // pins would keep the maps alive, so remove them.
         if let Some(dir) = self.pins.take() {
+            if self.keep {
+                tracing::info!(path = %dir.display(), "leaving the XDP program attached and its maps pinned for the next daemon");
+                return;
+            }
+            // Without its pin a link goes with its last file descriptor: detached.
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().starts_with(LINK_PIN)
+                        && let Err(error) = fs::remove_file(entry.path())
+                    {
+                        tracing::warn!(path = %entry.path().display(), %error, "removing pinned XDP link");
+                    }
+                }
+            }
             for name in names::ALL {
                 match fs::remove_file(dir.join(name)) {
                     Ok(()) => {}

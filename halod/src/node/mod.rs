@@ -171,6 +171,21 @@ async fn agent(options: ClientOptions, exec: Option<String>) -> anyhow::Result<E
                             print_line(&mut stdout, &received.line).await;
                             notify(&changes, &client, &received.message);
                         }
+                        Err(ClientError::Refused {
+                            code: ErrorCode::Drained,
+                            message,
+                            line,
+                            ..
+                        }) => {
+                            // A planned departure: exit 0 so a supervisor
+                            // (systemd Restart=on-failure) leaves it stopped.
+                            print_line(&mut stdout, &line).await;
+                            eprintln!(
+                                "halod node {}: drained by the operator ({message}); exiting",
+                                options.name
+                            );
+                            return Ok(ExitCode::SUCCESS);
+                        }
                         Err(err) => {
                             if let ClientError::Refused { line, .. } = &err {
                                 print_line(&mut stdout, line).await;

@@ -47,6 +47,7 @@ async fn gateway(token: Option<&str>) -> (String, CancellationToken) {
         token: token.map(str::to_string),
         clock,
         shutdown: shutdown.clone(),
+        metrics: Default::default(),
     };
     tokio::spawn(accept_loop(listener, context));
     (address, shutdown)

@@ -83,6 +83,9 @@ pub enum ErrorCode {
     BadToken,
     BadRequest,
     Full,
+    /// An operator drained the node (`halod drain`): it has left the cluster
+    /// and should stop instead of reconnecting.
+    Drained,
     /// A code this build does not know (a newer gateway).
     #[serde(other)]
     Unknown,
@@ -95,6 +98,7 @@ impl ErrorCode {
             ErrorCode::BadToken => "bad_token",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Full => "full",
+            ErrorCode::Drained => "drained",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -141,20 +145,43 @@ pub enum DecodeError {
     Version(u32),
 }
 
-#[derive(Deserialize)]
-struct TypeOnly {
-    #[serde(rename = "type")]
-    kind: Option<serde_json::Value>,
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn decode<'a, T: Deserialize<'a>>(line: &'a str, known: &[&str]) -> Result<T, DecodeError> {
+    // serde reads a tagged enum from an array too (`["hb"]`): only objects are messages.
+    if !line
+        .trim_start_matches([' ', '\t', '\r', '\n'])
+        .starts_with('{')
+    {
+        let head: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+        return Err(DecodeError::Json(format!(
+            "expected an object {{\"type\":...}}, got {}",
+            json_kind(&head)
+        )));
+    }
     match serde_json::from_str::<T>(line) {
         Ok(message) => Ok(message),
         Err(err) => {
-            let head: TypeOnly =
+            let head: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
-            match head.kind {
-                None => Err(DecodeError::NoType),
+            let serde_json::Value::Object(mut head) = head else {
+                return Err(DecodeError::Json(format!(
+                    "expected an object {{\"type\":...}}, got {}",
+                    json_kind(&head)
+                )));
+            };
+            match head.remove("type") {
+                None | Some(serde_json::Value::Null) => Err(DecodeError::NoType),
                 Some(serde_json::Value::String(kind)) if known.contains(&kind.as_str()) => {
                     Err(DecodeError::Invalid {
                         kind,
@@ -207,7 +234,13 @@ impl GatewayMessage {
                 heartbeat_ms,
                 routes,
             } => {
-                let frame = 64;
+                // The exact framing: `heartbeat_ms` can be up to 20 digits long.
+                let frame = line(&GatewayMessage::Welcome {
+                    role: *role,
+                    heartbeat_ms: *heartbeat_ms,
+                    routes: Vec::new(),
+                })
+                .len();
                 let (first, rest) = split_fitting(routes, frame, ASSIGNED_FRAME);
                 let mut lines = vec![line(&GatewayMessage::Welcome {
                     role: *role,
@@ -235,19 +268,29 @@ impl GatewayMessage {
                     .collect()
             }
             GatewayMessage::Error { code, message } => {
-                // Keep the line within bounds whatever the message says.
+                // Keep the line within bounds whatever the message says, also
+                // when JSON escaping makes it longer (a control character takes 6
+                // bytes).
                 let mut message = message.clone();
-                if message.len() > 1024 {
-                    let mut end = 1024;
-                    while !message.is_char_boundary(end) {
-                        end -= 1;
+                let mut limit = 1024;
+                loop {
+                    if message.len() > limit {
+                        let mut end = limit;
+                        while !message.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        message.truncate(end);
                     }
-                    message.truncate(end);
+                    let error = GatewayMessage::Error {
+                        code: *code,
+                        message: message.clone(),
+                    };
+                    let encoded = serde_json::to_string(&error).expect("errors always serialize");
+                    if encoded.len() < MAX_LINE {
+                        return vec![line(&error)];
+                    }
+                    limit = message.len() / 2;
                 }
-                vec![line(&GatewayMessage::Error {
-                    code: *code,
-                    message,
-                })]
             }
             other => vec![line(other)],
         }
@@ -379,6 +422,9 @@ impl LineReader {
             .map_err(|_| LineError::NotUtf8)
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

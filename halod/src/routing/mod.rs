@@ -42,7 +42,7 @@ pub struct ClusterConfig {
 }
 
 /// What a registered node does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Holds a slot and serves its routes.
@@ -189,6 +189,46 @@ impl Cluster {
             spares: VecDeque::new(),
             places: HashMap::new(),
         })
+    }
+
+    /// The cluster with `active` in slots `1..=k` (in that order) and
+    /// `spares` queued (front first), as a saved state describes it. Because
+    /// the table is a pure function of `k` and the slot -> node mapping, this
+    /// is exactly the cluster that reached that state through events.
+    pub fn restore(
+        config: ClusterConfig,
+        active: Vec<String>,
+        spares: Vec<String>,
+    ) -> Result<Cluster, RoutingError> {
+        let mut cluster = Cluster::new(config)?;
+        if active.len() > usize::from(cluster.max_active) {
+            return Err(RoutingError::InvalidConfig {
+                key: "max_active",
+                value: cluster.max_active.into(),
+                reason: format!(
+                    "the saved state has {} active nodes, more than max_active allows",
+                    active.len()
+                ),
+            });
+        }
+        for (i, name) in active.iter().enumerate() {
+            if cluster
+                .places
+                .insert(name.clone(), Place::Active(i as Slot + 1))
+                .is_some()
+            {
+                return Err(RoutingError::DuplicateNode(name.clone()));
+            }
+            cluster.table.grow();
+        }
+        for name in &spares {
+            if cluster.places.insert(name.clone(), Place::Spare).is_some() {
+                return Err(RoutingError::DuplicateNode(name.clone()));
+            }
+        }
+        cluster.active = active;
+        cluster.spares = spares.into();
+        Ok(cluster)
     }
 
     /// Carry out `event` and say what changed. On `Err` nothing changed.

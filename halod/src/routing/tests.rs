@@ -939,3 +939,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// A cluster rebuilt from its slot -> node mapping and spare queue (what
+    /// the daemon's state file holds) is the same cluster: table, history,
+    /// slots and spares; and it goes on to make the same plans.
+    #[test]
+    fn restore_rebuilds_the_same_cluster(scenario in scenario()) {
+        let (cluster, _) = run(&scenario);
+        let active = cluster.active().to_vec();
+        let spares: Vec<String> = cluster.spares().into_iter().map(str::to_string).collect();
+        let mut restored = Cluster::restore(scenario.config, active, spares).unwrap();
+        prop_assert_eq!(&restored, &cluster);
+        let mut original = cluster.clone();
+        for event in [Event::Join("x".into()), Event::Fail("a".into()), Event::Leave("x".into())] {
+            prop_assert_eq!(restored.apply(event.clone()), original.apply(event));
+        }
+    }
+}
+
+#[test]
+fn restore_refuses_states_the_config_cannot_hold() {
+    let err =
+        Cluster::restore(config(24, 0, Some(2)), names(&["a", "b", "c"]), vec![]).unwrap_err();
+    assert!(err.to_string().contains("max_active"), "{err}");
+    let err = Cluster::restore(config(24, 0, None), names(&["a", "b"]), names(&["a"])).unwrap_err();
+    assert_eq!(err, RoutingError::DuplicateNode("a".into()));
+    let restored =
+        Cluster::restore(config(24, 1, None), names(&["a", "b"]), names(&["c"])).unwrap();
+    assert_eq!(restored, cluster_with(24, 1, &["a", "c", "b"]));
+}

@@ -1,0 +1,589 @@
+//! The operator's control socket (`control.socket`): a Unix socket, one JSON
+//! request and one JSON reply per line. `halod routes|nodes|status|stats|
+//! drain|watch` are its clients (`crate::operator`).
+//!
+//! Requests: `{"cmd":"routes"}`, `{"cmd":"nodes"}`, `{"cmd":"status"}`,
+//! `{"cmd":"stats"}`, `{"cmd":"drain","node":"n1"}`, `{"cmd":"watch"}`. A
+//! reply is the object the CLI prints with `--json`, or `{"error":"..."}`.
+//! `watch` answers `{"watching":true}` and then streams one event per line
+//! until the client closes. Several requests may share one connection.
+//!
+//! The socket is created mode 0600 (root only), or 0660 owned by
+//! `control.group`; it is never a network port.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::manager::{Drained, Failover, Request, Snapshot, Stamped};
+use super::metrics::Metrics;
+use super::tables::DataplaneView;
+use crate::config::Config;
+use crate::protocol::{LineError, LineReader};
+use crate::routing::{Role, Route, Slot};
+
+/// One operator request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OperatorRequest {
+    Routes,
+    Nodes,
+    Status,
+    Stats,
+    Drain { node: String },
+    Watch,
+}
+
+/// `{"error": "..."}`: the request failed; the text is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesReply {
+    pub routes: Vec<RouteRow>,
+}
+
+/// One route; `node`, `slot` and `addr` are null for an unserved route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub route: Route,
+    pub ports: Vec<u16>,
+    pub node: Option<String>,
+    pub slot: Option<Slot>,
+    pub addr: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesReply {
+    pub nodes: Vec<NodeRow>,
+}
+
+/// One registered node: active ones in slot order, then the spare queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub role: Role,
+    pub slot: Option<Slot>,
+    /// Number of routes it serves.
+    pub routes: usize,
+    pub addr: Ipv4Addr,
+    /// Milliseconds since its last message; null while disconnected.
+    pub last_heartbeat_ms: Option<u64>,
+    pub connected: bool,
+    /// When its connection was made (Unix ms); null while disconnected.
+    pub connected_since_unix_ms: Option<u64>,
+    /// `reconnect` or `restart` while the gateway waits for it to come back.
+    pub awaiting: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub instance: String,
+    pub started_unix_ms: u64,
+    pub uptime_ms: u64,
+    pub config: ConfigSummary,
+    pub counts: Counts,
+    /// How the XDP program is attached, per interface.
+    pub dataplane: Vec<InterfaceMode>,
+    pub last_failover: Option<Failover>,
+    /// Nodes taken over from the state file at start (null: fresh start).
+    pub restored_nodes: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigSummary {
+    pub vip: Ipv4Addr,
+    pub external: String,
+    pub internal: String,
+    pub routes: u32,
+    pub listeners: Vec<ListenerSummary>,
+    pub nodes_listen: SocketAddr,
+    pub heartbeat_ms: u64,
+    pub dead_after: u32,
+    pub spares: u32,
+    pub max_active: u32,
+    pub max_nodes: u32,
+    pub restart_grace_ms: u64,
+    pub state_file: PathBuf,
+    pub control_socket: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerSummary {
+    pub name: String,
+    pub base_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub nodes: usize,
+    pub active: usize,
+    pub spares: usize,
+    /// Nodes the gateway waits for (lost connection, or after a restart).
+    pub awaiting: usize,
+    /// Routes that reach a node.
+    pub routes_served: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceMode {
+    pub interface: String,
+    /// `native` (driver) or `generic` (skb, slower).
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub routes: Vec<RouteStats>,
+    pub nodes: Vec<NodeStats>,
+    /// Packets per verdict of the XDP program (forwarded, passed, dropped).
+    pub reasons: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStats {
+    pub route: Route,
+    pub node: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReply {
+    pub drained: String,
+    /// Routes that moved to other nodes.
+    pub moved: usize,
+}
+
+/// `watch`'s first line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchingReply {
+    pub watching: bool,
+}
+
+/// What `status` reports about the daemon itself.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub instance: String,
+    pub started: Instant,
+    pub started_unix_ms: u64,
+    pub config: ConfigSummary,
+    pub restored_nodes: Option<usize>,
+}
+
+impl DaemonInfo {
+    pub fn new(config: &Config, restored_nodes: Option<usize>) -> DaemonInfo {
+        DaemonInfo {
+            instance: config.instance.clone(),
+            started: Instant::now(),
+            started_unix_ms: super::manager::unix_ms(),
+            config: ConfigSummary {
+                vip: config.vip,
+                external: config.interfaces.external.clone(),
+                internal: config.interfaces.internal.clone(),
+                routes: config.routes,
+                listeners: config
+                    .listeners
+                    .iter()
+                    .map(|l| ListenerSummary {
+                        name: l.name.clone(),
+                        base_port: l.base_port,
+                    })
+                    .collect(),
+                nodes_listen: config.nodes.listen,
+                heartbeat_ms: config.nodes.heartbeat_ms,
+                dead_after: config.nodes.dead_after,
+                spares: config.nodes.spares,
+                max_active: config.max_active(),
+                max_nodes: config.nodes.max_nodes,
+                restart_grace_ms: config.nodes.restart_grace_ms,
+                state_file: config.state_file(),
+                control_socket: config.control.socket.clone(),
+                metrics_listen: config.metrics.listen,
+            },
+            restored_nodes,
+        }
+    }
+
+    fn ports(&self, route: Route) -> Vec<u16> {
+        self.config
+            .listeners
+            .iter()
+            .map(|l| l.base_port + route - 1)
+            .collect()
+    }
+}
+
+/// Everything the control socket and the metrics endpoint read from.
+#[derive(Clone, Debug)]
+pub struct Services<D> {
+    pub requests: mpsc::Sender<Request>,
+    pub dataplane: D,
+    pub events: broadcast::Sender<Stamped>,
+    pub metrics: Metrics,
+    pub info: Arc<DaemonInfo>,
+}
+
+impl<D: DataplaneView> Services<D> {
+    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Snapshot { reply })
+            .await
+            .ok()
+            .context("the node manager has stopped")?;
+        answer.await.context("the node manager has stopped")
+    }
+
+    async fn drain(&self, name: String) -> anyhow::Result<Result<Drained, String>> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Drain { name, reply })
+            .await
+            .ok()
+            .context("the node manager has stopped")?;
+        answer.await.context("the node manager has stopped")
+    }
+
+    /// Answers one request (not `watch`) with the JSON line to send.
+    pub async fn answer(&self, request: &OperatorRequest) -> String {
+        let reply = match request {
+            OperatorRequest::Routes => self.routes().await.map(|r| to_json(&r)),
+            OperatorRequest::Nodes => self.nodes().await.map(|r| to_json(&r)),
+            OperatorRequest::Status => self.status().await.map(|r| to_json(&r)),
+            OperatorRequest::Stats => self.stats().await.map(|r| to_json(&r)),
+            OperatorRequest::Drain { node } => match self.drain(node.clone()).await {
+                Ok(Ok(drained)) => Ok(to_json(&DrainReply {
+                    drained: drained.node,
+                    moved: drained.moved,
+                })),
+                Ok(Err(message)) => Err(anyhow::anyhow!(message)),
+                Err(err) => Err(err),
+            },
+            OperatorRequest::Watch => Ok(to_json(&WatchingReply { watching: true })),
+        };
+        reply.unwrap_or_else(|err| error_line(&format!("{err:#}")))
+    }
+
+    pub async fn routes(&self) -> anyhow::Result<RoutesReply> {
+        let snapshot = self.snapshot().await?;
+        let mut served: BTreeMap<Route, (&str, Slot, Ipv4Addr)> = BTreeMap::new();
+        for node in &snapshot.nodes {
+            if let Some(slot) = node.slot {
+                for &route in &node.routes {
+                    served.insert(route, (&node.name, slot, node.addr));
+                }
+            }
+        }
+        let routes = (1..=self.info.config.routes as Route)
+            .map(|route| {
+                let owner = served.get(&route);
+                RouteRow {
+                    route,
+                    ports: self.info.ports(route),
+                    node: owner.map(|(name, _, _)| name.to_string()),
+                    slot: owner.map(|(_, slot, _)| *slot),
+                    addr: owner.map(|(_, _, addr)| *addr),
+                }
+            })
+            .collect();
+        Ok(RoutesReply { routes })
+    }
+
+    pub async fn nodes(&self) -> anyhow::Result<NodesReply> {
+        let snapshot = self.snapshot().await?;
+        let order: Vec<&String> = snapshot.active.iter().chain(&snapshot.spares).collect();
+        let nodes = order
+            .into_iter()
+            .filter_map(|name| snapshot.nodes.iter().find(|n| &n.name == name))
+            .map(|node| NodeRow {
+                name: node.name.clone(),
+                role: node.role.unwrap_or(Role::Spare),
+                slot: node.slot,
+                routes: node.routes.len(),
+                addr: node.addr,
+                last_heartbeat_ms: node.last_heartbeat_ms,
+                connected: node.connected,
+                connected_since_unix_ms: node.connected_since_unix_ms,
+                awaiting: node.awaiting.map(str::to_string),
+            })
+            .collect();
+        Ok(NodesReply { nodes })
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusReply> {
+        let snapshot = self.snapshot().await?;
+        let dataplane = self
+            .dataplane
+            .modes()
+            .await
+            .into_iter()
+            .map(|(interface, mode)| InterfaceMode {
+                interface,
+                mode: match mode {
+                    crate::dataplane::AttachMode::Native => "native",
+                    crate::dataplane::AttachMode::Generic => "generic",
+                }
+                .to_string(),
+            })
+            .collect();
+        let routes_served = snapshot.nodes.iter().map(|n| n.routes.len()).sum();
+        Ok(StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            instance: self.info.instance.clone(),
+            started_unix_ms: self.info.started_unix_ms,
+            uptime_ms: self.info.started.elapsed().as_millis() as u64,
+            config: self.info.config.clone(),
+            counts: Counts {
+                nodes: snapshot.nodes.len(),
+                active: snapshot.active.len(),
+                spares: snapshot.spares.len(),
+                awaiting: snapshot.nodes.iter().filter(|n| !n.connected).count(),
+                routes_served,
+            },
+            dataplane,
+            last_failover: snapshot.last_failover,
+            restored_nodes: self.info.restored_nodes,
+        })
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<StatsReply> {
+        let snapshot = self.snapshot().await?;
+        let stats = self
+            .dataplane
+            .stats()
+            .await
+            .context("reading the data plane counters")?;
+        let mut owner: BTreeMap<Route, &str> = BTreeMap::new();
+        for node in &snapshot.nodes {
+            for &route in &node.routes {
+                owner.insert(route, &node.name);
+            }
+        }
+        let routes = stats
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, counter)| {
+                let route = i as Route + 1;
+                RouteStats {
+                    route,
+                    node: owner.get(&route).map(|n| n.to_string()),
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                }
+            })
+            .collect();
+        let nodes = snapshot
+            .nodes
+            .iter()
+            .map(|node| {
+                let counter = stats
+                    .nodes
+                    .get(node.index as usize)
+                    .copied()
+                    .unwrap_or_default();
+                NodeStats {
+                    name: node.name.clone(),
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                }
+            })
+            .collect();
+        let reasons = stats
+            .reasons
+            .iter()
+            .map(|(name, count)| (name.to_string(), *count))
+            .collect();
+        Ok(StatsReply {
+            routes,
+            nodes,
+            reasons,
+        })
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("replies serialize")
+}
+
+fn error_line(message: &str) -> String {
+    to_json(&ErrorReply {
+        error: message.to_string(),
+    })
+}
+
+/// Creates the socket at `path` with mode 0600, or 0660 and group `group`.
+/// A stale socket (no daemon answers on it) is replaced; a live one is not.
+pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<UnixListener> {
+    let context = |what: &str| format!("control.socket {}: {what}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| context("creating its directory"))?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "{}",
+                context(
+                    "another halod is serving this socket; stop it, or give this instance its own control.socket"
+                )
+            );
+        }
+        std::fs::remove_file(path).with_context(|| context("removing the stale socket"))?;
+    }
+    // The socket is created with the umask's mode: make it 0600 from the start.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| context("binding"))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| context("giving it to control.group"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| context("setting mode 0660"))?;
+    }
+    listener
+        .set_nonblocking(true)
+        .with_context(|| context("setting it non-blocking"))?;
+    UnixListener::from_std(listener).with_context(|| context("registering with tokio"))
+}
+
+/// Serves operator connections until `shutdown`, then removes the socket.
+pub async fn serve<D: DataplaneView>(
+    listener: UnixListener,
+    path: PathBuf,
+    services: Services<D>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let services = services.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let (reader, writer) = stream.into_split();
+                    connection(reader, writer, services, shutdown).await;
+                });
+            }
+            Err(err) => {
+                warn!("accepting an operator connection failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Serves one operator connection: requests and replies, line by line.
+pub async fn connection<R, W, D>(
+    mut reader: R,
+    mut writer: W,
+    services: Services<D>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    D: DataplaneView,
+{
+    let mut lines = LineReader::new();
+    loop {
+        let line = tokio::select! {
+            () = shutdown.cancelled() => return,
+            line = lines.next_line(&mut reader) => line,
+        };
+        let line = match line {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(LineError::Io(err)) => {
+                debug!("operator connection: {err}");
+                return;
+            }
+            Err(err) => {
+                let _ = send(&mut writer, &error_line(&err.to_string())).await;
+                return;
+            }
+        };
+        let request: OperatorRequest = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(err) => {
+                let message = format!(
+                    "bad request {line:?}: {err}; expected e.g. {{\"cmd\":\"routes\"}} \
+                     (cmd: routes, nodes, status, stats, drain, watch)"
+                );
+                if send(&mut writer, &error_line(&message)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if request == OperatorRequest::Watch {
+            watch(&mut writer, &services, &shutdown).await;
+            return;
+        }
+        let reply = services.answer(&request).await;
+        if send(&mut writer, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn watch<W: AsyncWrite + Unpin, D: DataplaneView>(
+    writer: &mut W,
+    services: &Services<D>,
+    shutdown: &CancellationToken,
+) {
+    let mut events = services.events.subscribe();
+    if send(writer, &to_json(&WatchingReply { watching: true }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let line = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                Ok(event) => to_json(&event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    format!(r#"{{"event":"lagged","missed":{missed}}}"#)
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if send(writer, &line).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(writer: &mut W, line: &str) -> std::io::Result<()> {
+    writer.write_all(line.as_bytes()).await?;
+    writer.write_all(b"\n").await?;
+    writer.flush().await
+}

@@ -1,0 +1,458 @@
+//! The state file (`state_file`): what a restarted daemon needs to keep every
+//! route where it was. The table is a pure function of `k` and the slot ->
+//! node mapping (shared/spec/routing.md), so the file holds the active nodes
+//! in slot order, the spare queue, each node's address and counter index, and
+//! a fingerprint of the config keys the table depends on.
+//!
+//! The manager publishes each new state on a `watch` channel; [`run_writer`]
+//! writes the latest one atomically (temp file, fsync, rename, fsync of the
+//! directory). A failed write is logged, counted and retried with backoff; it
+//! never stops forwarding.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::metrics::Metrics;
+use crate::config::Config;
+use crate::routing::{Cluster, ClusterConfig};
+
+/// Format version of the file.
+pub const STATE_VERSION: u32 = 1;
+
+/// First retry delay after a failed write; doubles up to [`RETRY_MAX`].
+pub const RETRY_START: Duration = Duration::from_millis(100);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The config keys the saved table depends on. A saved state is only adopted
+/// under a config with the same fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub routes: u32,
+    /// Base port of each listener group, in order.
+    pub listeners: Vec<u16>,
+    pub vip: Ipv4Addr,
+    pub external: String,
+    pub internal: String,
+}
+
+impl Fingerprint {
+    pub fn of(config: &Config) -> Fingerprint {
+        Fingerprint {
+            routes: config.routes,
+            listeners: config.base_ports(),
+            vip: config.vip,
+            external: config.interfaces.external.clone(),
+            internal: config.interfaces.internal.clone(),
+        }
+    }
+
+    /// What differs from `saved`, one `key: saved -> now` per key.
+    pub fn differences(&self, saved: &Fingerprint) -> Vec<String> {
+        let mut differences = Vec::new();
+        let mut differ = |key: &str, was: String, now: String| {
+            if was != now {
+                differences.push(format!("{key}: {was} -> {now}"));
+            }
+        };
+        differ("routes", saved.routes.to_string(), self.routes.to_string());
+        differ(
+            "listeners (base ports)",
+            format!("{:?}", saved.listeners),
+            format!("{:?}", self.listeners),
+        );
+        differ("vip", saved.vip.to_string(), self.vip.to_string());
+        differ(
+            "interfaces.external",
+            saved.external.clone(),
+            self.external.clone(),
+        );
+        differ(
+            "interfaces.internal",
+            saved.internal.clone(),
+            self.internal.clone(),
+        );
+        differences
+    }
+}
+
+/// One node as saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedNode {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// Per-node counter index in the data plane.
+    pub index: u32,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedState {
+    pub version: u32,
+    pub fingerprint: Fingerprint,
+    /// Active nodes; index 0 is slot 1.
+    pub active: Vec<SavedNode>,
+    /// Spare queue, front (next to take over) first.
+    pub spares: Vec<SavedNode>,
+}
+
+impl SavedState {
+    /// Every saved node, active ones first.
+    pub fn nodes(&self) -> impl Iterator<Item = &SavedNode> {
+        self.active.iter().chain(&self.spares)
+    }
+
+    /// Reads `path`; `None` when it does not exist.
+    pub fn load(path: &Path) -> anyhow::Result<Option<SavedState>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "state_file: cannot read {}; fix its permissions, or start with --reset to begin with an empty table",
+                        path.display()
+                    )
+                });
+            }
+        };
+        let state: SavedState = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "state_file: {} is not a halod state file; start with --reset to begin with an empty table (it is then overwritten)",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            state.version == STATE_VERSION,
+            "state_file: {} has format version {}, this halod reads version {STATE_VERSION}; start with --reset",
+            path.display(),
+            state.version
+        );
+        Ok(Some(state))
+    }
+
+    /// The routing cluster this state describes, under `config`. Refuses a
+    /// state the config cannot hold, naming what differs.
+    pub fn cluster(&self, config: &Config, path: &Path) -> anyhow::Result<Cluster> {
+        let now = Fingerprint::of(config);
+        let differences = now.differences(&self.fingerprint);
+        if !differences.is_empty() {
+            anyhow::bail!(
+                "the config does not match the saved state in {} ({}): the table cannot be kept across this change; \
+                 start with --reset to drop the saved state (every node registers again and routes are assigned anew)",
+                path.display(),
+                differences.join(", ")
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut addrs = std::collections::HashSet::new();
+        for node in self.nodes() {
+            anyhow::ensure!(
+                crate::protocol::valid_name(&node.name) && names.insert(node.name.as_str()),
+                "state_file {}: node name {:?} is invalid or repeated; start with --reset",
+                path.display(),
+                node.name
+            );
+            anyhow::ensure!(
+                addrs.insert(node.addr),
+                "state_file {}: address {} is saved for two nodes; start with --reset",
+                path.display(),
+                node.addr
+            );
+            anyhow::ensure!(
+                node.index < config.nodes.max_nodes,
+                "state_file {}: node {:?} has counter index {}, but nodes.max_nodes is now {}; \
+                 raise nodes.max_nodes or start with --reset",
+                path.display(),
+                node.name,
+                node.index,
+                config.nodes.max_nodes
+            );
+        }
+        anyhow::ensure!(
+            names.len() <= config.nodes.max_nodes as usize,
+            "state_file {}: {} nodes saved, more than nodes.max_nodes = {}",
+            path.display(),
+            names.len(),
+            config.nodes.max_nodes
+        );
+        let names = |list: &[SavedNode]| list.iter().map(|n| n.name.clone()).collect();
+        Cluster::restore(
+            ClusterConfig {
+                routes: config.routes,
+                spares: config.nodes.spares,
+                max_active: config.nodes.max_active,
+            },
+            names(&self.active),
+            names(&self.spares),
+        )
+        .with_context(|| {
+            format!(
+                "state_file {}: the saved table does not fit the config; change it back or start with --reset",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Writes `state` to `path` atomically: a temp file in the same directory,
+/// fsync, rename over `path`, fsync of the directory. Creates the directory
+/// (mode 0700) if needed.
+pub fn write_atomic(path: &Path, state: &SavedState) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the state file path has no file name"))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".tmp.{}", std::process::id()));
+    let temp = dir.join(temp_name);
+    let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Writes every state published on `states` (the latest one when several
+/// come at once) to `path` until `shutdown`, then writes the last one if it
+/// is not on disk yet.
+pub async fn run_writer(
+    path: PathBuf,
+    mut states: watch::Receiver<Option<SavedState>>,
+    metrics: Metrics,
+    retry_start: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut written: Option<SavedState> = None;
+    loop {
+        let stopping = tokio::select! {
+            () = shutdown.cancelled() => true,
+            changed = states.changed() => changed.is_err(),
+        };
+        let mut retry = retry_start;
+        loop {
+            let Some(state) = states.borrow_and_update().clone() else {
+                break;
+            };
+            if written.as_ref() == Some(&state) {
+                break;
+            }
+            let target = path.clone();
+            let attempt = state.clone();
+            let result = tokio::task::spawn_blocking(move || write_atomic(&target, &attempt))
+                .await
+                .unwrap_or_else(|err| Err(std::io::Error::other(err.to_string())));
+            match result {
+                Ok(()) => {
+                    debug!(path = %path.display(), active = state.active.len(),
+                        spares = state.spares.len(), "state file written");
+                    if retry > retry_start {
+                        info!(path = %path.display(), "state file written again after failures");
+                    }
+                    written = Some(state);
+                    break;
+                }
+                Err(err) => {
+                    metrics.state_write_failures.inc();
+                    warn!(path = %path.display(), retry_ms = retry.as_millis() as u64,
+                        "writing the state file failed: {err}; forwarding goes on, retrying");
+                    if stopping {
+                        // One last try happened; do not hold the exit up.
+                        return;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(active: &[&str], spares: &[&str]) -> SavedState {
+        let node = |(i, name): (usize, &&str)| SavedNode {
+            name: name.to_string(),
+            addr: Ipv4Addr::new(198, 19, 0, 11 + i as u8),
+            index: i as u32,
+        };
+        SavedState {
+            version: STATE_VERSION,
+            fingerprint: Fingerprint {
+                routes: 24,
+                listeners: vec![8000, 9000],
+                vip: Ipv4Addr::new(198, 18, 0, 1),
+                external: "ext0".into(),
+                internal: "int0".into(),
+            },
+            active: active.iter().enumerate().map(node).collect(),
+            spares: spares
+                .iter()
+                .enumerate()
+                .map(|(i, n)| node((i + active.len(), n)))
+                .collect(),
+        }
+    }
+
+    fn config() -> Config {
+        Config::parse(
+            "interfaces: {external: ext0, internal: int0}\nvip: 198.18.0.1\nroutes: 24\n\
+             listeners: [{name: b, base_port: 8000}, {name: a, base_port: 9000}]\n\
+             nodes: {listen: 127.0.0.1:7000, spares: 1}\n",
+        )
+        .unwrap()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("halod-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn written_atomically_and_read_back() {
+        let dir = temp_dir("atomic");
+        let path = dir.join("sub").join("gw.state.json");
+        assert_eq!(SavedState::load(&path).unwrap(), None);
+        let saved = state(&["n1", "n2"], &["n3"]);
+        write_atomic(&path, &saved).unwrap();
+        assert_eq!(SavedState::load(&path).unwrap(), Some(saved.clone()));
+        // Overwriting leaves no temp file behind.
+        write_atomic(&path, &state(&["n1"], &[])).unwrap();
+        let files: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, vec![std::ffi::OsString::from("gw.state.json")]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_broken_file_is_refused_with_what_to_do() {
+        let dir = temp_dir("broken");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let message = format!("{:#}", SavedState::load(&path).unwrap_err());
+        assert!(message.contains("--reset"), "{message}");
+        let mut other = state(&["n1"], &[]);
+        other.version = 9;
+        std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
+        let message = format!("{:#}", SavedState::load(&path).unwrap_err());
+        assert!(message.contains("version 9"), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cluster_comes_back_or_the_difference_is_named() {
+        let path = Path::new("/x/state.json");
+        let saved = state(&["n1", "n2"], &["n3"]);
+        let cluster = saved.cluster(&config(), path).unwrap();
+        assert_eq!(cluster.active(), ["n1".to_string(), "n2".to_string()]);
+        assert_eq!(cluster.spares(), vec!["n3"]);
+        assert_eq!(cluster.routes_of("n2").len(), 12);
+
+        let mut changed = config();
+        changed.routes = 30;
+        changed.vip = Ipv4Addr::new(198, 18, 0, 9);
+        let message = saved.cluster(&changed, path).unwrap_err().to_string();
+        assert!(message.contains("routes: 24 -> 30"), "{message}");
+        assert!(
+            message.contains("vip: 198.18.0.1 -> 198.18.0.9"),
+            "{message}"
+        );
+        assert!(message.contains("--reset"), "{message}");
+
+        let mut small = config();
+        small.nodes.max_nodes = 2;
+        let message = saved.cluster(&small, path).unwrap_err().to_string();
+        assert!(message.contains("max_nodes"), "{message}");
+
+        let mut twice = saved.clone();
+        twice.spares[0].addr = twice.active[0].addr;
+        assert!(twice.cluster(&config(), path).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_writer_coalesces_and_retries_after_failures() {
+        let dir = temp_dir("writer");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file where the state directory should be: every write fails.
+        let blocker = dir.join("blocked");
+        std::fs::write(&blocker, "").unwrap();
+        let path = blocker.join("gw.state.json");
+        let (states, receiver) = watch::channel(None);
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        let writer = tokio::spawn(run_writer(
+            path.clone(),
+            receiver,
+            metrics.clone(),
+            Duration::from_millis(5),
+            shutdown.clone(),
+        ));
+        states.send_replace(Some(state(&["n1"], &[])));
+        states.send_replace(Some(state(&["n1", "n2"], &[])));
+        while metrics.state_write_failures.get() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(SavedState::load(&path).ok().flatten(), None);
+        // The disk comes back: the latest state is written.
+        std::fs::remove_file(&blocker).unwrap();
+        let latest = state(&["n1", "n2"], &["n3"]);
+        states.send_replace(Some(latest.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while SavedState::load(&path).unwrap() != Some(latest.clone()) {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A state published just before shutdown still reaches the disk.
+        let last = state(&["n2"], &[]);
+        states.send_replace(Some(last.clone()));
+        shutdown.cancel();
+        writer.await.unwrap();
+        assert_eq!(SavedState::load(&path).unwrap(), Some(last));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

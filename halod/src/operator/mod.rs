@@ -1,0 +1,441 @@
+//! The operator commands: `halod routes|nodes|status|stats|drain|watch`.
+//!
+//! Each connects to the daemon's control socket (`control.socket`, see
+//! `crate::control::socket` for the requests and replies), sends one request
+//! line, reads the reply and prints it as an aligned table (in the manner of
+//! `ipvsadm -Ln`) or, with `--json`, as the daemon's JSON line. Errors are one
+//! line on stderr and exit status 1.
+
+mod table;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::socket::{
+    DrainReply, ErrorReply, NodesReply, OperatorRequest, RoutesReply, StatsReply, StatusReply,
+};
+use table::{Table, clock_time, duration, ms_ago};
+
+/// How long to wait for a reply (the node manager answers between events).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the daemon is and how to print.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The daemon's control socket (`control.socket` in its config).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the daemon's JSON reply (one line) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DrainArgs {
+    /// The node to drain (its `--name`).
+    pub name: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Why a command failed: printed as `halod: MESSAGE`.
+#[derive(Debug)]
+struct Failure(String);
+
+/// Runs one operator command; returns the exit status.
+pub fn run(request: OperatorRequest, target: Target) -> anyhow::Result<ExitCode> {
+    match execute(&request, &target) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(Failure(message)) => {
+            eprintln!("halod: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
+    let mut connection = Connection::open(&target.socket)?;
+    connection.send(request)?;
+    let line = connection.reply()?;
+    if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
+        if target.json {
+            println!("{line}");
+        }
+        return Err(Failure(error.error));
+    }
+    if *request == OperatorRequest::Watch {
+        return watch(connection, target);
+    }
+    if target.json {
+        println!("{line}");
+        return Ok(());
+    }
+    let text = match request {
+        OperatorRequest::Routes => render_routes(&parse(&line)?),
+        OperatorRequest::Nodes => render_nodes(&parse(&line)?, crate::control::manager::unix_ms()),
+        OperatorRequest::Status => render_status(&parse(&line)?),
+        OperatorRequest::Stats => render_stats(&parse(&line)?),
+        OperatorRequest::Drain { .. } => {
+            let reply: DrainReply = parse(&line)?;
+            format!(
+                "drained {}: it left the cluster; {} routes moved to other nodes\n",
+                reply.drained, reply.moved
+            )
+        }
+        OperatorRequest::Watch => unreachable!("handled above"),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn parse<T: DeserializeOwned>(line: &str) -> Result<T, Failure> {
+    serde_json::from_str(line).map_err(|err| {
+        Failure(format!(
+            "the daemon's reply is not what this halod expects ({err}); is it the same version? the reply: {line}"
+        ))
+    })
+}
+
+struct Connection {
+    path: PathBuf,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Connection {
+    fn open(path: &Path) -> Result<Connection, Failure> {
+        let stream = UnixStream::connect(path).map_err(|err| {
+            let reason = err
+                .raw_os_error()
+                .map(|code| nix::errno::Errno::from_raw(code).desc().to_string())
+                .unwrap_or_else(|| err.to_string());
+            let hint = match err.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    "the socket is root's (mode 0600) or control.group's: run as root or as a member of that group"
+                }
+                _ => "is `halod run` running? use --socket",
+            };
+            Failure(format!(
+                "cannot reach the daemon at {}: {reason} ({hint})",
+                path.display()
+            ))
+        })?;
+        let reader = stream
+            .try_clone()
+            .map(BufReader::new)
+            .map_err(|err| Failure(format!("control socket {}: {err}", path.display())))?;
+        Ok(Connection {
+            path: path.to_path_buf(),
+            stream,
+            reader,
+        })
+    }
+
+    fn send(&mut self, request: &OperatorRequest) -> Result<(), Failure> {
+        let mut line = serde_json::to_string(request).expect("requests serialize");
+        line.push('\n');
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(|err| self.lost(err))
+    }
+
+    /// The next line from the daemon, without its newline.
+    fn reply(&mut self) -> Result<String, Failure> {
+        self.stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|err| self.lost(err))?;
+        self.line()
+    }
+
+    fn line(&mut self) -> Result<String, Failure> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err(Failure(format!(
+                "the daemon at {} closed the connection without answering",
+                self.path.display()
+            ))),
+            Ok(_) => Ok(line.trim_end().to_string()),
+            Err(err) => Err(self.lost(err)),
+        }
+    }
+
+    fn lost(&self, err: std::io::Error) -> Failure {
+        Failure(format!(
+            "control socket {}: {err} (the daemon stopped or is stuck)",
+            self.path.display()
+        ))
+    }
+}
+
+/// Prints events until the daemon goes away (or the user interrupts).
+fn watch(mut connection: Connection, target: &Target) -> Result<(), Failure> {
+    connection
+        .stream
+        .set_read_timeout(None)
+        .map_err(|err| connection.lost(err))?;
+    if !target.json {
+        eprintln!(
+            "watching the daemon at {} (Ctrl-C to stop)",
+            connection.path.display()
+        );
+    }
+    let stdout = std::io::stdout();
+    loop {
+        let line = match connection.line() {
+            Ok(line) => line,
+            Err(_) => {
+                return Err(Failure(format!(
+                    "the daemon at {} stopped; watch ended",
+                    connection.path.display()
+                )));
+            }
+        };
+        let text = if target.json {
+            line
+        } else {
+            render_event(&line)
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            // stdout closed (e.g. `| head`): done.
+            return Ok(());
+        }
+    }
+}
+
+fn render_routes(reply: &RoutesReply) -> String {
+    let served = reply.routes.iter().filter(|r| r.node.is_some()).count();
+    let mut table = Table::new(&["Route", "Ports", "Node", "Slot", "Address"]);
+    for route in &reply.routes {
+        let ports: Vec<String> = route.ports.iter().map(u16::to_string).collect();
+        table.row(vec![
+            route.route.to_string(),
+            ports.join(","),
+            route.node.clone().unwrap_or_else(|| "-".into()),
+            route.slot.map_or("-".into(), |s| s.to_string()),
+            route.addr.map_or("-".into(), |a| a.to_string()),
+        ]);
+    }
+    format!(
+        "{} routes, {served} served\n{}",
+        reply.routes.len(),
+        table.render()
+    )
+}
+
+fn render_nodes(reply: &NodesReply, now_unix_ms: u64) -> String {
+    let active = reply
+        .nodes
+        .iter()
+        .filter(|n| n.role == crate::routing::Role::Active)
+        .count();
+    let mut table = Table::new(&[
+        "Name",
+        "Role",
+        "Slot",
+        "Routes",
+        "Address",
+        "LastHeartbeat",
+        "ConnectedSince",
+    ]);
+    for node in &reply.nodes {
+        let connected = match (&node.connected_since_unix_ms, &node.awaiting) {
+            (Some(since), _) => format!(
+                "{} ({} ago)",
+                clock_time(*since),
+                duration(now_unix_ms.saturating_sub(*since))
+            ),
+            (None, Some(awaiting)) => format!("- (awaiting {awaiting})"),
+            (None, None) => "-".into(),
+        };
+        table.row(vec![
+            node.name.clone(),
+            node.role.to_string(),
+            node.slot.map_or("-".into(), |s| s.to_string()),
+            node.routes.to_string(),
+            node.addr.to_string(),
+            node.last_heartbeat_ms.map_or("-".into(), ms_ago),
+            connected,
+        ]);
+    }
+    format!(
+        "{} nodes: {active} active, {} spare\n{}",
+        reply.nodes.len(),
+        reply.nodes.len() - active,
+        table.render()
+    )
+}
+
+fn render_status(status: &StatusReply) -> String {
+    let config = &status.config;
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| format!("{} {}", l.name, l.base_port))
+        .collect();
+    let modes: Vec<String> = status
+        .dataplane
+        .iter()
+        .map(|m| format!("{} {}", m.interface, m.mode))
+        .collect();
+    let mut text = format!(
+        "halod {} instance {}, up {} (since {})\n",
+        status.version,
+        status.instance,
+        duration(status.uptime_ms),
+        clock_time(status.started_unix_ms)
+    );
+    let mut line = |label: &str, value: String| {
+        text.push_str(&format!("{label:<15}{value}\n"));
+    };
+    line(
+        "VIP:",
+        format!(
+            "{} on {} (nodes on {})",
+            config.vip, config.external, config.internal
+        ),
+    );
+    line(
+        "Routes:",
+        format!(
+            "{} per listener group: {}",
+            config.routes,
+            listeners.join(", ")
+        ),
+    );
+    line(
+        "Nodes:",
+        format!(
+            "{} registered: {} active, {} spare, {} awaiting reconnect; {} of {} routes served",
+            status.counts.nodes,
+            status.counts.active,
+            status.counts.spares,
+            status.counts.awaiting,
+            status.counts.routes_served,
+            config.routes
+        ),
+    );
+    line(
+        "Node protocol:",
+        format!(
+            "{}, heartbeat {} ms, dead after {}, spares {}, max_active {}, max_nodes {}",
+            config.nodes_listen,
+            config.heartbeat_ms,
+            config.dead_after,
+            config.spares,
+            config.max_active,
+            config.max_nodes
+        ),
+    );
+    line(
+        "Data plane:",
+        if modes.is_empty() {
+            "not running".into()
+        } else {
+            modes.join(", ")
+        },
+    );
+    line(
+        "Last failover:",
+        match &status.last_failover {
+            None => "none".into(),
+            Some(f) => format!(
+                "{} at {} ({}): {} routes moved{}, plan carried out in {:.1} ms",
+                f.node,
+                clock_time(f.time_unix_ms),
+                f.cause,
+                f.moved,
+                f.replacement
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" to spare {r}")),
+                f.plan_us as f64 / 1000.0
+            ),
+        },
+    );
+    line(
+        "State file:",
+        format!(
+            "{}{}",
+            config.state_file.display(),
+            status.restored_nodes.map_or(String::new(), |n| format!(
+                " (restored {n} nodes at start, restart grace {} ms)",
+                config.restart_grace_ms
+            ))
+        ),
+    );
+    line(
+        "Control:",
+        format!(
+            "{}, metrics {}",
+            config.control_socket.display(),
+            config
+                .metrics_listen
+                .map_or("off".into(), |m| format!("http://{m}/metrics"))
+        ),
+    );
+    text
+}
+
+fn render_stats(stats: &StatsReply) -> String {
+    let mut routes = Table::new(&["Route", "Node", "Packets", "Bytes"]);
+    for route in &stats.routes {
+        routes.row(vec![
+            route.route.to_string(),
+            route.node.clone().unwrap_or_else(|| "-".into()),
+            route.packets.to_string(),
+            route.bytes.to_string(),
+        ]);
+    }
+    let mut nodes = Table::new(&["Node", "Packets", "Bytes"]);
+    for node in &stats.nodes {
+        nodes.row(vec![
+            node.name.clone(),
+            node.packets.to_string(),
+            node.bytes.to_string(),
+        ]);
+    }
+    let mut reasons = Table::new(&["Verdict", "Packets"]);
+    for (reason, count) in &stats.reasons {
+        reasons.row(vec![reason.clone(), count.to_string()]);
+    }
+    format!(
+        "{}\n{}\n{}",
+        routes.render(),
+        nodes.render(),
+        reasons.render()
+    )
+}
+
+/// `HH:MM:SS.mmmZ event key=value ...` from one event line.
+fn render_event(line: &str) -> String {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(line) else {
+        return line.to_string();
+    };
+    let time = fields
+        .remove("time_unix_ms")
+        .and_then(|t| t.as_u64())
+        .map_or("-".into(), table::clock_time_ms);
+    let event = fields
+        .remove("event")
+        .and_then(|e| e.as_str().map(str::to_string))
+        .unwrap_or_else(|| "event".into());
+    let rest: Vec<String> = fields
+        .iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(s) if !s.contains(' ') => format!("{key}={s}"),
+            other => format!("{key}={other}"),
+        })
+        .collect();
+    format!("{time} {event} {}", rest.join(" "))
+        .trim_end()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,508 @@
+//! The control socket and the operator client, in one process: a real node
+//! manager (with a stand-in data plane), the socket server on a socket in a
+//! temp directory, and the CLI's own connection code.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::Config;
+use crate::control::manager::{
+    Clock, Manager, Observers, Outbound, Registered, Request, Settings, Stamped,
+};
+use crate::control::metrics::Metrics;
+use crate::control::socket::{self, DaemonInfo, Services};
+use crate::control::state::{Fingerprint, SavedState};
+use crate::control::tables::{AttachMode, Counter, DataplaneView, Stats, TablePush, Write};
+use crate::protocol::{ErrorCode, GatewayMessage};
+use crate::routing::{Cluster, ClusterConfig};
+
+/// Records table writes; answers stats and modes with fixed values.
+#[derive(Clone, Default)]
+struct FakeDataplane {
+    writes: Arc<Mutex<Vec<Write>>>,
+}
+
+impl TablePush for FakeDataplane {
+    async fn push(&self, writes: Vec<Write>) -> anyhow::Result<()> {
+        self.writes.lock().unwrap().extend(writes);
+        Ok(())
+    }
+}
+
+impl DataplaneView for FakeDataplane {
+    async fn stats(&self) -> anyhow::Result<Stats> {
+        Ok(Stats {
+            routes: (0..24)
+                .map(|i| Counter {
+                    packets: i,
+                    bytes: i * 100,
+                })
+                .collect(),
+            nodes: (0..16)
+                .map(|i| Counter {
+                    packets: 1000 + i,
+                    bytes: 2000 + i,
+                })
+                .collect(),
+            reasons: vec![("forwarded_in", 7), ("pass_no_node", 1)],
+        })
+    }
+
+    async fn modes(&self) -> Vec<(String, AttachMode)> {
+        vec![
+            ("ext0".into(), AttachMode::Native),
+            ("int0".into(), AttachMode::Generic),
+        ]
+    }
+}
+
+const CONFIG: &str = "
+interfaces: {external: ext0, internal: int0}
+vip: 198.18.0.1
+routes: 24
+listeners: [{name: browser, base_port: 8000}, {name: app, base_port: 9000}]
+nodes: {listen: 198.19.0.1:7000, spares: 1, restart_grace_ms: 1000}
+";
+
+struct Daemon {
+    requests: mpsc::Sender<Request>,
+    dataplane: FakeDataplane,
+    socket: PathBuf,
+    dir: PathBuf,
+    shutdown: CancellationToken,
+    states: watch::Receiver<Option<SavedState>>,
+    services: Services<FakeDataplane>,
+    next_conn: u64,
+}
+
+impl Daemon {
+    async fn start(name: &str, saved: Option<SavedState>) -> Daemon {
+        let config = Config::parse(CONFIG).unwrap();
+        let dir = std::env::temp_dir().join(format!("halod-op-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let socket_path = dir.join("halod.sock");
+        let cluster = match &saved {
+            Some(saved) => saved.cluster(&config, &dir).unwrap(),
+            None => Cluster::new(ClusterConfig {
+                routes: 24,
+                spares: 1,
+                max_active: None,
+            })
+            .unwrap(),
+        };
+        let settings = Settings {
+            // Nodes here send no heartbeats: a dead window (3 s) longer than
+            // the restart grace (1 s) keeps them alive through a test.
+            heartbeat: Duration::from_millis(1000),
+            dead_after: 3,
+            reconnect_grace: Duration::ZERO,
+            max_nodes: 16,
+            base_ports: vec![8000, 9000],
+        };
+        let dataplane = FakeDataplane::default();
+        let (events, _) = broadcast::channel::<Stamped>(64);
+        let (states, receiver) = watch::channel(None);
+        let metrics = Metrics::default();
+        let mut manager =
+            Manager::new(cluster, settings, dataplane.clone(), Clock::new()).observe(Observers {
+                events: Some(events.clone()),
+                metrics: metrics.clone(),
+                state: Some((Fingerprint::of(&config), states)),
+            });
+        if let Some(saved) = &saved {
+            manager.restore(saved, Duration::from_millis(1000)).await;
+        }
+        let (requests, inbox) = mpsc::channel(64);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(manager.run(inbox, shutdown.clone()));
+        let services = Services {
+            requests: requests.clone(),
+            dataplane: dataplane.clone(),
+            events,
+            metrics,
+            info: Arc::new(DaemonInfo::new(&config, saved.map(|s| s.nodes().count()))),
+        };
+        let listener = socket::bind(&socket_path, None).unwrap();
+        tokio::spawn(socket::serve(
+            listener,
+            socket_path.clone(),
+            services.clone(),
+            shutdown.clone(),
+        ));
+        Daemon {
+            requests,
+            dataplane,
+            socket: socket_path,
+            dir,
+            shutdown,
+            states: receiver,
+            services,
+            next_conn: 0,
+        }
+    }
+
+    /// Registers `name` as the connection task would; keeps its queue.
+    async fn hello(&mut self, name: &str, last_octet: u8) -> Registered {
+        self.next_conn += 1;
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Hello {
+                conn: self.next_conn,
+                name: name.into(),
+                addr: Ipv4Addr::new(198, 19, 0, last_octet),
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap().unwrap()
+    }
+
+    /// One request through the CLI's connection code, on a blocking thread.
+    async fn ask(&self, request: OperatorRequest) -> Result<String, String> {
+        let path = self.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = Connection::open(&path).map_err(|f| f.0)?;
+            connection.send(&request).map_err(|f| f.0)?;
+            connection.reply().map_err(|f| f.0)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn drain_queue(queue: &mut mpsc::Receiver<Outbound>) -> Vec<GatewayMessage> {
+    let mut messages = Vec::new();
+    while let Ok(message) = queue.try_recv() {
+        messages.push(*message);
+    }
+    messages
+}
+
+#[tokio::test]
+async fn routes_nodes_status_and_stats_replies() {
+    let mut daemon = Daemon::start("replies", None).await;
+    let _n1 = daemon.hello("n1", 11).await;
+    let _n2 = daemon.hello("n2", 12).await; // the spare
+    let _n3 = daemon.hello("n3", 13).await;
+
+    let routes = daemon.ask(OperatorRequest::Routes).await.unwrap();
+    assert!(
+        routes.starts_with(
+            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":"n1","slot":1,"addr":"198.19.0.11"},"#
+        ),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(
+            r#"{"route":24,"ports":[8023,9023],"node":"n3","slot":2,"addr":"198.19.0.13"}]}"#
+        ),
+        "{routes}"
+    );
+    let parsed: RoutesReply = serde_json::from_str(&routes).unwrap();
+    let text = render_routes(&parsed);
+    assert!(text.starts_with("24 routes, 24 served\nRoute  Ports      Node  Slot  Address\n1      8000,9000  n1    1     198.19.0.11\n"), "{text}");
+
+    let nodes = daemon.ask(OperatorRequest::Nodes).await.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    let list = value["nodes"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1", "n3", "n2"], "slot order, then spares");
+    assert_eq!(list[0]["role"], "active");
+    assert_eq!(list[0]["slot"], 1);
+    assert_eq!(list[0]["routes"], 12);
+    assert_eq!(list[0]["addr"], "198.19.0.11");
+    assert!(list[0]["last_heartbeat_ms"].is_u64(), "{nodes}");
+    assert_eq!(list[2]["role"], "spare");
+    assert_eq!(list[2]["slot"], serde_json::Value::Null);
+    assert_eq!(list[2]["routes"], 0);
+    let text = render_nodes(&serde_json::from_str(&nodes).unwrap(), u64::MAX / 2);
+    assert!(
+        text.starts_with(
+            "3 nodes: 2 active, 1 spare\nName  Role    Slot  Routes  Address      LastHeartbeat"
+        ),
+        "{text}"
+    );
+
+    let status: StatusReply =
+        serde_json::from_str(&daemon.ask(OperatorRequest::Status).await.unwrap()).unwrap();
+    assert_eq!(status.counts.active, 2);
+    assert_eq!(status.counts.spares, 1);
+    assert_eq!(status.counts.routes_served, 24);
+    assert_eq!(status.dataplane[1].mode, "generic");
+    assert_eq!(status.last_failover, None);
+    let text = render_status(&status);
+    assert!(
+        text.contains("Data plane:    ext0 native, int0 generic"),
+        "{text}"
+    );
+    assert!(text.contains("Last failover: none"), "{text}");
+
+    let stats: StatsReply =
+        serde_json::from_str(&daemon.ask(OperatorRequest::Stats).await.unwrap()).unwrap();
+    assert_eq!(stats.routes[3].route, 4);
+    assert_eq!(stats.routes[3].packets, 3);
+    assert_eq!(stats.routes[3].node.as_deref(), Some("n1"));
+    // n1 registered first: counter index 0.
+    assert_eq!(
+        stats.nodes.iter().find(|n| n.name == "n1").unwrap().packets,
+        1000
+    );
+    assert_eq!(stats.reasons["forwarded_in"], 7);
+    assert!(render_stats(&stats).contains("forwarded_in  7"));
+}
+
+#[tokio::test]
+async fn drain_moves_routes_tells_the_node_and_unknown_nodes_fail() {
+    let mut daemon = Daemon::start("drain", None).await;
+    let mut n1 = daemon.hello("n1", 11).await;
+    let _n2 = daemon.hello("n2", 12).await;
+    let _n3 = daemon.hello("n3", 13).await;
+
+    let error = daemon
+        .ask(OperatorRequest::Drain {
+            node: "nope".into(),
+        })
+        .await
+        .unwrap();
+    let error: ErrorReply = serde_json::from_str(&error).unwrap();
+    assert!(
+        error.error.starts_with("unknown node \"nope\""),
+        "{}",
+        error.error
+    );
+
+    drain_queue(&mut n1.outbound);
+    let reply = daemon
+        .ask(OperatorRequest::Drain { node: "n1".into() })
+        .await
+        .unwrap();
+    assert_eq!(reply, r#"{"drained":"n1","moved":12}"#);
+    let told = drain_queue(&mut n1.outbound);
+    assert!(
+        matches!(&told[0], GatewayMessage::Moved { routes } if routes.len() == 12
+            && routes.iter().all(|r| r.to.as_deref() == Some("n2"))),
+        "{told:?}"
+    );
+    assert!(
+        matches!(
+            &told[1],
+            GatewayMessage::Error {
+                code: ErrorCode::Drained,
+                ..
+            }
+        ),
+        "{told:?}"
+    );
+    // The queue is closed: the connection ends after these messages.
+    assert!(n1.outbound.recv().await.is_none());
+    let nodes: NodesReply =
+        serde_json::from_str(&daemon.ask(OperatorRequest::Nodes).await.unwrap()).unwrap();
+    let names: Vec<&str> = nodes.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["n2", "n3"]);
+}
+
+#[tokio::test]
+async fn watch_streams_events() {
+    let mut daemon = Daemon::start("watch", None).await;
+    let path = daemon.socket.clone();
+    let (lines, mut received) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut connection = Connection::open(&path).unwrap();
+        connection.send(&OperatorRequest::Watch).unwrap();
+        while let Ok(line) = connection.line() {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(received.recv().await.unwrap(), r#"{"watching":true}"#);
+    let _n1 = daemon.hello("n1", 11).await;
+    let joined = received.recv().await.unwrap();
+    let event: Stamped = serde_json::from_str(&joined).unwrap();
+    assert!(
+        joined.contains(r#""event":"node_joined","node":"n1","addr":"198.19.0.11","role":"active","slot":1,"routes":24"#),
+        "{joined}"
+    );
+    assert!(event.time_unix_ms > 0);
+    let moved = received.recv().await.unwrap();
+    assert!(moved.contains(r#""event":"routes_moved""#), "{moved}");
+    let text = render_event(&joined);
+    assert!(
+        text.ends_with("node_joined addr=198.19.0.11 node=n1 role=active routes=24 slot=1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_socket_is_private_and_a_live_one_is_not_replaced() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let daemon = Daemon::start("socket", None).await;
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let error = socket::bind(&daemon.socket, None).unwrap_err().to_string();
+    assert!(error.contains("another halod is serving"), "{error}");
+
+    // A stale socket (nobody listening) is replaced; a group gets 0660.
+    let stale = daemon.dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let gid = nix::unistd::getgid();
+    let _listener = socket::bind(&stale, Some(gid)).unwrap();
+    let meta = std::fs::metadata(&stale).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid.as_raw());
+
+    // Nobody there: one line that says what to do.
+    let missing = daemon.dir.join("missing.sock");
+    let error = Connection::open(&missing).err().unwrap().0;
+    assert_eq!(
+        error,
+        format!(
+            "cannot reach the daemon at {}: No such file or directory (is `halod run` running? use --socket)",
+            missing.display()
+        )
+    );
+    // A bad request gets an error reply and the connection stays usable.
+    let path = daemon.socket.clone();
+    let replies = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut stream = UnixStream::connect(&path).unwrap();
+        stream
+            .write_all(b"{\"cmd\":\"dance\"}\n{\"cmd\":\"routes\"}\n")
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut first = String::new();
+        let mut second = String::new();
+        reader.read_line(&mut first).unwrap();
+        reader.read_line(&mut second).unwrap();
+        (first, second)
+    })
+    .await
+    .unwrap();
+    assert!(
+        replies.0.starts_with(r#"{"error":"bad request"#),
+        "{}",
+        replies.0
+    );
+    assert!(
+        replies.1.starts_with(
+            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":null,"slot":null,"addr":null}"#
+        ),
+        "{}",
+        replies.1
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_keeps_the_table_and_fails_only_the_missing() {
+    // The first daemon's table, as its state-file writer saw it.
+    let mut first = Daemon::start("restart-a", None).await;
+    let _n1 = first.hello("n1", 11).await;
+    let _n2 = first.hello("n2", 12).await;
+    let _n3 = first.hello("n3", 13).await;
+    let _n4 = first.hello("n4", 14).await;
+    let routes_before = first.ask(OperatorRequest::Routes).await.unwrap();
+    first
+        .states
+        .wait_for(|s| s.as_ref().is_some_and(|s| s.active.len() == 3))
+        .await
+        .unwrap();
+    let saved = first.states.borrow().clone().unwrap();
+    assert_eq!(saved.spares[0].name, "n2");
+    drop(first);
+
+    let mut second = Daemon::start("restart-b", Some(saved.clone())).await;
+    // The whole table is written at once, before any node is back.
+    let writes = second.dataplane.writes.lock().unwrap().clone();
+    assert_eq!(writes.len(), 3 + 24, "{writes:?}");
+    assert_eq!(
+        second.ask(OperatorRequest::Routes).await.unwrap(),
+        routes_before
+    );
+    let nodes: NodesReply =
+        serde_json::from_str(&second.ask(OperatorRequest::Nodes).await.unwrap()).unwrap();
+    assert!(
+        nodes
+            .nodes
+            .iter()
+            .all(|n| n.awaiting.as_deref() == Some("restart"))
+    );
+
+    // n1, n2 (spare) and n4 come back and resume; n3 does not.
+    let mut n1 = second.hello("n1", 11).await;
+    let _n2 = second.hello("n2", 12).await;
+    let _n4 = second.hello("n4", 14).await;
+    assert!(matches!(
+        *n1.outbound.recv().await.unwrap(),
+        GatewayMessage::Welcome { ref routes, .. } if routes.len() == 8
+    ));
+    assert_eq!(
+        second.ask(OperatorRequest::Routes).await.unwrap(),
+        routes_before
+    );
+    assert_eq!(
+        second.dataplane.writes.lock().unwrap().len(),
+        27,
+        "no route changed"
+    );
+
+    // After the grace n3 fails through the routing rules: the spare takes its slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: StatusReply =
+            serde_json::from_str(&second.ask(OperatorRequest::Status).await.unwrap()).unwrap();
+        if status.last_failover.is_some() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "n3 never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failover = status.last_failover.unwrap();
+    assert_eq!(failover.node, "n3");
+    assert_eq!(failover.replacement.as_deref(), Some("n2"));
+    assert_eq!(failover.moved, 8);
+    assert!(
+        failover.cause.contains("restart_grace_ms"),
+        "{}",
+        failover.cause
+    );
+    assert_eq!(status.restored_nodes, Some(4));
+}
+
+#[tokio::test]
+async fn metrics_show_nodes_counters_and_failovers() {
+    let mut daemon = Daemon::start("metrics", None).await;
+    let _n1 = daemon.hello("n1", 11).await;
+    let _n2 = daemon.hello("n2", 12).await;
+    let _n3 = daemon.hello("n3", 13).await;
+    daemon.services.metrics.heartbeat_gap(1150);
+    let text = crate::control::metrics::render(&daemon.services)
+        .await
+        .unwrap();
+    for line in [
+        "halod_nodes{role=\"active\"} 2",
+        "halod_nodes{role=\"spare\"} 1",
+        "halod_route_packets_total{route=\"4\"} 3",
+        "halod_route_bytes_total{route=\"4\"} 300",
+        "halod_node_packets_total{node=\"n1\"} 1000",
+        "halod_dataplane_packets_total{reason=\"forwarded_in\"} 7",
+        "halod_heartbeat_lateness_seconds_count 1",
+        "halod_failovers_total 0",
+        "halod_state_file_write_failures_total 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    assert!(text.contains("halod_plan_push_seconds_count 2"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}

@@ -1,0 +1,708 @@
+//! End to end: the operator commands (`halod routes|nodes|status|stats|drain|
+//! watch`) against `halod run` in the test bed, the metrics endpoint, the
+//! control socket's permissions, and a gateway killed with SIGKILL and started
+//! again. Needs root; run by `cargo xtask test`.
+//!
+//! Every test has its own test-bed prefix (`hd-op…-`), data-plane instance,
+//! control socket and state file, and kills what it started.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xtask::testbed::{self, Testbed, TestbedOptions};
+
+const HALOD: &str = env!("CARGO_BIN_EXE_halod");
+const ROUTES: u16 = 12;
+const BASES: [u16; 2] = [8000, 9000];
+const NODES_PORT: u16 = 7000;
+const METRICS_PORT: u16 = 9464;
+/// Generous: correctness deadlines, never performance checks.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn require_root() {
+    if let Err(e) = xtask::setup::require_root(
+        "the operator tests build network namespaces and load XDP programs; \
+         run them through `cargo xtask test` as root",
+    ) {
+        panic!("{e}");
+    }
+}
+
+/// A process killed (SIGKILL) and reaped when the guard goes.
+struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command) -> Process {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal} to {}: {e}", self.name));
+    }
+
+    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < within, "{} did not exit", self.name);
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn follow(tag: String, output: impl Read + Send + 'static) -> Receiver<String> {
+    let (lines, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { return };
+            eprintln!("[{tag}] {line}");
+            let _ = lines.send(line);
+        }
+    });
+    receiver
+}
+
+fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if matches(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no {what} within {DEADLINE:?}"),
+        }
+    }
+}
+
+struct Bed {
+    bed: Testbed,
+    dir: PathBuf,
+    config: PathBuf,
+    gateway: Option<Process>,
+    log: Arc<Mutex<Vec<String>>>,
+    prefix: String,
+}
+
+impl Bed {
+    fn start(prefix: &str, nodes: usize, spares: u32) -> Bed {
+        require_root();
+        let bed = Testbed::up(TestbedOptions {
+            prefix: prefix.into(),
+            nodes,
+            clients: 1,
+        })
+        .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"));
+        let dir = std::env::temp_dir().join(format!("halod-{prefix}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let instance = prefix.trim_end_matches('-').replace('-', "_");
+        let config = format!(
+            "instance: {instance}\n\
+             interfaces: {{external: ext0, internal: int0}}\n\
+             vip: {vip}\n\
+             routes: {ROUTES}\n\
+             listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
+             restart_grace_ms: 15000\n  spares: {spares}\n\
+             control: {{socket: {dir}/halod.sock}}\n\
+             state_file: {dir}/state.json\n\
+             metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
+            vip = bed.vip(),
+            b0 = BASES[0],
+            b1 = BASES[1],
+            gw = bed.gateway_internal_addr(),
+            dir = dir.display(),
+        );
+        let config_path = dir.join("halod.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut bed = Bed {
+            bed,
+            dir,
+            config: config_path,
+            gateway: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            prefix: prefix.into(),
+        };
+        bed.run_gateway();
+        bed
+    }
+
+    /// Starts `halod run` and waits for "gateway running".
+    fn run_gateway(&mut self) {
+        let mut command = self.bed.command(&self.bed.gateway_ns(), HALOD);
+        command
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("HALOD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut gateway = Process::spawn("gateway", command);
+        let lines = follow(
+            format!("{}gateway", self.prefix),
+            gateway.child.stderr.take().unwrap(),
+        );
+        let log = self.log.clone();
+        let (ready, started) = mpsc::channel();
+        thread::spawn(move || {
+            let mut ready = Some(ready);
+            for line in lines {
+                if line.contains("gateway running")
+                    && let Some(ready) = ready.take()
+                {
+                    let _ = ready.send(());
+                }
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        if started.recv_timeout(DEADLINE).is_err() {
+            panic!(
+                "the gateway did not start; its log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+        self.gateway = Some(gateway);
+    }
+
+    fn socket(&self) -> String {
+        self.dir.join("halod.sock").display().to_string()
+    }
+
+    /// `halod ARGS --socket S` on the host (the socket is a file: no
+    /// namespace needed).
+    fn halod(&self, args: &[&str]) -> Output {
+        Command::new(HALOD)
+            .args(args)
+            .args(["--socket", &self.socket()])
+            .output()
+            .unwrap()
+    }
+
+    /// `halod CMD --json`, parsed; panics on failure.
+    fn json(&self, command: &str) -> Value {
+        let output = self.halod(&[command, "--json"]);
+        assert!(
+            output.status.success(),
+            "halod {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn backend(&self, i: usize, name: &str) -> Process {
+        let ports: Vec<String> = all_ports().iter().map(u16::to_string).collect();
+        let mut command = self.bed.command(&self.bed.node_ns(i), "python3");
+        command
+            .args(["-c", BACKEND, &self.bed.node_addr(i).to_string(), name])
+            .args(&ports)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut process = Process::spawn(&format!("backend {name}"), command);
+        let lines = follow(
+            format!("backend {name}"),
+            process.child.stdout.take().unwrap(),
+        );
+        expect_line(&lines, "backend ready", |line| line == "ready");
+        process
+    }
+
+    /// Backend plus agent in node `i`, registered.
+    fn node(&self, i: usize, name: &str) -> Node {
+        let backend = self.backend(i, name);
+        let mut command = self.bed.command(&self.bed.node_ns(i), HALOD);
+        let gateway = format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr());
+        command
+            .args(["node", "--gateway", &gateway, "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut agent = Process::spawn(&format!("agent {name}"), command);
+        let lines = follow(format!("agent {name}"), agent.child.stdout.take().unwrap());
+        expect_line(&lines, "welcome", |l| l.contains(r#""type":"welcome""#));
+        Node {
+            agent,
+            lines,
+            _backend: backend,
+        }
+    }
+
+    /// Which node answers on `port` of the VIP.
+    fn probe(&self, port: u16) -> Option<String> {
+        let target = SocketAddr::from((self.bed.vip(), port));
+        testbed::run_in_netns(&self.bed.client_ns(1), move || {
+            let stream = TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut answer = String::new();
+            BufReader::new(stream).read_line(&mut answer).ok()?;
+            let answer = answer.trim().to_string();
+            (!answer.is_empty()).then_some(answer)
+        })
+        .unwrap()
+    }
+
+    /// Waits until every route answers with the node `halod routes` names.
+    fn wait_routed(&self) -> BTreeMap<u16, String> {
+        let start = Instant::now();
+        loop {
+            let routes = self.json("routes");
+            let expected: BTreeMap<u16, String> = routes["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| {
+                    Some((r["route"].as_u64()? as u16, r["node"].as_str()?.to_string()))
+                })
+                .collect();
+            let answers: BTreeMap<u16, String> = (1..=ROUTES)
+                .filter_map(|route| Some((route, self.probe(BASES[0] + route - 1)?)))
+                .collect();
+            if expected.len() == usize::from(ROUTES) && answers == expected {
+                return answers;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "routes answer {answers:?}, halod routes says {expected:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let target = SocketAddr::from((self.bed.gateway_internal_addr(), METRICS_PORT));
+        testbed::run_in_netns(&self.bed.gateway_ns(), move || {
+            let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: halod\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap()
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|line| line.contains(needle))
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(gateway) = &mut self.gateway {
+            gateway.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = gateway.wait(Duration::from_secs(10));
+        }
+        self.gateway = None;
+        // The stopped gateway left its program attached: remove everything.
+        let teardown = Command::new(HALOD)
+            .args(["teardown", "--config"])
+            .arg(&self.config)
+            .output();
+        if let Ok(output) = teardown
+            && !output.status.success()
+        {
+            eprintln!("teardown: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Node {
+    agent: Process,
+    lines: Receiver<String>,
+    _backend: Process,
+}
+
+fn all_ports() -> Vec<u16> {
+    BASES
+        .iter()
+        .flat_map(|base| (0..ROUTES).map(move |offset| base + offset))
+        .collect()
+}
+
+/// Serves every given port of ADDR: sends `NAME\n`, then echoes what it
+/// reads until the client closes; prints `ready` once bound.
+const BACKEND: &str = r#"
+import socket, sys, threading
+addr, name, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
+def serve(conn):
+    try:
+        conn.sendall((name + "\n").encode())
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                break
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+def accept(listener):
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+for port in ports:
+    listener = socket.create_server((addr, int(port)), reuse_port=True)
+    threading.Thread(target=accept, args=(listener,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+#[test]
+fn operator_commands_against_a_running_gateway() {
+    let bed = Bed::start("hd-op1-", 3, 1);
+    let _n1 = bed.node(1, "n1");
+    let _n2 = bed.node(2, "n2"); // the spare
+    let mut n3 = bed.node(3, "n3");
+    let answers = bed.wait_routed();
+
+    // routes: exact JSON shape.
+    let routes = bed.halod(&["routes", "--json"]);
+    let text = String::from_utf8(routes.stdout).unwrap();
+    assert!(
+        text.starts_with(
+            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":"n1","slot":1,"addr":"198.19.0.11"},"#
+        ),
+        "{text}"
+    );
+    let human = String::from_utf8(bed.halod(&["routes"]).stdout).unwrap();
+    assert!(
+        human.contains(
+            "Route  Ports      Node  Slot  Address\n1      8000,9000  n1    1     198.19.0.11\n"
+        ),
+        "{human}"
+    );
+
+    // nodes: slot order, then the spare.
+    let nodes = bed.json("nodes");
+    let list = nodes["nodes"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1", "n3", "n2"]);
+    assert_eq!(list[0]["role"], "active");
+    assert_eq!(list[0]["slot"], 1);
+    assert_eq!(list[0]["routes"], 6);
+    assert_eq!(list[0]["addr"], "198.19.0.11");
+    assert!(list[0]["last_heartbeat_ms"].as_u64().unwrap() < 1000);
+    assert_eq!(list[2]["role"], "spare");
+    assert_eq!(list[2]["slot"], Value::Null);
+
+    // status: the data plane's attach mode per interface.
+    let status = bed.json("status");
+    assert_eq!(status["counts"]["active"], 2);
+    assert_eq!(status["counts"]["spares"], 1);
+    let modes: Vec<&str> = status["dataplane"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["native", "native"], "{status}");
+    assert!(
+        String::from_utf8(bed.halod(&["status"]).stdout)
+            .unwrap()
+            .contains("Data plane:    ext0 native, int0 native")
+    );
+
+    // stats: the probes above were counted on their routes and nodes.
+    let stats = bed.json("stats");
+    let route1 = &stats["routes"][0];
+    assert_eq!(route1["node"], "n1");
+    assert!(route1["packets"].as_u64().unwrap() > 0, "{stats}");
+    let n1 = stats["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n1")
+        .unwrap();
+    assert!(n1["bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["reasons"].as_object().unwrap().len() > 1, "{stats}");
+
+    // metrics: Prometheus text with the same picture.
+    let metrics = bed.metrics();
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        metrics.contains("halod_nodes{role=\"active\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("halod_route_packets_total{route=\"1\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("halod_plan_push_seconds_count"),
+        "{metrics}"
+    );
+
+    // watch, then drain n3: a graceful leave the watcher sees; n3's agent
+    // hears `moved`, then `drained`, and exits 0.
+    let mut watch = Command::new(HALOD);
+    watch
+        .args(["watch", "--json", "--socket", &bed.socket()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut watcher = Process::spawn("watch", watch);
+    let events = follow("watch".into(), watcher.child.stdout.take().unwrap());
+    thread::sleep(Duration::from_millis(300));
+    let drain = bed.halod(&["drain", "n3"]);
+    assert!(drain.status.success(), "{drain:?}");
+    let said = String::from_utf8(drain.stdout).unwrap();
+    assert!(
+        said.starts_with("drained n3: it left the cluster; 6 routes moved"),
+        "{said}"
+    );
+    let left = expect_line(&events, "node_left", |l| {
+        l.contains(r#""event":"node_left""#)
+    });
+    assert!(left.contains(r#""node":"n3","by":"drain""#), "{left}");
+    expect_line(&n3.lines, "moved", |l| l.starts_with(r#"{"type":"moved""#));
+    expect_line(&n3.lines, "drained", |l| l.contains(r#""code":"drained""#));
+    assert!(n3.agent.wait(DEADLINE).success(), "a drained agent exits 0");
+    let after = bed.wait_routed();
+    for (route, node) in &answers {
+        if node == "n3" {
+            assert_eq!(
+                after[route], "n2",
+                "route {route}: the spare takes n3's slot"
+            );
+        } else {
+            assert_eq!(&after[route], node, "route {route} must not move");
+        }
+    }
+
+    // Errors: one line, non-zero exit.
+    let unknown = bed.halod(&["drain", "nosuch"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let line = String::from_utf8(unknown.stderr).unwrap();
+    assert!(line.starts_with("halod: unknown node \"nosuch\""), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let missing = Command::new(HALOD)
+        .args(["routes", "--socket", "/nonexistent/halod.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(missing.stderr).unwrap(),
+        "halod: cannot reach the daemon at /nonexistent/halod.sock: No such file or directory \
+         (is `halod run` running? use --socket)\n"
+    );
+    // teardown refuses while the daemon runs.
+    let teardown = Command::new(HALOD)
+        .args(["teardown", "--config"])
+        .arg(&bed.config)
+        .output()
+        .unwrap();
+    assert_eq!(teardown.status.code(), Some(1));
+    let line = String::from_utf8(teardown.stderr).unwrap();
+    assert!(line.contains("stop it first"), "{line}");
+    // A user who is not root (nobody) is refused by the socket's mode.
+    let denied = Command::new(HALOD)
+        .args(["nodes", "--socket", &bed.socket()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+    let line = String::from_utf8(denied.stderr).unwrap();
+    assert!(line.contains("Permission denied"), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+}
+
+#[test]
+fn a_gateway_killed_with_sigkill_comes_back_with_the_same_routes() {
+    let mut bed = Bed::start("hd-op2-", 3, 0);
+    let nodes: Vec<Node> = (1..=3).map(|i| bed.node(i, &format!("n{i}"))).collect();
+    let before = bed.wait_routed();
+    let routes_before = bed.json("routes");
+    // What the joins told the agents so far is not what this test checks.
+    for node in &nodes {
+        let _ = node.lines.try_iter().count();
+    }
+
+    bed.gateway
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    bed.gateway.as_mut().unwrap().wait(DEADLINE);
+    bed.gateway = None;
+    let state = std::fs::read_to_string(bed.dir.join("state.json")).unwrap();
+    assert!(state.contains(r#""name": "n3""#), "{state}");
+
+    bed.run_gateway();
+    // Every node reconnects within restart_grace_ms and resumes.
+    let start = Instant::now();
+    loop {
+        let listed = bed.json("nodes");
+        let list = listed["nodes"].as_array().unwrap();
+        if list.len() == 3 && list.iter().all(|n| n["connected"] == true) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "nodes did not come back: {listed}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bed.json("routes"), routes_before, "no route changed");
+    assert_eq!(bed.wait_routed(), before);
+    assert!(bed.logged("node reconnected after the daemon restart"));
+    assert!(!bed.logged("node failed"), "no node failed");
+    let status = bed.json("status");
+    assert_eq!(status["restored_nodes"], 3);
+    for node in &nodes {
+        // No agent was told to move anything.
+        let moved: Vec<String> = node
+            .lines
+            .try_iter()
+            .filter(|l| l.contains(r#""type":"moved""#))
+            .collect();
+        assert!(moved.is_empty(), "{moved:?}");
+    }
+}
+
+/// The hitless restart: established TCP connections through the VIP keep
+/// flowing, without a reset, while the gateway is killed with SIGKILL and
+/// started again; no route changes.
+#[test]
+fn established_connections_survive_a_sigkill_restart() {
+    let mut bed = Bed::start("hd-op3-", 2, 0);
+    let _nodes: Vec<Node> = (1..=2).map(|i| bed.node(i, &format!("n{i}"))).collect();
+    let owners = bed.wait_routed();
+    let routes_before = bed.json("routes");
+
+    // One long-lived connection per route, opened in client1's namespace.
+    let vip = bed.bed.vip();
+    let connections: Vec<(u16, BufReader<TcpStream>)> =
+        testbed::run_in_netns(&bed.bed.client_ns(1), move || {
+            (1..=ROUTES)
+                .map(|route| {
+                    let target = SocketAddr::from((vip, BASES[0] + route - 1));
+                    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                        .unwrap_or_else(|e| panic!("route {route}: {e}"));
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    (route, BufReader::new(stream))
+                })
+                .collect()
+        })
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exchanges = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traffic = {
+        let stop = stop.clone();
+        let exchanges = exchanges.clone();
+        let owners = owners.clone();
+        thread::spawn(move || -> Result<(), String> {
+            let mut connections = connections;
+            for (route, reader) in &mut connections {
+                let mut name = String::new();
+                reader
+                    .read_line(&mut name)
+                    .map_err(|e| format!("route {route}: {e}"))?;
+                if name.trim() != owners[route] {
+                    return Err(format!("route {route} answered by {name:?}"));
+                }
+            }
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                for (route, reader) in &mut connections {
+                    let line = format!("route {route} round {round}\n");
+                    reader
+                        .get_mut()
+                        .write_all(line.as_bytes())
+                        .map_err(|e| format!("route {route}, round {round}: write: {e}"))?;
+                    let mut echo = String::new();
+                    match reader.read_line(&mut echo) {
+                        Ok(0) => return Err(format!("route {route}, round {round}: closed")),
+                        Ok(_) if echo == line => {}
+                        Ok(_) => return Err(format!("route {route}: echo {echo:?} for {line:?}")),
+                        Err(e) => return Err(format!("route {route}, round {round}: read: {e}")),
+                    }
+                    exchanges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    };
+    let wait_exchanges = |more: u64| {
+        let target = exchanges.load(std::sync::atomic::Ordering::Relaxed) + more;
+        let start = Instant::now();
+        while exchanges.load(std::sync::atomic::Ordering::Relaxed) < target {
+            assert!(
+                start.elapsed() < DEADLINE && !traffic.is_finished(),
+                "traffic stopped"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_exchanges(5 * u64::from(ROUTES));
+
+    bed.gateway
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    bed.gateway.as_mut().unwrap().wait(DEADLINE);
+    bed.gateway = None;
+    // No daemon: the program still forwards with the last table.
+    wait_exchanges(5 * u64::from(ROUTES));
+
+    bed.run_gateway();
+    assert!(
+        bed.logged("data plane adopted"),
+        "the restart adopted the pinned program"
+    );
+    let start = Instant::now();
+    loop {
+        let listed = bed.json("nodes");
+        let list = listed["nodes"].as_array().unwrap();
+        if list.len() == 2 && list.iter().all(|n| n["connected"] == true) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "nodes did not come back: {listed}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    wait_exchanges(5 * u64::from(ROUTES));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = traffic.join().unwrap();
+    assert_eq!(result, Ok(()), "no connection was reset or stalled");
+    assert_eq!(bed.json("routes"), routes_before, "no route changed");
+    assert!(!bed.logged("node failed"), "no node failed");
+}
