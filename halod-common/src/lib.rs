@@ -3,8 +3,10 @@
 //! - [`maps`]: the `#[repr(C)]` keys and values of every BPF map.
 //! - [`checksum`]: RFC 1624 incremental checksum updates used by the rewrite.
 //! - [`listener`]: port <-> route arithmetic for listener groups.
+//! - [`packet`]: the header checks made before a packet is rewritten.
 #![no_std]
 
 pub mod checksum;
 pub mod listener;
 pub mod maps;
+pub mod packet;

@@ -111,7 +111,8 @@ pub enum Reason {
     PassNotConfigured,
     /// Passed: not IPv4 (ARP, IPv6, VLAN...).
     PassNotIpv4,
-    /// Passed: IPv4 not for us (other address, interface or direction).
+    /// Passed: IPv4 not for us (other address, interface or direction), in a
+    /// broadcast or multicast frame, or from a martian source to the VIP.
     PassNotOurs,
     /// Passed: for the VIP (or from a node) but neither TCP nor UDP (ICMP...).
     PassOtherProtocol,
@@ -132,7 +133,9 @@ pub enum Reason {
     PassMtu,
     /// Passed: `bpf_fib_lookup` found no usable route (unreachable, forwarding off...).
     PassFibFailed,
-    /// Dropped: an IPv4 header the kernel would reject too (IHL < 5, bad length).
+    /// Dropped: headers the receiving kernel would reject too (IPv4 version not 4,
+    /// IHL < 5, total length below the header; TCP data offset below 5 or past the
+    /// segment; UDP length below 8 or past the segment).
     DropMalformed,
 }
 

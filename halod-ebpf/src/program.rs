@@ -17,6 +17,7 @@ use halod_common::{
         CONFIG_ENABLED, Config, Counter, NODE_PRESENT, NodeAddr, NodeIndex, Reason, RouteSlot,
         SlotNode,
     },
+    packet::{self, IPPROTO_TCP},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -63,12 +64,7 @@ static NODE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 const AF_INET: u8 = 2;
-/// IPv4 "more fragments" flag and fragment offset mask of the flags/offset word.
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
 
 #[xdp]
 pub fn halod(ctx: XdpContext) -> u32 {
@@ -82,6 +78,17 @@ pub fn halod(ctx: XdpContext) -> u32 {
 fn pass(reason: Reason) -> u32 {
     count(reason);
     xdp_action::XDP_PASS
+}
+
+/// Counts `reason` and drops the packet if it is malformed, else passes it.
+#[inline(always)]
+fn refuse(reason: Reason) -> u32 {
+    count(reason);
+    if matches!(reason, Reason::DropMalformed) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 #[inline(always)]
@@ -130,8 +137,9 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Ok(pass(Reason::PassTruncated));
     };
-    // SAFETY: `ptr_at` checked the bounds.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+    // SAFETY: `ptr_at` checked the bounds; the header is copied, not borrowed.
+    let ethernet = unsafe { *eth };
+    if ethernet.ether_type != EtherType::Ipv4 as u16 {
         return Ok(pass(Reason::PassNotIpv4));
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
@@ -140,9 +148,17 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     // SAFETY: `ptr_at` checked the bounds; the header is copied, not borrowed.
     let header = unsafe { *ip };
     let ingress = ctx.ingress_ifindex() as u32;
+    // Broadcast and multicast frames are the kernel's (a router forwards none).
+    if packet::group_mac(ethernet.dst_addr) {
+        return Ok(pass(Reason::PassNotOurs));
+    }
 
-    // Inbound: a client packet for the VIP on the external interface.
+    // Inbound: a client packet for the VIP on the external interface, from an
+    // address a router would forward from.
     let inbound = ingress == config.external_ifindex && header.dst_addr == config.vip;
+    if inbound && (packet::martian_source(header.src_addr) || header.src_addr == config.vip) {
+        return Ok(pass(Reason::PassNotOurs));
+    }
     // Return: a packet from a node on the internal interface (one hash lookup).
     let mut return_node: Option<NodeIndex> = None;
     if !inbound {
@@ -161,51 +177,40 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     }
 
     // From here the packet is addressed to us; check it the way the kernel would.
-    let header_len = ((header.vihl & 0x0f) as usize) * 4;
-    if header.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
-        count(Reason::DropMalformed);
-        return Ok(xdp_action::XDP_DROP);
-    }
     let total_len = u16::from_be_bytes(header.tot_len);
-    if (total_len as usize) < header_len {
-        count(Reason::DropMalformed);
-        return Ok(xdp_action::XDP_DROP);
-    }
     let frame_len = ctx.data_end() - ctx.data();
-    if frame_len < EthHdr::LEN + total_len as usize {
-        return Ok(pass(Reason::PassTruncated));
-    }
-    if header.proto != IPPROTO_TCP && header.proto != IPPROTO_UDP {
-        return Ok(pass(Reason::PassOtherProtocol));
-    }
-    let frags = u16::from_be_bytes(header.frags);
-    if frags & (IP_MF | IP_OFFSET) != 0 {
-        return Ok(pass(Reason::PassFragment));
-    }
-
-    let l4_offset = EthHdr::LEN + header_len;
-    // The L4 header must lie inside the IP packet, not in Ethernet padding.
-    let l4_header_len = if header.proto == IPPROTO_TCP {
-        TcpHdr::LEN
-    } else {
-        UdpHdr::LEN
+    let transport = match packet::check_ipv4(
+        header.vihl,
+        total_len,
+        u16::from_be_bytes(header.frags),
+        header.proto,
+        frame_len,
+    ) {
+        Ok(transport) => transport,
+        Err(reason) => return Ok(refuse(reason)),
     };
-    if (total_len as usize) < header_len + l4_header_len {
-        return Ok(pass(Reason::PassTruncated));
-    }
+    let l4_offset = EthHdr::LEN + transport.header_len;
     let (l4, source_port, destination_port) = if header.proto == IPPROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_offset) else {
             return Ok(pass(Reason::PassTruncated));
         };
-        // SAFETY: `ptr_at` checked the bounds.
-        let (source, dest) = unsafe { ((*tcp).source, (*tcp).dest) };
+        // SAFETY: `ptr_at` checked the bounds. Byte 12 of the TCP header holds the
+        // data offset in its high nibble.
+        let (source, dest, data_offset) =
+            unsafe { ((*tcp).source, (*tcp).dest, *(tcp as *const u8).add(12)) };
+        if let Err(reason) = packet::check_tcp(data_offset, transport.segment_len) {
+            return Ok(refuse(reason));
+        }
         (L4::Tcp(tcp), source, dest)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_offset) else {
             return Ok(pass(Reason::PassTruncated));
         };
         // SAFETY: `ptr_at` checked the bounds.
-        let (source, dest) = unsafe { ((*udp).src, (*udp).dst) };
+        let (source, dest, length) = unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
+        if let Err(reason) = packet::check_udp(u16::from_be_bytes(length), transport.segment_len) {
+            return Ok(refuse(reason));
+        }
         (L4::Udp(udp), source, dest)
     };
     let route_port = if inbound {

@@ -151,6 +151,77 @@ pub struct NodesConfig {
     /// Most registered nodes (active and spare); more are refused with `full`.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: u32,
+    /// How long a new connection may take to send `hello`.
+    #[serde(default = "default_hello_timeout_ms")]
+    pub hello_timeout_ms: u64,
+    /// Networks node addresses must lie in (`A.B.C.D/LEN`); empty: any unicast
+    /// address that is not loopback or the VIP.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+}
+
+impl NodesConfig {
+    /// `allowed_cidrs` parsed (checked by `Config::validate`, so entries that do
+    /// not parse are left out here).
+    pub fn allowed(&self) -> Vec<Cidr> {
+        self.allowed_cidrs
+            .iter()
+            .filter_map(|text| text.parse().ok())
+            .collect()
+    }
+}
+
+/// An IPv4 network, `A.B.C.D/LEN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = mask_of(self.prefix);
+        u32::from(addr) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a network: write A.B.C.D/LEN"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} in {text:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("prefix length {prefix:?} in {text:?} must be 0..=32"))?;
+        if u32::from(addr) & !mask_of(prefix) != 0 {
+            return Err(format!(
+                "{text:?} has host bits set: write {}/{prefix}",
+                Ipv4Addr::from(u32::from(addr) & mask_of(prefix))
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+fn mask_of(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0)
+}
+
+fn default_hello_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_instance() -> String {
@@ -370,6 +441,20 @@ impl Config {
                 format!("{} is out of range: use 1..=1000000", nodes.max_nodes),
             ));
         }
+        if !(100..=600_000).contains(&nodes.hello_timeout_ms) {
+            return Err(invalid(
+                "nodes.hello_timeout_ms",
+                format!(
+                    "{} is out of range: use 100..=600000",
+                    nodes.hello_timeout_ms
+                ),
+            ));
+        }
+        for (i, text) in nodes.allowed_cidrs.iter().enumerate() {
+            if let Err(reason) = text.parse::<Cidr>() {
+                return Err(invalid(format!("nodes.allowed_cidrs[{i}]"), reason));
+            }
+        }
         let socket = self.control.socket.as_os_str();
         if socket.is_empty() || socket.len() > MAX_SOCKET_PATH {
             return Err(invalid(
@@ -542,6 +627,8 @@ nodes:
         // The example turns metrics on and spells out the default state file.
         expected.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
         expected.state_file = Some(PathBuf::from("/var/lib/halod/default.state.json"));
+        // And allows node addresses in the test network only.
+        expected.nodes.allowed_cidrs = vec!["198.19.0.0/24".into()];
         assert_eq!(config, expected);
         assert_eq!(config.state_file(), expected.state_file());
     }
@@ -586,6 +673,44 @@ nodes:
         let message =
             err(&EXAMPLE.replace("  spares: 0", "  spares: 0\n  restart_grace_ms: 3600001"));
         assert!(message.contains("`nodes.restart_grace_ms`"), "{message}");
+    }
+
+    #[test]
+    fn node_security_keys() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(config.nodes.hello_timeout_ms, 10_000);
+        assert!(config.nodes.allowed().is_empty());
+        let config = Config::parse(&EXAMPLE.replace(
+            "  spares: 0",
+            "  spares: 0\n  hello_timeout_ms: 500\n  allowed_cidrs: [198.19.0.0/24, 10.1.2.3/32]",
+        ))
+        .unwrap();
+        assert_eq!(config.nodes.hello_timeout_ms, 500);
+        let allowed = config.nodes.allowed();
+        assert_eq!(allowed.len(), 2);
+        assert!(allowed[0].contains(Ipv4Addr::new(198, 19, 0, 77)));
+        assert!(!allowed[0].contains(Ipv4Addr::new(198, 19, 1, 1)));
+        assert!(allowed[1].contains(Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(!allowed[1].contains(Ipv4Addr::new(10, 1, 2, 4)));
+        let any: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains(Ipv4Addr::new(203, 0, 113, 1)));
+        for (value, says) in [
+            ("[198.19.0.1/24]", "host bits set: write 198.19.0.0/24"),
+            ("[198.19.0.0]", "not a network"),
+            ("[198.19.0.0/33]", "0..=32"),
+            ("[nonsense/8]", "not an IPv4 address"),
+        ] {
+            let message = err(&EXAMPLE.replace(
+                "  spares: 0",
+                &format!("  spares: 0\n  allowed_cidrs: {value}"),
+            ));
+            assert!(
+                message.contains("`nodes.allowed_cidrs[0]`") && message.contains(says),
+                "{value}: {message}"
+            );
+        }
+        let message = err(&EXAMPLE.replace("  spares: 0", "  spares: 0\n  hello_timeout_ms: 50"));
+        assert!(message.contains("`nodes.hello_timeout_ms`"), "{message}");
     }
 
     #[test]

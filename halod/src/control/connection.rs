@@ -5,22 +5,28 @@
 //! buffer that is empty between lines, and a bounded outbound queue.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::warn;
 
 use super::manager::{Clock, ConnId, Outbound, Refusal, Registered, Request};
 use super::metrics::Metrics;
+use crate::config::Cidr;
 use crate::protocol::{
     ErrorCode, GatewayMessage, Hello, LineError, LineReader, NodeMessage, valid_name,
 };
 
-/// How long a new connection may take to send `hello`.
+/// How long a new connection may take to send `hello` (default of
+/// `nodes.hello_timeout_ms`).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections beyond `nodes.max_nodes` the gateway keeps open: nodes saying
+/// `hello` and nodes reconnecting while their old connection is still open.
+pub const EXTRA_CONNECTIONS: usize = 16;
 /// How long writing one message to a node may take before the node counts
 /// as stuck.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +40,98 @@ pub struct ConnectionContext {
     pub shutdown: CancellationToken,
     /// Heartbeat lateness is observed here, where heartbeats arrive.
     pub metrics: Metrics,
+    pub policy: NodePolicy,
+}
+
+/// What the gateway accepts from nodes before they are registered.
+#[derive(Clone, Debug)]
+pub struct NodePolicy {
+    /// `nodes.hello_timeout_ms`.
+    pub hello_timeout: Duration,
+    /// `nodes.allowed_cidrs`; empty: any unicast address.
+    pub allowed: Vec<Cidr>,
+    /// The VIP: never a node's address.
+    pub vip: Option<Ipv4Addr>,
+    /// Most node connections open at once (`max_nodes` + [`EXTRA_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Node connections open now (shared by every clone).
+    pub open: Arc<AtomicUsize>,
+}
+
+impl Default for NodePolicy {
+    fn default() -> NodePolicy {
+        NodePolicy {
+            hello_timeout: HELLO_TIMEOUT,
+            allowed: Vec::new(),
+            vip: None,
+            max_connections: usize::MAX,
+            open: Arc::default(),
+        }
+    }
+}
+
+impl NodePolicy {
+    /// Takes a connection slot, or `None` when `max_connections` are open. The
+    /// slot is given back when the returned guard goes.
+    pub fn admit(&self) -> Option<OpenConnection> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenConnection(self.open.clone()))
+    }
+
+    /// Checks a node's address against `nodes.allowed_cidrs` and the VIP.
+    pub fn check_address(&self, addr: Ipv4Addr) -> Result<(), Refusal> {
+        let refuse = |message: String| {
+            Err(Refusal {
+                code: ErrorCode::BadRequest,
+                message,
+            })
+        };
+        if addr.is_loopback() || Some(addr) == self.vip {
+            return refuse(format!(
+                "{addr} cannot be a node address (loopback or the gateway's VIP)"
+            ));
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|net| net.contains(addr)) {
+            let allowed: Vec<String> = self.allowed.iter().map(Cidr::to_string).collect();
+            return refuse(format!(
+                "node address {addr} is outside nodes.allowed_cidrs ({}): give an address \
+                 of the node network in hello.addr, or ask the operator to allow it",
+                allowed.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An open node connection, counted in [`NodePolicy::open`] until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The `node_refusals` label of a refusal.
+fn refusal_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadToken => "bad_token",
+        ErrorCode::DuplicateName => "duplicate_name",
+        ErrorCode::Full => "full",
+        _ => "bad_request",
+    }
+}
+
+fn line_error_label(error: &LineError) -> &'static str {
+    match error {
+        LineError::TooLong => "line_too_long",
+        _ => "bad_request",
+    }
 }
 
 /// Serves one node connection until it closes, the manager drops it, or the
@@ -51,24 +149,39 @@ pub async fn serve<R, W>(
     let mut lines = LineReader::new();
     let hello = tokio::select! {
         () = context.shutdown.cancelled() => return,
-        first = tokio::time::timeout(HELLO_TIMEOUT, lines.next_line(&mut reader)) => match first {
+        first = tokio::time::timeout(context.policy.hello_timeout, lines.next_line(&mut reader)) => match first {
             Err(_) => {
-                refuse(&mut writer, ErrorCode::BadRequest,
-                    format!("no hello within {} s", HELLO_TIMEOUT.as_secs())).await;
+                let message = format!(
+                    "no hello within {} ms (nodes.hello_timeout_ms)",
+                    context.policy.hello_timeout.as_millis()
+                );
+                warn!(%peer, "node connection refused: {message}");
+                context.metrics.node_refused("hello_timeout");
+                refuse(&mut writer, ErrorCode::BadRequest, message).await;
                 return;
             }
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
+                warn!(%peer, "node connection refused: {err}");
+                context.metrics.node_refused(line_error_label(&err));
                 refuse(&mut writer, ErrorCode::BadRequest, err.to_string()).await;
                 return;
             }
         }
     };
-    let (name, addr) = match check_hello(&hello, peer, context.token.as_deref()) {
+    let checked = match check_hello(&hello, peer, context.token.as_deref()) {
+        Err(refusal) => Err((refusal_label(refusal.code), refusal)),
+        Ok((name, addr)) => match context.policy.check_address(addr) {
+            Ok(()) => Ok((name, addr)),
+            Err(refusal) => Err(("address_not_allowed", refusal)),
+        },
+    };
+    let (name, addr) = match checked {
         Ok(hello) => hello,
-        Err(refusal) => {
-            debug!(%peer, code = %refusal.code, message = %refusal.message, "hello refused");
+        Err((label, refusal)) => {
+            warn!(%peer, code = %refusal.code, message = %refusal.message, "hello refused");
+            context.metrics.node_refused(label);
             refuse(&mut writer, refusal.code, refusal.message).await;
             return;
         }
@@ -89,6 +202,8 @@ pub async fn serve<R, W>(
     } = match answer.await {
         Ok(Ok(registered)) => registered,
         Ok(Err(refusal)) => {
+            warn!(%peer, node = %name, code = %refusal.code, message = %refusal.message, "hello refused");
+            context.metrics.node_refused(refusal_label(refusal.code));
             refuse(&mut writer, refusal.code, refusal.message).await;
             return;
         }
@@ -103,6 +218,7 @@ pub async fn serve<R, W>(
             message = outbound.recv() => match message {
                 Some(message) => {
                     if let Err(reason) = write(&mut writer, &message).await {
+                        context.metrics.node_refused("slow_reader");
                         break reason;
                     }
                 }
@@ -130,11 +246,14 @@ pub async fn serve<R, W>(
                         }
                     }
                     Ok(NodeMessage::Hello(_)) => {
+                        context.metrics.node_refused("bad_request");
                         let message = "hello sent twice on one connection".to_string();
                         refuse(&mut writer, ErrorCode::BadRequest, message.clone()).await;
                         break message;
                     }
                     Err(err) => {
+                        warn!(node = %name, "bad message from a node: {err}");
+                        context.metrics.node_refused("bad_request");
                         let message = err.to_string();
                         refuse(&mut writer, ErrorCode::BadRequest, message.clone()).await;
                         break message;
@@ -143,6 +262,8 @@ pub async fn serve<R, W>(
                 Ok(None) => break "closed by the node".to_string(),
                 Err(LineError::Io(err)) => break err.to_string(),
                 Err(err) => {
+                    warn!(node = %name, "bad line from a node: {err}");
+                    context.metrics.node_refused(line_error_label(&err));
                     let message = err.to_string();
                     refuse(&mut writer, ErrorCode::BadRequest, message.clone()).await;
                     break message;
@@ -232,6 +353,21 @@ async fn write<W: AsyncWrite + Unpin>(writer: &mut W, message: &Outbound) -> Res
         }
     }
     Ok(())
+}
+
+/// Answers a connection over the limit with `full` and closes it, without
+/// waiting on a peer that does not read.
+pub async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: usize) {
+    let message = format!(
+        "the gateway already has {limit} node connections open (nodes.max_nodes and those \
+         saying hello); try again later"
+    );
+    let error = Box::new(GatewayMessage::Error {
+        code: ErrorCode::Full,
+        message,
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), write(&mut stream, &error)).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Sends an `error` line and closes the connection.

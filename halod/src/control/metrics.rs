@@ -70,6 +70,9 @@ pub struct Metrics {
     pub plan_push: Histogram,
     /// State-file writes that failed (each is retried).
     pub state_write_failures: Counter,
+    /// Node connections refused or cut for misbehaving, by reason
+    /// (`bad_request`, `line_too_long`, `hello_timeout`, `bad_token`, ...).
+    pub node_refusals: Family<CauseLabel, Counter>,
 }
 
 impl Metrics {
@@ -83,7 +86,15 @@ impl Metrics {
             // 50 us .. about 1.6 s.
             plan_push: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             state_write_failures: Counter::default(),
+            node_refusals: Family::default(),
         }
+    }
+
+    /// A node connection was refused or cut for `reason`.
+    pub fn node_refused(&self, reason: &'static str) {
+        self.node_refusals
+            .get_or_create(&CauseLabel { cause: reason })
+            .inc();
     }
 
     /// A heartbeat (or any message) arrived `gap_ms` after the previous one.
@@ -114,6 +125,11 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
         "node_failures",
         "Nodes failed, by cause",
         metrics.node_failures.clone(),
+    );
+    registry.register(
+        "node_refusals",
+        "Node connections refused or cut for misbehaving, by cause",
+        metrics.node_refusals.clone(),
     );
     registry.register(
         "failovers",

@@ -275,6 +275,13 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         clock,
         shutdown: shutdown.clone(),
         metrics,
+        policy: connection::NodePolicy {
+            hello_timeout: std::time::Duration::from_millis(config.nodes.hello_timeout_ms),
+            allowed: config.nodes.allowed(),
+            vip: Some(config.vip),
+            max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
+            open: Default::default(),
+        },
     };
     accept_loop(listener, context).await;
     manager.await.context("node manager task")?;
@@ -301,7 +308,17 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
                 let conn = next_conn;
                 let _ = stream.set_nodelay(true);
                 let context = context.clone();
+                let Some(open) = context.policy.admit() else {
+                    warn!(%peer, "node connection refused: too many connections");
+                    context.metrics.node_refused("too_many_connections");
+                    tokio::spawn(connection::refuse_connection(
+                        stream,
+                        context.policy.max_connections,
+                    ));
+                    continue;
+                };
                 tokio::spawn(async move {
+                    let _open = open;
                     let mut stream = stream;
                     let (reader, writer) = stream.split();
                     connection::serve(reader, writer, peer.ip(), conn, context).await;

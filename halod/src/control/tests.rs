@@ -87,6 +87,8 @@ struct Gateway {
     shutdown: CancellationToken,
     token: Option<String>,
     next_conn: u64,
+    policy: super::connection::NodePolicy,
+    metrics: super::metrics::Metrics,
 }
 
 fn gateway(spares: u32, grace_ms: u64, max_nodes: u32) -> Gateway {
@@ -116,6 +118,8 @@ fn gateway(spares: u32, grace_ms: u64, max_nodes: u32) -> Gateway {
         shutdown,
         token: None,
         next_conn: 0,
+        policy: Default::default(),
+        metrics: Default::default(),
     }
 }
 
@@ -144,7 +148,8 @@ impl Gateway {
             token: self.token.clone(),
             clock: self.clock,
             shutdown: self.shutdown.clone(),
-            metrics: Default::default(),
+            metrics: self.metrics.clone(),
+            policy: self.policy.clone(),
         };
         tokio::spawn(connection::serve(
             reader,
@@ -637,4 +642,105 @@ async fn a_reconnect_within_the_grace_time_resumes_the_node() {
     eprintln!("failed {waited:?} after the connection was lost (grace 500 ms)");
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
     gateway.check(&mut [&mut n1]).await;
+}
+
+fn refusals(gateway: &Gateway, cause: &'static str) -> u64 {
+    gateway
+        .metrics
+        .node_refusals
+        .get_or_create(&super::metrics::CauseLabel { cause })
+        .get()
+}
+
+/// A raw connection from node address `i` that says `line` (if any).
+async fn raw(gateway: &mut Gateway, i: u8, line: Option<&str>) -> TestNode {
+    let (reader, writer) = gateway.open(i);
+    let mut node = TestNode {
+        name: "raw".into(),
+        reader,
+        writer,
+        lines: LineReader::new(),
+        routes: BTreeSet::new(),
+        role: None,
+    };
+    if let Some(line) = line {
+        node.send(line).await;
+    }
+    node
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostile_nodes_are_refused_counted_and_leave_others_alone() {
+    let mut gateway = gateway(0, 0, 10);
+    gateway.policy.hello_timeout = Duration::from_millis(500);
+    gateway.policy.allowed = vec!["198.19.0.0/24".parse().unwrap()];
+    gateway.policy.vip = Some(Ipv4Addr::new(198, 18, 0, 1));
+    let mut n1 = gateway.join(1, "n1").await;
+
+    // Addresses outside nodes.allowed_cidrs, the VIP, loopback.
+    for (addr, reason) in [
+        ("203.0.113.5", "outside nodes.allowed_cidrs (198.19.0.0/24)"),
+        ("198.18.0.1", "cannot be a node address"),
+        ("127.0.0.1", "cannot be a node address"),
+    ] {
+        let mut node = gateway
+            .connect(2, "n2", &format!(r#","addr":"{addr}""#))
+            .await;
+
+        let (code, message) = refused(&mut node).await;
+        assert_eq!(code, ErrorCode::BadRequest, "{addr}");
+        assert!(message.contains(reason), "{addr}: {message}");
+    }
+    assert_eq!(refusals(&gateway, "address_not_allowed"), 3);
+
+    // Not JSON, a JSON array, a line over 4 KiB, before hello.
+    for line in ["\u{1}\u{2}garbage", r#"["hello",1,"x"]"#] {
+        let mut node = raw(&mut gateway, 4, Some(line)).await;
+        assert_eq!(refused(&mut node).await.0, ErrorCode::BadRequest, "{line}");
+    }
+    assert_eq!(refusals(&gateway, "bad_request"), 2);
+    let long = "x".repeat(5000);
+    let mut node = raw(&mut gateway, 4, Some(&long)).await;
+    let (_, message) = refused(&mut node).await;
+    assert!(message.contains("4096"), "{message}");
+    assert_eq!(refusals(&gateway, "line_too_long"), 1);
+
+    // Wrong token and duplicate name.
+    gateway.token = Some("s3cret".into());
+    let mut guess = gateway.connect(5, "n5", r#","token":"guess""#).await;
+    assert_eq!(refused(&mut guess).await.0, ErrorCode::BadToken);
+    assert_eq!(refusals(&gateway, "bad_token"), 1);
+    let mut twin = gateway.connect(6, "n1", r#","token":"s3cret""#).await;
+    assert_eq!(refused(&mut twin).await.0, ErrorCode::DuplicateName);
+    assert_eq!(refusals(&gateway, "duplicate_name"), 1);
+
+    // None of it touched n1.
+    settle().await;
+    assert_eq!(gateway.snapshot().await.active, vec!["n1"]);
+    n1.drain().await;
+    assert_eq!(n1.routes.len(), ROUTES as usize);
+    gateway.check(&mut [&mut n1]).await;
+
+    // A hello that never comes (on a gateway of its own: the wait lets time
+    // pass, and n1 above sends no heartbeats).
+    let mut gateway = self::gateway(0, 0, 10);
+    gateway.policy.hello_timeout = Duration::from_millis(500);
+    let mut silent = raw(&mut gateway, 3, None).await;
+    let (code, message) = refused(&mut silent).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("no hello within 500 ms"), "{message}");
+    assert_eq!(refusals(&gateway, "hello_timeout"), 1);
+}
+
+#[test]
+fn connections_past_the_limit_are_not_admitted() {
+    let policy = super::connection::NodePolicy {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let first = policy.admit().expect("first");
+    let _second = policy.admit().expect("second");
+    assert!(policy.admit().is_none(), "a third connection was admitted");
+    drop(first);
+    assert!(policy.admit().is_some(), "a freed slot is not reused");
 }

@@ -48,6 +48,7 @@ async fn gateway(token: Option<&str>) -> (String, CancellationToken) {
         clock,
         shutdown: shutdown.clone(),
         metrics: Default::default(),
+        policy: Default::default(),
     };
     tokio::spawn(accept_loop(listener, context));
     (address, shutdown)

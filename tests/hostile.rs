@@ -1,0 +1,315 @@
+//! End to end: hostile and broken nodes against `halod run` in the test bed,
+//! from real sockets in a node namespace. Each case must get an `error` line
+//! that says what was wrong, be disconnected, be counted in
+//! `halod_node_refusals_total`, and leave a well-behaved node (a real
+//! `halod node` agent) registered and untouched. Needs root; run by
+//! `cargo xtask test`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use xtask::testbed::{self, Testbed, TestbedOptions};
+
+const HALOD: &str = env!("CARGO_BIN_EXE_halod");
+const NODES_PORT: u16 = 7000;
+const METRICS_PORT: u16 = 9101;
+const MAX_NODES: usize = 3;
+/// `nodes.max_nodes` + the gateway's allowance for nodes saying hello.
+const MAX_CONNECTIONS: usize = MAX_NODES + 16;
+const TOKEN: &str = "hostile-test-token";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The gateway: stopped with SIGTERM when the guard goes, then its program,
+/// pins and files removed (`halod teardown`), even when the test fails.
+struct Gateway {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new(HALOD)
+            .args(["teardown", "--config"])
+            .arg(self.dir.join("halod.yaml"))
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn follow(tag: &'static str, output: impl Read + Send + 'static) -> Receiver<String> {
+    let (lines, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { return };
+            eprintln!("[{tag}] {line}");
+            let _ = lines.send(line);
+        }
+    });
+    receiver
+}
+
+fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if matches(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no {what} within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// What a connection got: the lines the gateway sent, and whether it closed.
+#[derive(Debug)]
+struct Answer {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+impl Answer {
+    /// The only line must be an `error` with `code` whose message contains `says`.
+    fn refused(&self, code: &str, says: &str) {
+        assert!(self.closed, "the gateway did not disconnect: {self:?}");
+        let [line] = &self.lines[..] else {
+            panic!("expected one error line, got {self:?}")
+        };
+        let error: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(error["type"], "error", "{line}");
+        assert_eq!(error["code"], code, "{line}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(says), "{line} does not say {says:?}");
+    }
+}
+
+/// Sends `bytes` on `stream` and reads until the gateway closes or `wait` passes.
+fn exchange(mut stream: TcpStream, bytes: &[u8], wait: Duration) -> Answer {
+    stream.write_all(bytes).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let closed = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let lines = String::from_utf8_lossy(&received)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    Answer { lines, closed }
+}
+
+fn hello(name: &str, extra: &str) -> Vec<u8> {
+    format!("{{\"type\":\"hello\",\"version\":1,\"name\":\"{name}\"{extra}}}\n").into_bytes()
+}
+
+#[test]
+fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
+    if let Err(e) = xtask::setup::require_root(
+        "the hostile-node test builds network namespaces and loads XDP programs; \
+         run it through `cargo xtask test` as root",
+    ) {
+        panic!("{e}");
+    }
+    let bed = Testbed::up(TestbedOptions {
+        prefix: "hd-sec-hostile-".into(),
+        nodes: 2,
+        clients: 1,
+    })
+    .unwrap_or_else(|e| panic!("test bed did not come up: {e:#}"));
+    let dir = std::env::temp_dir().join(format!("halod-sec-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    let gw = bed.gateway_internal_addr();
+    let config = format!(
+        "instance: sec_hostile\n\
+         interfaces: {{external: ext0, internal: int0}}\n\
+         vip: {vip}\n\
+         routes: 8\n\
+         listeners:\n  - {{name: browser, base_port: 8000}}\n\
+         nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 5\n  \
+         max_nodes: {MAX_NODES}\n  hello_timeout_ms: 500\n  \
+         allowed_cidrs: [198.19.0.0/24]\n  token_file: {dir}/token\n\
+         control: {{socket: {dir}/halod.sock}}\n\
+         state_file: {dir}/state.json\n\
+         metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
+        vip = bed.vip(),
+        dir = dir.display(),
+    );
+    std::fs::write(dir.join("halod.yaml"), config).unwrap();
+    let mut command = bed.command(&bed.gateway_ns(), HALOD);
+    command
+        .args(["run", "--config"])
+        .arg(dir.join("halod.yaml"))
+        .env("HALOD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut gateway = Gateway {
+        child: command.spawn().expect("starting halod run"),
+        dir: dir.clone(),
+    };
+    let gateway_log = follow("gateway", gateway.child.stderr.take().unwrap());
+    expect_line(&gateway_log, "gateway running", |l| {
+        l.contains("gateway running")
+    });
+
+    // The well-behaved node.
+    let mut command = bed.command(&bed.node_ns(1), HALOD);
+    command
+        .args([
+            "node",
+            "--gateway",
+            &format!("{gw}:{NODES_PORT}"),
+            "--name",
+            "n1",
+        ])
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut agent = Process(command.spawn().expect("starting halod node"));
+    let agent_lines = follow("agent n1", agent.0.stdout.take().unwrap());
+    expect_line(&agent_lines, "welcome", |l| {
+        l.contains(r#""type":"welcome""#)
+    });
+
+    let target = SocketAddr::from((gw, NODES_PORT));
+    let token = format!(",\"token\":\"{TOKEN}\"");
+    let answers = testbed::run_in_netns(&bed.node_ns(2), move || {
+        let connect = || TcpStream::connect_timeout(&target, DEADLINE).unwrap();
+        let quick = Duration::from_secs(5);
+        let mut answers = Vec::new();
+        answers.push(("not JSON", exchange(connect(), b"\x00\x01garbage\n", quick)));
+        answers.push((
+            "a JSON array",
+            exchange(connect(), b"[\"hello\",1,\"x\"]\n", quick),
+        ));
+        answers.push((
+            "a line over 4 KiB",
+            exchange(connect(), &[b'x'; 5000], quick),
+        ));
+        answers.push(("no hello", exchange(connect(), b"", quick)));
+        answers.push((
+            "wrong token",
+            exchange(connect(), &hello("n2", ",\"token\":\"guess\""), quick),
+        ));
+        answers.push(("no token", exchange(connect(), &hello("n2", ""), quick)));
+        answers.push((
+            "address outside allowed_cidrs",
+            exchange(
+                connect(),
+                &hello("n2", &format!("{token},\"addr\":\"203.0.113.9\"")),
+                quick,
+            ),
+        ));
+        answers.push((
+            "duplicate name",
+            exchange(connect(), &hello("n1", &token), quick),
+        ));
+        // A flood: hold connections open without hello until the gateway refuses more.
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4).map(|_| connect()).collect();
+        let extra = exchange(connect(), b"", quick);
+        drop(held);
+        answers.push(("connection flood", extra));
+        answers
+    })
+    .unwrap();
+    let expected = [
+        ("not JSON", "bad_request", "JSON"),
+        ("a JSON array", "bad_request", "expected an object"),
+        ("a line over 4 KiB", "bad_request", "4096"),
+        ("no hello", "bad_request", "no hello within 500 ms"),
+        ("wrong token", "bad_token", "wrong token"),
+        ("no token", "bad_token", "token"),
+        (
+            "address outside allowed_cidrs",
+            "bad_request",
+            "outside nodes.allowed_cidrs",
+        ),
+        ("duplicate name", "duplicate_name", "n1"),
+        ("connection flood", "full", "node connections open"),
+    ];
+    for ((case, answer), (name, code, says)) in answers.iter().zip(expected) {
+        assert_eq!(*case, name);
+        eprintln!("{case}: {answer:?}");
+        answer.refused(code, says);
+    }
+
+    // Counted, by cause.
+    let metrics = testbed::run_in_netns(&bed.node_ns(2), move || {
+        let mut stream = TcpStream::connect((gw, METRICS_PORT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: halod\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .unwrap();
+    for (cause, at_least) in [
+        ("bad_request", 2),
+        ("line_too_long", 1),
+        ("hello_timeout", 1),
+        ("bad_token", 2),
+        ("address_not_allowed", 1),
+        ("duplicate_name", 1),
+        ("too_many_connections", 1),
+    ] {
+        let needle = format!("halod_node_refusals_total{{cause=\"{cause}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&needle))
+            .unwrap_or_else(|| panic!("no {needle} in the metrics:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(count >= at_least, "{cause}: {count} < {at_least}");
+    }
+
+    // The well-behaved node never noticed: still registered, nothing moved, and
+    // its agent is still running.
+    let nodes = Command::new(HALOD)
+        .args(["nodes", "--json", "--socket"])
+        .arg(dir.join("halod.sock"))
+        .output()
+        .unwrap();
+    let nodes = String::from_utf8_lossy(&nodes.stdout);
+    assert!(nodes.contains("\"n1\""), "n1 is gone: {nodes}");
+    assert!(
+        !nodes.contains("\"n2\""),
+        "a refused node registered: {nodes}"
+    );
+    while let Ok(line) = agent_lines.try_recv() {
+        assert!(!line.contains("\"moved\""), "n1 lost routes: {line}");
+    }
+    assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
+    drop(agent);
+    drop(gateway);
+}
