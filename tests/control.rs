@@ -215,11 +215,8 @@ impl Bed {
     /// A backend in node `i`'s namespace answering `name\n` on every route
     /// port, bound to the node's own address.
     fn backend(&self, i: usize, name: &str) -> Process {
-        let ports: Vec<String> = all_ports().iter().map(u16::to_string).collect();
-        let mut command = self.bed.command(&self.bed.node_ns(i), "python3");
+        let mut command = self.bed.backend_command(i, name, all_ports());
         command
-            .args(["-c", BACKEND, &self.bed.node_addr(i).to_string(), name])
-            .args(&ports)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -264,11 +261,11 @@ impl Bed {
     fn probe(&self, port: u16) -> Option<String> {
         let target = SocketAddr::from((self.bed.vip(), port));
         testbed::run_in_netns(&self.bed.client_ns(1), move || {
-            let mut stream =
-                TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
+            let stream = TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
             stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            // The backend greets with its name on one line, then echoes until we close.
             let mut answer = String::new();
-            stream.read_to_string(&mut answer).ok()?;
+            BufReader::new(stream).read_line(&mut answer).ok()?;
             let answer = answer.trim().to_string();
             (!answer.is_empty()).then_some(answer)
         })
@@ -377,24 +374,6 @@ fn all_ports() -> Vec<u16> {
         .flat_map(|base| (0..ROUTES).map(move |offset| base + offset))
         .collect()
 }
-
-/// Serves `NAME\n` on every given port of ADDR; prints `ready` once bound.
-const BACKEND: &str = r#"
-import selectors, socket, sys
-addr, name, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
-sel = selectors.DefaultSelector()
-for port in ports:
-    s = socket.create_server((addr, int(port)), reuse_port=True)
-    sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        conn, _ = key.fileobj.accept()
-        try:
-            conn.sendall((name + "\n").encode())
-        finally:
-            conn.close()
-"#;
 
 /// What the routing rules say after `events`: route -> node.
 fn expected(spares: u32, events: &[Event]) -> BTreeMap<u16, Option<String>> {

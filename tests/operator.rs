@@ -218,11 +218,8 @@ impl Bed {
     }
 
     fn backend(&self, i: usize, name: &str) -> Process {
-        let ports: Vec<String> = all_ports().iter().map(u16::to_string).collect();
-        let mut command = self.bed.command(&self.bed.node_ns(i), "python3");
+        let mut command = self.bed.backend_command(i, name, all_ports());
         command
-            .args(["-c", BACKEND, &self.bed.node_addr(i).to_string(), name])
-            .args(&ports)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -352,34 +349,6 @@ fn all_ports() -> Vec<u16> {
         .flat_map(|base| (0..ROUTES).map(move |offset| base + offset))
         .collect()
 }
-
-/// Serves every given port of ADDR: sends `NAME\n`, then echoes what it
-/// reads until the client closes; prints `ready` once bound.
-const BACKEND: &str = r#"
-import socket, sys, threading
-addr, name, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
-def serve(conn):
-    try:
-        conn.sendall((name + "\n").encode())
-        while True:
-            data = conn.recv(4096)
-            if not data:
-                break
-            conn.sendall(data)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-def accept(listener):
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-for port in ports:
-    listener = socket.create_server((addr, int(port)), reuse_port=True)
-    threading.Thread(target=accept, args=(listener,), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"#;
 
 #[test]
 fn operator_commands_against_a_running_gateway() {

@@ -38,6 +38,33 @@ use nix::unistd::Pid;
 
 use crate::command;
 
+/// The backend server behind [`Testbed::backend_command`] (Python, standard library only).
+const BACKEND_SERVER: &str = r#"
+import selectors, socket, sys, threading
+addr, name, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
+def serve(conn):
+    try:
+        conn.sendall((name + "\n").encode())
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                break
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+sel = selectors.DefaultSelector()
+for port in ports:
+    s = socket.create_server((addr, int(port)), reuse_port=True)
+    sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        conn, _ = key.fileobj.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
 /// The prefix of `cargo xtask testbed` and of [`TestbedOptions::default`].
 pub const DEFAULT_PREFIX: &str = "hd-";
 /// The gateway's external address: the virtual IP that clients connect to.
@@ -401,6 +428,28 @@ impl Testbed {
             self.prefix,
             self.clients
         );
+    }
+
+    /// A real backend server for node `node` (1-based): on each of `ports` of the node's own
+    /// address it sends `NAME\n`, then echoes what it reads until the client closes, and it
+    /// prints `ready` on stdout once every port is bound. Tests, the demo and chaos use it to
+    /// see which node a route reaches.
+    pub fn backend_command(
+        &self,
+        node: usize,
+        name: &str,
+        ports: impl IntoIterator<Item = u16>,
+    ) -> Command {
+        let mut command = self.command(&self.node_ns(node), "python3");
+        command
+            .args([
+                "-c",
+                BACKEND_SERVER,
+                &self.node_addr(node).to_string(),
+                name,
+            ])
+            .args(ports.into_iter().map(|port| port.to_string()));
+        command
     }
 
     /// A command that runs `program` inside network namespace `ns` (and only that namespace,
