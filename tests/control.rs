@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use halod::routing::{Cluster, ClusterConfig, Event};
 use xtask::testbed::{self, Testbed, TestbedOptions};
+
+mod support;
+use support::{Process, follow};
 
 const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const ROUTES: u16 = 12;
@@ -28,12 +31,10 @@ const NODES_PORT: u16 = 7000;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn require_root() {
-    if let Err(e) = xtask::setup::require_root(
+    support::require_root(
         "the control-plane tests build network namespaces and load XDP programs; \
          run them through `cargo xtask test` as root",
-    ) {
-        panic!("{e}");
-    }
+    );
 }
 
 fn up(prefix: &str, nodes: usize) -> Testbed {
@@ -45,77 +46,8 @@ fn up(prefix: &str, nodes: usize) -> Testbed {
     .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"))
 }
 
-/// A process killed (SIGKILL) and reaped when the guard goes.
-struct Process {
-    name: String,
-    child: Child,
-}
-
-impl Process {
-    fn spawn(name: &str, mut command: Command) -> Process {
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process {
-            name: name.to_string(),
-            child,
-        }
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal)
-            .unwrap_or_else(|e| panic!("sending {signal} to {}: {e}", self.name));
-    }
-
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < within,
-                "{} did not exit within {within:?}",
-                self.name
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Lines of a child's output, forwarded to the test's stderr with a tag.
-fn follow(tag: String, output: impl Read + Send + 'static) -> Receiver<String> {
-    let (lines, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            let Ok(line) = line else { return };
-            eprintln!("[{tag}] {line}");
-            if lines.send(line).is_err() {
-                // Nobody listens any more; keep draining so the child never blocks.
-            }
-        }
-    });
-    receiver
-}
-
 fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if matches(&line) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no {what} within {DEADLINE:?}"),
-        }
-    }
+    support::expect_line_within(lines, what, DEADLINE, matches)
 }
 
 struct Options {
@@ -566,7 +498,7 @@ fn python_example_node_tokens_and_duplicate_names() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut python = Process::spawn("node.py", command);
-    let lines = follow("node.py".into(), python.child.stdout.take().unwrap());
+    let lines = follow("node.py", python.child.stdout.take().unwrap());
     let welcome = expect_line(&lines, "welcome from node.py", |l| {
         l.contains(r#""type":"welcome""#)
     });

@@ -5,14 +5,17 @@
 //! `halod node` agent) registered and untouched. Needs root; run by
 //! `cargo xtask test`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use xtask::testbed::{self, Testbed, TestbedOptions};
+
+mod support;
+use support::{Process, follow};
 
 const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const NODES_PORT: u16 = 7000;
@@ -22,15 +25,6 @@ const MAX_NODES: usize = 3;
 const MAX_CONNECTIONS: usize = MAX_NODES + 16;
 const TOKEN: &str = "hostile-test-token";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The gateway: stopped with SIGTERM when the guard goes, then its program,
 /// pins and files removed (`halod teardown`), even when the test fails.
@@ -58,27 +52,8 @@ impl Drop for Gateway {
     }
 }
 
-fn follow(tag: &'static str, output: impl Read + Send + 'static) -> Receiver<String> {
-    let (lines, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            let Ok(line) = line else { return };
-            eprintln!("[{tag}] {line}");
-            let _ = lines.send(line);
-        }
-    });
-    receiver
-}
-
 fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if matches(&line) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no {what} within {DEADLINE:?}"),
-        }
-    }
+    support::expect_line_within(lines, what, DEADLINE, matches)
 }
 
 /// What a connection got: the lines the gateway sent, and whether it closed.
@@ -194,8 +169,8 @@ fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut agent = Process(command.spawn().expect("starting halod node"));
-    let agent_lines = follow("agent n1", agent.0.stdout.take().unwrap());
+    let mut agent = Process::spawn("halod node", command);
+    let agent_lines = follow("agent n1", agent.child.stdout.take().unwrap());
     expect_line(&agent_lines, "welcome", |l| {
         l.contains(r#""type":"welcome""#)
     });
@@ -309,7 +284,10 @@ fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
     while let Ok(line) = agent_lines.try_recv() {
         assert!(!line.contains("\"moved\""), "n1 lost routes: {line}");
     }
-    assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
     drop(agent);
     drop(gateway);
 }

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xtask::testbed::{self, Testbed, TestbedOptions};
+
+mod support;
+use support::{Process, follow};
 
 const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const ROUTES: u16 = 12;
@@ -29,78 +32,14 @@ const METRICS_PORT: u16 = 9464;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn require_root() {
-    if let Err(e) = xtask::setup::require_root(
+    support::require_root(
         "the operator tests build network namespaces and load XDP programs; \
          run them through `cargo xtask test` as root",
-    ) {
-        panic!("{e}");
-    }
-}
-
-/// A process killed (SIGKILL) and reaped when the guard goes.
-struct Process {
-    name: String,
-    child: Child,
-}
-
-impl Process {
-    fn spawn(name: &str, mut command: Command) -> Process {
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process {
-            name: name.to_string(),
-            child,
-        }
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal)
-            .unwrap_or_else(|e| panic!("sending {signal} to {}: {e}", self.name));
-    }
-
-    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < within, "{} did not exit", self.name);
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn follow(tag: String, output: impl Read + Send + 'static) -> Receiver<String> {
-    let (lines, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            let Ok(line) = line else { return };
-            eprintln!("[{tag}] {line}");
-            let _ = lines.send(line);
-        }
-    });
-    receiver
+    );
 }
 
 fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if matches(&line) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no {what} within {DEADLINE:?}"),
-        }
-    }
+    support::expect_line_within(lines, what, DEADLINE, matches)
 }
 
 struct Bed {
@@ -443,7 +382,7 @@ fn operator_commands_against_a_running_gateway() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut watcher = Process::spawn("watch", watch);
-    let events = follow("watch".into(), watcher.child.stdout.take().unwrap());
+    let events = follow("watch", watcher.child.stdout.take().unwrap());
     thread::sleep(Duration::from_millis(300));
     let drain = bed.halod(&["drain", "n3"]);
     assert!(drain.status.success(), "{drain:?}");
