@@ -5,7 +5,7 @@
 //! `halod node` agent) registered and untouched. Needs root; run by
 //! `cargo xtask test`.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;

@@ -1,69 +1,62 @@
-//! `cargo xtask demo`: build halod, bring up a test bed and show real traffic crossing it.
+//! `cargo xtask demo`: the whole gateway in about a minute.
 //!
-//! Today the gateway forwards with plain kernel routing: each node runs a small TCP server that
-//! answers with its name, and client1 connects to every node through the gateway. The steps are
-//! separate methods of [`Demo`] so the control plane can add its own: start `halod run` in the
-//! gateway namespace ([`Demo::spawn_in`] with [`workspace::halod_binary`]), `halod node` agents
-//! in the node namespaces, traffic to VIP ports, a node failure, the route table.
+//! Builds halod, brings up a test bed (prefix `hd-demo-`: 4 nodes, 1 client), starts `halod run`
+//! in the gateway namespace and, in each node namespace, a backend server that answers every
+//! route port with the node's name plus the `halod node` agent (the second node to join waits as
+//! the spare). Then it sends client traffic to every route of the VIP, prints `halod routes` and
+//! `halod nodes`, kills the agent and backend of n1 and measures how long until n1's first route
+//! answers from its new owner, prints `halod status` and `halod stats`, and tears everything
+//! down (the gateway, its pinned program and state with `halod teardown`, the test bed).
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::command::{self, describe};
-use crate::testbed::{Testbed, TestbedOptions};
+use crate::command::describe;
+use crate::testbed::{self, Testbed, TestbedOptions};
 use crate::{setup, workspace};
 
 /// The demo's own prefix, so it never removes a test bed someone brought up by hand.
 pub const PREFIX: &str = "hd-demo-";
-/// The port of each node's name server.
-pub const NAME_PORT: u16 = 7000;
+/// Routes of the demo gateway; route `r` is port 8000 + r - 1 and 9000 + r - 1.
+const ROUTES: u16 = 12;
+const BASES: [u16; 2] = [8000, 9000];
+const NODES: usize = 4;
+const NODES_PORT: u16 = 7000;
+const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn run() -> Result<()> {
-    setup::require_root("the demo builds network namespaces (CAP_SYS_ADMIN/CAP_NET_ADMIN)")?;
+    setup::require_root("the demo builds network namespaces and loads XDP (root)")?;
     setup::run()?;
     step("building halod (with the real eBPF object)");
-    command::run_visible(workspace::cargo().args(["build", "-p", "halod"]))?;
-    println!("built {}", workspace::halod_binary("debug").display());
-
-    step("bringing up the test bed: 3 nodes, 1 client");
-    let mut demo = Demo::new(TestbedOptions {
-        prefix: PREFIX.into(),
-        nodes: 3,
-        clients: 1,
-    })?;
-    print!("{}", Testbed::status_prefix(PREFIX)?);
+    crate::command::run_visible(workspace::cargo().args(["build", "-p", "halod"]))?;
+    let halod = workspace::halod_binary("debug");
+    println!("built {}", halod.display());
 
     step(&format!(
-        "starting a name server on port {NAME_PORT} in every node"
+        "bringing up the test bed: {NODES} nodes, 1 client (prefix {PREFIX})"
     ));
-    demo.start_name_servers()?;
-
-    step("client1 connects to every node through the gateway (plain kernel routing)");
-    let mut failures = 0;
-    for node in 1..=demo.bed.nodes() {
-        let addr = demo.bed.node_addr(node);
-        match demo.ask_name(1, addr, NAME_PORT) {
-            Ok((answer, elapsed)) => println!(
-                "client1 {} -> {addr}:{NAME_PORT}: answered {answer:?} in {elapsed:.1?}",
-                demo.bed.client_addr(1)
-            ),
-            Err(e) => {
-                failures += 1;
-                println!("client1 -> {addr}:{NAME_PORT}: FAILED: {e:#}");
-            }
-        }
-    }
-
+    let mut demo = Demo::new(
+        TestbedOptions {
+            prefix: PREFIX.into(),
+            nodes: NODES,
+            clients: 1,
+        },
+        halod,
+    )?;
+    let result = demo.show();
     step("tearing down");
-    demo.down()?;
-    if failures > 0 {
-        bail!("{failures} of 3 connections through the gateway failed");
-    }
-    println!("demo done: every node answered through the gateway; nothing is left behind");
+    let down = demo.down();
+    result?;
+    down?;
+    println!("demo done: nothing is left behind");
     Ok(())
 }
 
@@ -74,15 +67,275 @@ fn step(what: &str) {
 /// A test bed plus the processes the demo started in it.
 pub struct Demo {
     pub bed: Testbed,
+    halod: PathBuf,
+    dir: PathBuf,
     children: Vec<(String, Child)>,
 }
 
 impl Demo {
-    pub fn new(opts: TestbedOptions) -> Result<Demo> {
+    pub fn new(opts: TestbedOptions, halod: PathBuf) -> Result<Demo> {
+        let dir = std::env::temp_dir().join(format!("halod-demo-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Demo {
             bed: Testbed::up(opts)?,
+            halod,
+            dir,
             children: Vec::new(),
         })
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("halod.yaml")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("halod.sock")
+    }
+
+    fn show(&mut self) -> Result<()> {
+        step("starting the gateway: halod run (1 spare, heartbeat 100 ms, dead after 3)");
+        self.start_gateway()?;
+        println!(
+            "gateway up: VIP {}, {ROUTES} routes on ports {}..{} and {}..{}, nodes register at {}:{NODES_PORT}",
+            self.bed.vip(),
+            BASES[0],
+            BASES[0] + ROUTES - 1,
+            BASES[1],
+            BASES[1] + ROUTES - 1,
+            self.bed.gateway_internal_addr()
+        );
+
+        step("starting a backend server and the halod node agent in every node");
+        for node in 1..=NODES {
+            self.start_node(node)?;
+        }
+        self.wait_served(NODES)?;
+
+        step("client1 connects to every route of the VIP (through the XDP program)");
+        let answers = self.answers()?;
+        let mut by_node: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for (route, node) in &answers {
+            by_node.entry(node.clone()).or_default().push(*route);
+        }
+        for (node, routes) in &by_node {
+            println!("{node} answered routes {routes:?}");
+        }
+
+        step("halod routes");
+        print!("{}", self.halod_output(&["routes"])?);
+        step("halod nodes");
+        print!("{}", self.halod_output(&["nodes"])?);
+
+        step("killing node n1 (agent and backend, kill -9)");
+        let first = answers
+            .iter()
+            .find(|(_, node)| *node == "n1")
+            .map(|(route, _)| *route)
+            .context("n1 serves no route")?;
+        let killed = Instant::now();
+        for label in ["agent n1", "backend n1"] {
+            if let Some((_, child)) = self.children.iter_mut().find(|(l, _)| l == label) {
+                let _ = child.kill();
+            }
+        }
+        let new_owner = loop {
+            match self.probe(BASES[0] + first - 1) {
+                Some(node) if node != "n1" => break node,
+                _ => {}
+            }
+            if killed.elapsed() > DEADLINE {
+                bail!("route {first} was not served again within {DEADLINE:?}");
+            }
+            thread::sleep(Duration::from_millis(2));
+        };
+        println!(
+            "failover: route {first} (n1's) answered by {new_owner} {:.1} ms after the kill (client-side, probing every 2 ms)",
+            killed.elapsed().as_secs_f64() * 1000.0
+        );
+        let after = self.answers()?;
+        let moved: Vec<u16> = after
+            .iter()
+            .filter(|(route, node)| answers.get(route) != Some(node))
+            .map(|(route, _)| *route)
+            .collect();
+        println!("routes that changed node: {moved:?} (only n1's: the spare took its slot)");
+
+        step("halod status");
+        print!("{}", self.halod_output(&["status"])?);
+        step("halod stats");
+        print!("{}", self.halod_output(&["stats"])?);
+        Ok(())
+    }
+
+    fn start_gateway(&mut self) -> Result<()> {
+        let config = format!(
+            "instance: hd_demo\n\
+             interfaces: {{external: ext0, internal: int0}}\n\
+             vip: {vip}\n\
+             routes: {ROUTES}\n\
+             listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 1\n\
+             control: {{socket: {socket}}}\n\
+             state_file: {dir}/state.json\n",
+            vip = self.bed.vip(),
+            b0 = BASES[0],
+            b1 = BASES[1],
+            gw = self.bed.gateway_internal_addr(),
+            socket = self.socket().display(),
+            dir = self.dir.display(),
+        );
+        fs::write(self.config_path(), config).context("writing the demo config")?;
+        let log = self.dir.join("gateway.log");
+        let mut cmd = self
+            .bed
+            .command(&self.bed.gateway_ns(), &self.halod.display().to_string());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--reset")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?);
+        self.spawn_in("gateway", cmd)?;
+        let start = Instant::now();
+        while !fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("gateway running")
+        {
+            if let Some((_, child)) = self.children.iter_mut().find(|(l, _)| l == "gateway")
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "halod run exited ({status}); its log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if start.elapsed() > DEADLINE {
+                bail!("the gateway did not start; see {}", log.display());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        println!("gateway log: {}", log.display());
+        Ok(())
+    }
+
+    fn start_node(&mut self, node: usize) -> Result<()> {
+        let name = format!("n{node}");
+        let ns = self.bed.node_ns(node);
+        let ports = BASES
+            .iter()
+            .flat_map(|base| (0..ROUTES).map(move |offset| base + offset));
+        let mut backend = self.bed.backend_command(node, &name, ports);
+        backend.stdout(Stdio::piped());
+        self.spawn_in(&format!("backend {name}"), backend)?;
+        let (_, child) = self.children.last_mut().expect("just pushed");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().context("backend stdout")?)
+            .read_line(&mut ready)
+            .context("waiting for the backend")?;
+        if ready.trim() != "ready" {
+            bail!("the backend of {name} did not start");
+        }
+        let log = self.dir.join(format!("agent-{name}.log"));
+        let mut agent = self.bed.command(&ns, &self.halod.display().to_string());
+        agent
+            .arg("node")
+            .arg("--gateway")
+            .arg(format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr()))
+            .args(["--name", &name])
+            .stdout(fs::File::create(&log)?)
+            .stderr(Stdio::null());
+        self.spawn_in(&format!("agent {name}"), agent)?;
+        let start = Instant::now();
+        let welcome = loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(r#""type":"welcome""#)) {
+                break line.to_string();
+            }
+            if start.elapsed() > DEADLINE {
+                bail!("{name} was not welcomed; see {}", log.display());
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let role = if welcome.contains(r#""role":"spare""#) {
+            "spare"
+        } else {
+            "active"
+        };
+        let routes = welcome.matches(r#""route":"#).count();
+        println!(
+            "{name} ({}) registered as {role} with {routes} routes",
+            self.bed.node_addr(node)
+        );
+        Ok(())
+    }
+
+    /// Waits until `halod nodes` lists `count` nodes and every route is served.
+    fn wait_served(&self, count: usize) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let nodes = self.halod_output(&["nodes", "--json"])?;
+            let routes = self.halod_output(&["routes", "--json"])?;
+            if nodes.matches(r#""name":"#).count() == count && !routes.contains(r#""node":null"#) {
+                return Ok(());
+            }
+            if start.elapsed() > DEADLINE {
+                bail!("the gateway never served every route: {routes}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `halod ARGS --socket S` and returns its stdout.
+    fn halod_output(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(&self.halod);
+        cmd.args(args).arg("--socket").arg(self.socket());
+        let output = cmd
+            .output()
+            .with_context(|| format!("running `{}`", describe(&cmd)))?;
+        if !output.status.success() {
+            bail!(
+                "`{}` failed: {}",
+                describe(&cmd),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The node that answers on `port` of the VIP, from client1.
+    fn probe(&self, port: u16) -> Option<String> {
+        let target = SocketAddr::from((self.bed.vip(), port));
+        testbed::run_in_netns(&self.bed.client_ns(1), move || {
+            let stream = TcpStream::connect_timeout(&target, Duration::from_millis(300)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut answer = String::new();
+            BufReader::new(stream).read_line(&mut answer).ok()?;
+            let answer = answer.trim().to_string();
+            (!answer.is_empty()).then_some(answer)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Route -> answering node, for every route (first listener's port);
+    /// checks that the second listener's port reaches the same node.
+    fn answers(&self) -> Result<BTreeMap<u16, String>> {
+        let mut answers = BTreeMap::new();
+        for route in 1..=ROUTES {
+            let first = self.probe(BASES[0] + route - 1);
+            let second = self.probe(BASES[1] + route - 1);
+            match (first, second) {
+                (Some(a), Some(b)) if a == b => {
+                    answers.insert(route, a);
+                }
+                (a, b) => bail!(
+                    "route {route}: port {} answered {a:?}, port {} answered {b:?}",
+                    BASES[0] + route - 1,
+                    BASES[1] + route - 1
+                ),
+            }
+        }
+        Ok(answers)
     }
 
     /// Starts `cmd` (made with [`Testbed::command`]) and keeps it until the demo ends.
@@ -95,48 +348,36 @@ impl Demo {
         Ok(())
     }
 
-    /// One socat per node that answers every connection with the node's name and address.
-    pub fn start_name_servers(&mut self) -> Result<()> {
-        for node in 1..=self.bed.nodes() {
-            let ns = self.bed.node_ns(node);
-            let mut cmd = self.bed.command(&ns, "socat");
-            cmd.arg(format!("TCP-LISTEN:{NAME_PORT},reuseaddr,fork"))
-                .arg(format!("EXEC:echo node{node} {}", self.bed.node_addr(node)))
-                .stdout(Stdio::null());
-            self.spawn_in(&format!("name server of node{node}"), cmd)?;
-        }
-        Ok(())
-    }
-
-    /// Connects from client `client` to `addr:port` with socat and returns the answer and how
-    /// long it took. Retries for a few seconds while the server is still starting.
-    pub fn ask_name(&self, client: usize, addr: Ipv4Addr, port: u16) -> Result<(String, Duration)> {
-        let ns = self.bed.client_ns(client);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let started = Instant::now();
-            let mut cmd = self.bed.command(&ns, "socat");
-            cmd.args(["-T", "3", "-u"])
-                .arg(format!("TCP:{addr}:{port},connect-timeout=2"))
-                .arg("STDOUT");
-            match command::run(&mut cmd) {
-                Ok(answer) if !answer.trim().is_empty() => {
-                    return Ok((answer.trim().to_string(), started.elapsed()));
-                }
-                Ok(_) if Instant::now() < deadline => {}
-                Err(_) if Instant::now() < deadline => {}
-                Ok(_) => bail!("`{}` got an empty answer", describe(&cmd)),
-                Err(e) => return Err(e),
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Removes the test bed (which kills the processes in it) and reaps the processes.
+    /// Stops the gateway, removes its pinned program and state (`halod teardown`), removes the
+    /// test bed (which kills the processes in it) and reaps the processes.
     pub fn down(mut self) -> Result<()> {
+        self.stop_gateway();
+        let teardown = Command::new(&self.halod)
+            .arg("teardown")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .status();
         let result = Testbed::down_prefix(self.bed.prefix());
         self.reap();
-        result
+        let _ = fs::remove_dir_all(&self.dir);
+        match teardown {
+            Ok(status) if status.success() => result,
+            Ok(status) => bail!("halod teardown failed ({status})"),
+            Err(e) => Err(e).context("running halod teardown"),
+        }
+    }
+
+    fn stop_gateway(&mut self) {
+        if let Some((_, child)) = self.children.iter_mut().find(|(l, _)| l == "gateway") {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10)
+            {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     fn reap(&mut self) {
@@ -156,8 +397,16 @@ impl Drop for Demo {
     fn drop(&mut self) {
         // The test bed's own Drop runs after this and removes the namespaces.
         if !self.children.is_empty() {
+            self.stop_gateway();
+            let _ = Command::new(&self.halod)
+                .arg("teardown")
+                .arg("--config")
+                .arg(self.config_path())
+                .stdout(Stdio::null())
+                .status();
             let _ = Testbed::down_prefix(self.bed.prefix());
             self.reap();
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }

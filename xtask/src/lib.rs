@@ -2,8 +2,10 @@
 //! the demo and the benchmarks. halod's integration tests use [`testbed`] directly.
 
 pub mod bench;
+pub mod chaos;
 pub mod command;
 pub mod demo;
+pub mod fuzz;
 pub mod setup;
 pub mod test_suite;
 pub mod testbed;

@@ -21,10 +21,35 @@ enum Task {
     Test,
     /// Build halod, bring up a test bed and show traffic crossing the gateway.
     Demo,
-    /// Run halod's benchmarks (arguments after `--` go to the benchmark binaries).
+    /// Benchmark halod against nftables, IPVS and HAProxy; writes docs/benchmarks.md.
     Bench {
-        #[arg(last = true)]
-        args: Vec<String>,
+        /// Shorter runs: the whole benchmark in under 5 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Run only these sections (the report then holds only them).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<xtask::bench::Section>,
+        /// Write the report here instead of docs/benchmarks.md (the chart goes beside it).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Random node and daemon failures under client traffic, checked after every event.
+    Chaos {
+        /// Seed of the event sequence (the same seed gives the same sequence).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Run this long.
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        events: Option<u64>,
+    },
+    /// The dedicated fuzz run: packet parse/rewrite and wire decoder, in release.
+    Fuzz {
+        /// Cases per fuzz target.
+        #[arg(long, default_value_t = xtask::fuzz::DEFAULT_CASES)]
+        cases: u32,
     },
     /// Network namespaces standing in for a gateway, its clients and its nodes.
     Testbed {
@@ -90,7 +115,35 @@ fn run(task: Task) -> Result<()> {
         Task::Setup => xtask::setup::run(),
         Task::Test => unreachable!("handled in main"),
         Task::Demo => xtask::demo::run(),
-        Task::Bench { args } => xtask::bench::run(&args),
+        Task::Bench {
+            quick,
+            only,
+            output,
+        } => xtask::bench::run(&xtask::bench::Options {
+            quick,
+            only,
+            output,
+        }),
+        Task::Fuzz { cases } => xtask::fuzz::run(cases),
+        Task::Chaos {
+            seed,
+            minutes,
+            events,
+        } => {
+            if minutes.is_none() && events.is_none() {
+                anyhow::bail!("give --minutes M or --events N");
+            }
+            let report = xtask::chaos::run(&xtask::chaos::Options {
+                seed,
+                minutes,
+                events,
+            })?;
+            report.print();
+            if !report.violations.is_empty() {
+                anyhow::bail!("{} violations", report.violations.len());
+            }
+            Ok(())
+        }
         Task::Testbed { action } => match action {
             TestbedAction::Up {
                 prefix,

@@ -31,6 +31,15 @@ pub const PACKAGES: &[&str] = &[
     "python3",
 ];
 
+/// Tools only `cargo xtask bench` needs: the baselines it compares halod with (HAProxy,
+/// IPVS's ipvsadm, nftables) and its TCP load generators (wrk, iperf3).
+pub const BENCH_PACKAGES: &[&str] = &["haproxy", "ipvsadm", "nftables", "wrk", "iperf3"];
+
+/// Installs [`BENCH_PACKAGES`] that are missing (only `cargo xtask bench` calls this).
+pub fn ensure_bench_packages() -> Result<()> {
+    ensure_packages("benchmark packages", BENCH_PACKAGES)
+}
+
 /// The bpf-linker release that matches aya 0.14 and nightly's LLVM 22.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The LLVM major version bpf-linker is built against; it must equal nightly rustc's.

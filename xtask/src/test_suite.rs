@@ -4,7 +4,10 @@
 //! 2. build of every target, with the real eBPF object (never the stub);
 //! 3. unit and property tests (`--lib --bins` of every crate);
 //! 4. integration tests of halod: BPF_PROG_TEST_RUN tests (halod/tests/*.rs) and the
-//!    network-namespace end-to-end tests (tests/*.rs, declared as `[[test]]` in halod).
+//!    network-namespace end-to-end tests (tests/*.rs, declared as `[[test]]` in halod);
+//! 5. the BPF_PROG_TEST_RUN tests (`halod/tests/xdp_*.rs`) again in release, so the
+//!    verifier sees the release object of the XDP program too;
+//! 6. a short `cargo xtask chaos` run (its checks are counted as tests).
 //!
 //! Phases select test targets by kind, not by name, so new tests are picked up without
 //! touching this file. The last line is `xtask test: N passed, M failed`.
@@ -70,6 +73,33 @@ const PHASES: &[Phase] = &[
             "--no-fail-fast",
             "--",
             "--test-threads=1",
+        ],
+        runs_tests: true,
+    },
+    Phase {
+        // The build script builds the XDP program in the host build's profile, so this loads
+        // and verifies the release object (the phase above: the dev one) and runs the packet
+        // corpus against it.
+        title: "BPF_PROG_TEST_RUN tests against the release build of the XDP program",
+        args: &[
+            "test",
+            "--release",
+            "-p",
+            "halod",
+            "--test",
+            "xdp_*",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=1",
+        ],
+        runs_tests: true,
+    },
+    Phase {
+        // A short chaos run (docs/operations.md, "Chaos"): every consistency check after
+        // every event counts as a test.
+        title: "chaos: 20 seeded node and daemon failures under client traffic",
+        args: &[
+            "run", "-q", "-p", "xtask", "--", "chaos", "--seed", "1", "--events", "20",
         ],
         runs_tests: true,
     },
@@ -252,7 +282,9 @@ mod tests {
                 assert!(args.contains("--exclude halod-ebpf"), "{args}");
             }
             assert!(
-                !args.contains("--test ") || args.contains("--test *"),
+                !args.contains("--test ")
+                    || args.contains("--test *")
+                    || args.contains("--test xdp_*"),
                 "{args}"
             );
         }
