@@ -1,0 +1,705 @@
+//! docs/benchmarks.md: the generated sections, then the hand-written "## Routing core"
+//! section carried over verbatim from the file as it was.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use super::failover::{self, Trials};
+use super::forwarding::{Figure, Method};
+use super::{Options, Plan, Results, Section, scale};
+use crate::command;
+
+/// The machine the run happened on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub rustc: String,
+    pub load_at_start: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn describe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        let run = |program: &str, args: &[&str]| {
+            command::run(Command::new(program).args(args))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        Machine {
+            cpu,
+            cores,
+            kernel: run("uname", &["-sr"]),
+            rustc: run("rustc", &["--version"]),
+            load_at_start: std::fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            date: run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        }
+    }
+}
+
+pub struct Context<'a> {
+    pub command: &'a str,
+    pub machine: &'a Machine,
+    pub plan: &'a Plan,
+    pub elapsed: Duration,
+    pub chart: Option<String>,
+    /// The file as it was, for the hand-written routing core section.
+    pub previous: &'a str,
+}
+
+pub fn command_line(options: &Options) -> String {
+    let mut line = "cargo xtask bench".to_string();
+    if options.quick {
+        line.push_str(" --quick");
+    }
+    if !options.only.is_empty() {
+        let names: Vec<String> = options
+            .only
+            .iter()
+            .map(|s| format!("{s:?}").to_lowercase())
+            .collect();
+        let _ = write!(line, " --only {}", names.join(","));
+    }
+    if let Some(path) = &options.output {
+        let _ = write!(line, " --output {}", path.display());
+    }
+    line
+}
+
+fn fig(figure: &Figure, f: impl Fn(f64) -> String) -> String {
+    match figure {
+        Ok(v) => f(*v),
+        Err(e) => format!("n/a: {}", first_line(e)),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").replace('|', "/");
+    if line.len() > 160 {
+        format!("{}...", &line[..160])
+    } else {
+        line
+    }
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// One target: met or not, with the figure.
+pub struct Target {
+    pub name: String,
+    pub met: Option<bool>,
+    pub figure: String,
+    pub why: String,
+}
+
+pub fn targets(results: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    // 1. Packets per gateway core vs nftables.
+    if let Some(Ok(f)) = &results.forwarding {
+        let cpu = |m: Method| {
+            f.results
+                .iter()
+                .find(|r| r.method == m)
+                .and_then(|r| r.udp_cpu_ns.as_ref().ok().copied())
+        };
+        let (met, figure) = match (cpu(Method::Halod), cpu(Method::Nftables)) {
+            (Some(h), Some(n)) => (
+                Some(n / h >= 3.0),
+                format!(
+                    "{:.2}x ({} vs {} packets per gateway core-second; {:.0} vs {:.0} ns of \
+                     gateway CPU per packet)",
+                    n / h,
+                    thousands(1e9 / h),
+                    thousands(1e9 / n),
+                    h,
+                    n
+                ),
+            ),
+            _ => (None, "not measured (see Forwarding)".into()),
+        };
+        out.push(Target {
+            name: "halod forwards >= 3x the packets per gateway core of nftables DNAT".into(),
+            met,
+            figure,
+            why: "Most of halod's remaining per-packet cost on veth is not the program: it is \
+                  the veth driver's receive path (ptr_ring, xdp_buff set-up) and the \
+                  XDP_REDIRECT transmit into the next veth, which the kernel path pays as well; \
+                  on a physical NIC with native XDP the fixed part shrinks and the ratio grows."
+                .into(),
+        });
+    }
+    // 2. Program cost vs floor.
+    if let Some(Ok(c)) = &results.cost {
+        let routed = c.rows.iter().find(|r| r.label.starts_with("halod, routed"));
+        let floor = c.rows.iter().find(|r| r.label.starts_with("floor"));
+        let (met, figure) = match (routed, floor) {
+            (Some(r), Some(f)) => (
+                Some(r.ns <= 1.5 * f.ns),
+                format!(
+                    "{:.2}x ({:.1} ns routed vs {:.1} ns floor)",
+                    r.ns / f.ns,
+                    r.ns,
+                    f.ns
+                ),
+            ),
+            _ => (None, "not measured".into()),
+        };
+        out.push(Target {
+            name: "halod costs at most 1.5x the parse-and-pass floor per packet".into(),
+            met,
+            figure,
+            why: "A routed packet does work the floor does not: two array lookups, \
+                  bpf_fib_lookup (the kernel's route and neighbour lookup, the largest part), \
+                  the rewrite with incremental checksums, three per-CPU counters and \
+                  bpf_redirect. What would close it: resolve each node's next hop (MACs, \
+                  egress ifindex) in user space when the node is written into SLOT_NODE, \
+                  so the program skips bpf_fib_lookup for routed packets (the passed-packet \
+                  figures show the parse itself is at the floor)."
+                .into(),
+        });
+    }
+    // 3, 4. Failover.
+    if let Some(Ok(f)) = &results.failover {
+        let crash = f.halod_crash.as_ref().ok().map(|t| t.percentile(99.0));
+        out.push(Target {
+            name: "crash failover p99 under 10 ms".into(),
+            met: crash.map(|p| p < 10.0),
+            figure: crash.map_or("not measured".into(), |p| format!("p99 {p:.2} ms")),
+            why: "".into(),
+        });
+        let limit = (failover::DEAD_AFTER as u64 * failover::HEARTBEAT_MS) as f64 + 10.0;
+        let stop = f.halod_stop.as_ref().ok().map(|t| t.percentile(99.0));
+        out.push(Target {
+            name: format!(
+                "silent failure within dead_after x heartbeat_ms + 10 ms = {limit:.0} ms"
+            ),
+            met: stop.map(|p| p <= limit),
+            figure: stop.map_or("not measured".into(), |p| format!("p99 {p:.1} ms")),
+            why: "The daemon checks for silent nodes on a sweep every heartbeat_ms / 2 \
+                  (halod/src/control/manager.rs, `sweep_period`), so a node is failed up \
+                  to half a heartbeat after its dead window ends. What would close it: a \
+                  per-node deadline (one timer wheel entry re-armed by each heartbeat) or a \
+                  sweep period of at most 10 ms."
+                .into(),
+        });
+    }
+    // 5. Scale.
+    if let Some(Ok(s)) = &results.scale {
+        let top = s
+            .points
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .find(|p| p.nodes == 10_000);
+        let (met, figure) = match top {
+            Some(p) => (
+                Some(p.bytes_per_node() <= 4096.0 && p.cpu_percent < 20.0),
+                format!(
+                    "{:.0} B per node, {:.1}% of one core",
+                    p.bytes_per_node(),
+                    p.cpu_percent
+                ),
+            ),
+            None => (None, "not measured".into()),
+        };
+        out.push(Target {
+            name: "10,000 nodes: <= 4 KiB daemon memory per node and < 20% of one core".into(),
+            met,
+            figure,
+            why: "Each heartbeat is a read, a JSON parse and a message to the node manager \
+                  task; at 100,000 heartbeats a second that is the CPU. What would close it: \
+                  recognise the fixed heartbeat line without a JSON parse, and let each \
+                  connection task keep its node's last-seen time in a shared atomic instead \
+                  of a channel message per heartbeat."
+                .into(),
+        });
+    }
+    out
+}
+
+pub fn summary(results: &Results) -> String {
+    let mut out = String::from("bench: targets\n");
+    for t in targets(results) {
+        let verdict = match t.met {
+            Some(true) => "MET   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        let _ = writeln!(out, "  {verdict} {}: {}", t.name, t.figure);
+    }
+    out
+}
+
+pub fn render(ctx: &Context, results: &Results) -> String {
+    let mut md = String::new();
+    let m = ctx.machine;
+    let _ = writeln!(md, "# halod benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Every figure here was produced by the command shown beside it, on the machine \
+         described, with its baseline measured in the same run.\n"
+    );
+    let _ = writeln!(
+        md,
+        "Everything above \"Routing core\" was written by this command (do not edit by hand; \
+         run it again):\n\n    {}\n",
+        ctx.command
+    );
+    let _ = writeln!(
+        md,
+        "- Run: {} ({}), {}, {:.0} s in all.",
+        if ctx.plan.quick { "quick" } else { "full" },
+        if ctx.plan.quick {
+            "`--quick`: shorter windows and fewer repetitions"
+        } else {
+            "full windows"
+        },
+        m.date,
+        ctx.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "- Machine: {} core(s), {}; {}; {}. Load average at the start: {} (the machine was \
+         shared with other builds, so absolute figures are noisy; the comparisons were made \
+         in the same run, minutes apart).",
+        m.cores, m.cpu, m.kernel, m.rustc, m.load_at_start
+    );
+    let _ = writeln!(
+        md,
+        "- Test bed: network namespaces `hd-bench-*` built by xtask's test bed (client1 -> \
+         bridge -> gateway `ext0` | `int0` -> bridge -> node1..2), veths with tx checksum \
+         offload off and GRO on.\n"
+    );
+    if let Some(chart) = &ctx.chart {
+        let _ = writeln!(md, "![UDP forwarding per method]({chart})\n");
+    }
+
+    // Targets.
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| Target | Result | Figure |\n|---|---|---|");
+    let list = targets(results);
+    for t in &list {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let _ = writeln!(md, "| {} | {verdict} | {} |", t.name, t.figure);
+    }
+    let _ = writeln!(md);
+    for t in list
+        .iter()
+        .filter(|t| t.met == Some(false) && !t.why.is_empty())
+    {
+        let _ = writeln!(md, "- *{}* missed: {}", t.name, t.why);
+    }
+    let _ = writeln!(md);
+
+    forwarding_section(&mut md, ctx, results);
+    cost_section(&mut md, ctx, results);
+    failover_section(&mut md, ctx, results);
+    scale_section(&mut md, ctx, results);
+    churn_section(&mut md, ctx, results);
+
+    // The hand-written section, verbatim.
+    let routing = routing_core(ctx.previous);
+    let _ = write!(md, "{routing}");
+    md
+}
+
+fn not_run(md: &mut String, section: Section, result: Option<Result<(), &String>>) -> bool {
+    match result {
+        None => {
+            let _ = writeln!(
+                md,
+                "Not run in this invocation (`--only` left out {}).\n",
+                format!("{section:?}").to_lowercase()
+            );
+            true
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "**Failed**: \n\n```\n{e}\n```\n");
+            true
+        }
+        Some(Ok(())) => false,
+    }
+}
+
+fn forwarding_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Forwarding through the gateway\n");
+    let state = results.forwarding.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Forwarding, state) {
+        return;
+    }
+    let Some(Ok(f)) = &results.forwarding else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `forwarding`, {} s per measurement). Code: \
+         `xtask/src/bench/forwarding.rs`.\n",
+        ctx.command, f.seconds
+    );
+    let _ = writeln!(
+        md,
+        "How: one test bed, one method at a time. CPU 1 is the gateway: threaded NAPI \
+         (`/sys/class/net/DEV/threaded`) puts all receive processing of `ext0` and `int0` \
+         (XDP, or the kernel's forwarding, conntrack and NAT) into their NAPI kernel threads, \
+         pinned to CPU 1 at real-time priority (`chrt -f 50`, so other builds on this shared \
+         machine do not overflow the receive rings), with HAProxy. Everything else (generator, sink, wrk, iperf3, the \
+         node's servers, the other veths' NAPI threads) is pinned to CPU 0. **Gateway CPU \
+         time** = on-CPU time of those threads (`/proc/PID/schedstat`) plus HAProxy's \
+         (`/proc/PID/stat`), divided by the packets the sink counted.\n"
+    );
+    let _ = writeln!(
+        md,
+        "UDP: 64-byte frames (60 bytes + FCS, 18 bytes of payload), one flow client1:40000 -> \
+         VIP:8000, made by a live-frames generator (`bench_tx` returning XDP_TX, run by \
+         `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`) that injects frames into \
+         `ext0` from the external switch's port (as a generator on the wire would). The sink \
+         (`bench_sink`, XDP, counts and drops) sits on the node switch's port facing `int0` \
+         and counts frames addressed to node1. **Generator ceiling** (the sink on `ext0` \
+         itself, no gateway work): **{} packets/s**. Fixed offered rate for the CPU figure: \
+         {} packets/s.\n",
+        thousands(f.ceiling),
+        thousands(f.fixed_rate as f64)
+    );
+    let _ = writeln!(
+        md,
+        "| Method | UDP: highest forwarded rate (pps) | offered meanwhile (pps) | UDP: gateway \
+         CPU per packet at {} pps | = packets per gateway core-second | delivered at that \
+         rate | TCP: connections/s (wrk) | TCP: throughput (iperf3, 1 stream) |",
+        thousands(f.fixed_rate as f64)
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for r in &f.results {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.method.name(),
+            fig(&r.udp_max, thousands),
+            fig(&r.udp_offered, thousands),
+            fig(&r.udp_cpu_ns, |v| format!("{v:.0} ns")),
+            fig(&r.udp_cpu_ns, |v| thousands(1e9 / v)),
+            fig(&r.udp_fixed_delivery, |v| format!("{:.1}%", 100.0 * v)),
+            fig(&r.tcp_cps, thousands),
+            fig(&r.tcp_gbps, |v| format!("{v:.2} Gbit/s")),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nReading the table: the highest forwarded rate is bounded by this machine (the \
+         generator, the sink and the bridges share CPU 0), so the fair comparison is the \
+         gateway CPU per packet: its inverse is what one gateway core forwards. TCP: wrk \
+         (`-t1 -c16`, `Connection: close`, so every request is a new connection through the \
+         gateway) against a minimal HTTP server on node1, and one iperf3 stream client1 -> \
+         node1; both pinned to CPU 0. HAProxy: one thread, `mode tcp`, pinned to CPU 1; UDP \
+         does not apply to it. nftables: `dnat to node1` in a `prerouting` nat chain; replies \
+         are un-NATed by conntrack (nodes route back through the gateway). The kernel routing \
+         row sends to node1's address directly (no NAT): the cost of the plain forwarding \
+         path, for reference.\n"
+    );
+    for note in &f.notes {
+        let _ = writeln!(md, "- {}", first_line(note));
+    }
+    let _ = writeln!(md);
+}
+
+fn cost_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Program cost (BPF_PROG_TEST_RUN)\n");
+    let state = results.cost.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Cost, state) {
+        return;
+    }
+    let Some(Ok(c)) = &results.cost else { return };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `cost`). Code: `xtask/src/bench/cost.rs`. halod's real XDP \
+         object (built by `halod/build.rs`, release) loaded with aya, maps filled the way \
+         `Dataplane::apply` does (65,535 routes from port 1, every route in slot 1, node1 in \
+         slot 1); `bench_floor` parses Ethernet, IPv4 and the UDP/TCP ports with bounds \
+         checks and passes. 60-byte UDP frames with TTL 255, {} repetitions per figure in \
+         calls of 250 (the kernel's per-call average, in whole ns, averaged; median of 5 \
+         such figures), on a thread inside the gateway namespace pinned to CPU 1 (so \
+         `bpf_fib_lookup` sees the real routes and a permanent neighbour entry for node1). \
+         `BPF_PROG_TEST_RUN` does not restore the frame between repetitions, so for the \
+         routed packet the program's VIP is node1's address: the rewrite is the identity and \
+         every repetition is routed again with every step (two lookups, `bpf_fib_lookup`, \
+         checksum arithmetic, MAC and TTL rewrite, counters, `XDP_REDIRECT`); the TTL \
+         decrement is why calls stop at 250.\n",
+        ctx.command,
+        thousands(f64::from(c.repeat))
+    );
+    let floor = c
+        .rows
+        .iter()
+        .find(|r| r.label.starts_with("floor"))
+        .map(|r| r.ns);
+    let _ = writeln!(
+        md,
+        "| Program and packet | Verdict | ns per packet | x floor | 5 runs (ns) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for r in &c.rows {
+        let runs: Vec<String> = r.runs.iter().map(|v| format!("{v:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {} |",
+            r.label,
+            r.verdict,
+            r.ns,
+            floor.map_or("".into(), |f| format!("{:.2}", r.ns / f)),
+            runs.join(", ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe kernel reports whole nanoseconds per repetition, so small differences are \
+         within its rounding.\n\nTable pushes, measured in the same run with the same map \
+         writes `Dataplane::apply` makes (one `BPF_MAP_UPDATE_ELEM`/`DELETE_ELEM` syscall \
+         each):\n\n| Push | Time |\n|---|---|\n| spare takeover (insert the spare in \
+         `NODE_BY_ADDR`, write its `SLOT_NODE` entry, remove the failed node's address), \
+         median of 1,000 | {:.1} µs |\n| full table: {} slots + 65,535 `ROUTE_SLOT` entries, \
+         median of 3 | {:.1} ms |\n",
+        c.takeover.as_secs_f64() * 1e6,
+        c.full_table_nodes,
+        c.full_table.as_secs_f64() * 1e3
+    );
+}
+
+fn trials_row(md: &mut String, name: &str, failure: &str, trials: &Result<Trials, String>) {
+    match trials {
+        Ok(t) => {
+            let _ = writeln!(
+                md,
+                "| {name} | {failure} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                t.ms.len(),
+                t.ms.first().copied().unwrap_or(f64::NAN),
+                t.percentile(50.0),
+                t.percentile(99.0),
+                t.max()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                md,
+                "| {name} | {failure} | n/a: {} | | | | |",
+                first_line(e)
+            );
+        }
+    }
+}
+
+fn failover_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Failover\n");
+    let state = results.failover.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Failover, state) {
+        return;
+    }
+    let Some(Ok(f)) = &results.failover else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `failover`). Code: `xtask/src/bench/failover.rs`. \
+         `heartbeat_ms: {}`, `dead_after: {}`, `reconnect_grace_ms: 0`, `spares: 1`; \
+         HAProxy 2.6 with `check inter {}ms fall {} rise 1`, `timeout check {}ms`, a \
+         `tcp-check expect string ok` health check and node2 as `backup`.\n",
+        ctx.command,
+        failover::HEARTBEAT_MS,
+        failover::DEAD_AFTER,
+        failover::HEARTBEAT_MS,
+        failover::DEAD_AFTER,
+        failover::HEARTBEAT_MS
+    );
+    let _ = writeln!(
+        md,
+        "Time from the signal to the node to the first client packet delivered by the node \
+         that took over, in ms. halod: the signal goes to the active node's `halod node` \
+         agent; a client sends a UDP datagram to VIP:8000 every ~100 µs and receivers on both \
+         nodes note arrival times (same clock). HAProxy: the signal goes to node1's server \
+         (socat); a client opens a connection through HAProxy every ~1 ms and notes the first \
+         greeting from node2. p99 is the nearest rank (with 20 trials, the largest).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Balancer | Failure | Trials | min | p50 | p99 | max |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    trials_row(md, "halod", "crash (SIGKILL)", &f.halod_crash);
+    trials_row(md, "halod", "silent stop (SIGSTOP)", &f.halod_stop);
+    trials_row(md, "HAProxy", "crash (SIGKILL)", &f.haproxy_crash);
+    trials_row(md, "HAProxy", "silent stop (SIGSTOP)", &f.haproxy_stop);
+    let _ = writeln!(
+        md,
+        "\nA crashed agent's connection is closed by its kernel, and halod fails the node at \
+         once (`reconnect_grace_ms: 0`); a frozen one keeps its connection open and is failed \
+         when it has been silent for `dead_after x heartbeat_ms`, found by a sweep every \
+         `heartbeat_ms / 2`. HAProxy needs `fall` failed checks in both cases. The time to \
+         push a takeover into the maps is in \"Program cost\" above.\n"
+    );
+}
+
+fn scale_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Control plane scale\n");
+    let state = results.scale.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Scale, state) {
+        return;
+    }
+    let Some(Ok(s)) = &results.scale else { return };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `scale`). Code: `xtask/src/bench/scale.rs`. One `halod run` \
+         (`routes: 65535`, `heartbeat_ms: {}`, `dead_after: {}`, `spares: 0`) pinned to CPU \
+         1; simulated nodes (one TCP connection each, node protocol `hello` then `hb` every \
+         100 ms, i.e. 10 heartbeats per second) from a tokio load generator on CPU 0. Memory: \
+         VmRSS after the nodes joined minus VmRSS of the idle daemon (the BPF maps are kernel \
+         memory, not in RSS). CPU: utime + stime over {} s of steady heartbeats. Detection: \
+         a node stops its heartbeats (keeping its connection) and we time its last heartbeat \
+         -> the first message the gateway sends because of its failure; 3 victims per load, \
+         nominal `dead_after x heartbeat_ms` = {} ms.\n",
+        ctx.command,
+        scale::HEARTBEAT_MS,
+        scale::DEAD_AFTER,
+        s.window_seconds,
+        scale::HEARTBEAT_MS * u64::from(scale::DEAD_AFTER)
+    );
+    let _ = writeln!(
+        md,
+        "| Nodes | join time (s) | RSS idle | RSS loaded | RSS per node | daemon CPU (% of one \
+         core) | heartbeats/s received | failure detection (ms) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for p in &s.points {
+        match p {
+            Ok(p) => {
+                let det: Vec<String> = p.detection_ms.iter().map(|v| format!("{v:.0}")).collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} | {:.1} MiB | {:.1} MiB | {} B | {:.1}% | {} | {} |",
+                    thousands(p.nodes as f64),
+                    p.join_seconds,
+                    p.rss_idle as f64 / 1048576.0,
+                    p.rss_loaded as f64 / 1048576.0,
+                    thousands(p.bytes_per_node()),
+                    p.cpu_percent,
+                    thousands(p.heartbeats_per_second),
+                    det.join(", ")
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(md, "| n/a: {} | | | | | | | |", first_line(e));
+            }
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn churn_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Route churn\n");
+    let state = results.churn.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Churn, state) {
+        return;
+    }
+    let Some(Ok(rows)) = &results.churn else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `churn`). Code: `xtask/src/bench/churn.rs`. Routes moved by \
+         one event with `routes: 65535`: halod from its routing core (`halod simulate --json`), \
+         the theoretical minimum (a join must give the new node floor(N/(k+1)) routes to keep \
+         the table balanced; a failure must move the failed node's routes), and Maglev \
+         (Eisenbud et al., NSDI 2016: lookup table M = 65,537, per-backend offset/skip \
+         permutations from two hashes of the node name, round-robin population) computed \
+         in xtask for the same nodes; route r uses Maglev entry r-1. \"Fail, middle\" fails \
+         node k/2 with no spare (halod moves the last node into its slot).\n",
+        ctx.command
+    );
+    let _ = writeln!(
+        md,
+        "| Nodes k | Join (k -> k+1): halod / minimum / Maglev | Fail last: halod / minimum / \
+         Maglev | Fail middle: halod / minimum / Maglev | Fail with a spare: halod |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for c in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {} |",
+            thousands(c.nodes as f64),
+            thousands(c.join.halod as f64),
+            thousands(c.join.minimum as f64),
+            thousands(c.join.maglev as f64),
+            thousands(c.fail_last.halod as f64),
+            thousands(c.fail_last.minimum as f64),
+            thousands(c.fail_last.maglev as f64),
+            thousands(c.fail_middle.halod as f64),
+            thousands(c.fail_middle.minimum as f64),
+            thousands(c.fail_middle.maglev as f64),
+            thousands(c.halod_fail_with_spare as f64),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nhalod's joins and failures of the last slot, and any failure with a spare, move \
+         exactly the minimum; a failure in the middle without a spare also moves the last \
+         slot's routes (the last node takes the failed slot), up to twice the minimum. \
+         Maglev moves somewhat more than the minimum on every change, because repopulating \
+         the table shifts some entries between surviving backends.\n"
+    );
+}
+
+/// The "## Routing core" section of the previous file, up to the next "## " heading.
+fn routing_core(previous: &str) -> String {
+    let Some(start) = previous.find("## Routing core") else {
+        return "## Routing core\n\nSee `cargo bench -p halod --bench routing`; this section is \
+                written by hand and was missing from the previous file.\n"
+            .into();
+    };
+    let rest = &previous[start..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 4);
+    rest[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_core_section_is_kept_verbatim() {
+        let before = "# x\n\n## Forwarding\nold\n## Routing core\nhand\n| a |\n\n## Later\nz\n";
+        assert_eq!(routing_core(before), "## Routing core\nhand\n| a |\n\n");
+        let last = "# x\n## Routing core\nhand\n";
+        assert_eq!(routing_core(last), "## Routing core\nhand\n");
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+    }
+}
