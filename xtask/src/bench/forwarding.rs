@@ -482,7 +482,7 @@ fn activate(bed: &Testbed, objects: &Objects, method: Method) -> Result<Active> 
         }
         Method::Haproxy => {
             let config = format!(
-                "global\n  nbthread 1\n  maxconn 50000\ndefaults\n  mode tcp\n  timeout connect \
+                "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect \
                  2s\n  timeout client 30s\n  timeout server 30s\nlisten http\n  bind \
                  {VIP}:{HTTP_PORT}\n  server node1 {node}:{HTTP_PORT}\nlisten iperf\n  bind \
                  {VIP}:{IPERF_PORT}\n  server node1 {node}:{IPERF_PORT}\n"
@@ -492,8 +492,10 @@ fn activate(bed: &Testbed, objects: &Objects, method: Method) -> Result<Active> 
             let mut cmd = netns_command(&gateway, "taskset");
             cmd.args(["-c", &GATEWAY_CPU.to_string(), "haproxy", "-db", "-f"])
                 .arg(&path);
-            let process = Process::start("haproxy", &mut cmd)?;
-            wait_listening(&bed.client_ns(1), SocketAddrV4::new(VIP, HTTP_PORT))?;
+            let mut process = Process::start("haproxy", &mut cmd)?;
+            if let Err(e) = wait_listening(&bed.client_ns(1), SocketAddrV4::new(VIP, HTTP_PORT)) {
+                bail!("{e:#}; haproxy said: {:?}", process.drain());
+            }
             Ok(Active::Haproxy { process })
         }
         Method::Routing => Ok(Active::Nothing),

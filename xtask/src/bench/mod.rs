@@ -88,7 +88,7 @@ impl Plan {
             test_run_repeat: if quick { 200_000 } else { 1_000_000 },
             failover_trials: if quick { 20 } else { 40 },
             scale_nodes: vec![1_000, 5_000, 10_000],
-            scale_window_seconds: if quick { 5 } else { 10 },
+            scale_window_seconds: if quick { 3 } else { 10 },
             churn_nodes: vec![3, 10, 100, 1_000],
         }
     }
