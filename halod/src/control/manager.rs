@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -42,7 +42,9 @@ impl Settings {
         self.heartbeat * self.dead_after
     }
 
-    /// How often the failure sweep runs.
+    /// The longest gap between two failure sweeps. A sweep also runs at the
+    /// earliest node deadline when that comes sooner (`Manager::next_deadline`),
+    /// so a silent node fails when its window ends, not up to a period later.
     pub fn sweep_period(&self) -> Duration {
         (self.heartbeat / 2).max(Duration::from_millis(5))
     }
@@ -483,9 +485,7 @@ impl<T: TablePush> Manager<T> {
     /// Serves requests and sweeps for dead nodes until `shutdown`.
     pub async fn run(mut self, mut requests: mpsc::Receiver<Request>, shutdown: CancellationToken) {
         let period = self.settings.sweep_period();
-        let mut sweep = tokio::time::interval(period);
-        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_sweep = Instant::now();
+        let mut next_sweep = Instant::now() + period;
         loop {
             tokio::select! {
                 biased;
@@ -494,14 +494,16 @@ impl<T: TablePush> Manager<T> {
                     Some(request) => self.handle(request).await,
                     None => break,
                 },
-                _ = sweep.tick() => {
+                () = tokio::time::sleep_until(next_sweep) => {
                     let now = Instant::now();
-                    let late = now.saturating_duration_since(last_sweep).saturating_sub(period);
-                    last_sweep = now;
+                    // Woken this much after it was due: the daemon did not run.
+                    let late = now.saturating_duration_since(next_sweep);
                     if late > self.settings.heartbeat {
                         self.stalled(late);
                     }
                     self.sweep().await;
+                    let due = self.next_deadline().unwrap_or(period);
+                    next_sweep = now + due.clamp(Duration::from_millis(1), period);
                 }
             }
         }
@@ -991,6 +993,29 @@ impl<T: TablePush> Manager<T> {
         }
         self.fail_overflowed().await;
         self.publish_state();
+    }
+
+    /// Time until the earliest moment a node could fail (its dead window or
+    /// its grace time ends), if any node is registered.
+    fn next_deadline(&self) -> Option<Duration> {
+        let now = self.clock.now_ms();
+        let dead = self.settings.dead_window().as_millis() as u64;
+        self.nodes
+            .values()
+            .map(|entry| match entry.awaiting {
+                Some(awaiting) => awaiting.until,
+                // `sweep` fails a node once its silence exceeds the window.
+                None => {
+                    entry
+                        .last_seen
+                        .load(Ordering::Relaxed)
+                        .max(self.silence_floor)
+                        + dead
+                        + 1
+                }
+            })
+            .min()
+            .map(|at| Duration::from_millis(at.saturating_sub(now)))
     }
 
     /// The node table, sorted by name.

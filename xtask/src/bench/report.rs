@@ -80,10 +80,11 @@ pub fn command_line(options: &Options) -> String {
     line
 }
 
+/// A table cell: the figure, or `n/a` (the reason is listed once under the table).
 fn fig(figure: &Figure, f: impl Fn(f64) -> String) -> String {
     match figure {
         Ok(v) => f(*v),
-        Err(e) => format!("n/a: {}", first_line(e)),
+        Err(_) => "n/a".to_string(),
     }
 }
 
@@ -425,6 +426,26 @@ fn forwarding_section(md: &mut String, ctx: &Context, results: &Results) {
     );
     for note in &f.notes {
         let _ = writeln!(md, "- {}", first_line(note));
+    }
+    // Why each `n/a` cell is empty, once per method and reason.
+    for r in &f.results {
+        let mut reasons: Vec<String> = [
+            &r.udp_max,
+            &r.udp_offered,
+            &r.udp_cpu_ns,
+            &r.udp_fixed_delivery,
+            &r.tcp_cps,
+            &r.tcp_gbps,
+        ]
+        .into_iter()
+        .filter_map(|figure| figure.as_ref().err().map(|e| first_line(e)))
+        .collect();
+        reasons.dedup();
+        for reason in reasons {
+            if !f.notes.iter().any(|note| first_line(note).contains(&reason)) {
+                let _ = writeln!(md, "- {} n/a: {reason}", r.method.name());
+            }
+        }
     }
     let _ = writeln!(md);
 }
