@@ -239,9 +239,16 @@ pub fn run(bed: &Testbed, objects: &Objects, seconds: u64, fixed_rate: u64) -> R
 /// What a method needs running while it is measured; undone when dropped.
 enum Active {
     // Fields drop in order: the agent leaves before the gateway stops.
-    Halod { _agent: Process, _gateway: Process },
-    Nftables { gateway_ns: String },
-    Haproxy { process: Process },
+    Halod {
+        _agent: Process,
+        _gateway: super::halod::Gateway,
+    },
+    Nftables {
+        gateway_ns: String,
+    },
+    Haproxy {
+        process: Process,
+    },
     Nothing,
 }
 

@@ -2,7 +2,9 @@
 //! namespace and node agents (`halod node`) in node namespaces.
 
 use std::fs;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -51,8 +53,52 @@ pub fn config_text(s: &GatewaySettings) -> String {
     )
 }
 
+/// A running `halod run`. When the guard goes the daemon is stopped and then
+/// `halod teardown` removes what a stopped gateway deliberately leaves for a hitless restart
+/// (its attached program, pinned maps and links, the state file), so no run leaks pins.
+pub struct Gateway {
+    process: Option<Process>,
+    halod: PathBuf,
+    config: PathBuf,
+}
+
+impl Gateway {
+    pub fn new(process: Process, halod: &Path, config: &Path) -> Gateway {
+        Gateway {
+            process: Some(process),
+            halod: halod.to_path_buf(),
+            config: config.to_path_buf(),
+        }
+    }
+}
+
+impl Deref for Gateway {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        self.process.as_ref().expect("present until drop")
+    }
+}
+
+impl DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Process {
+        self.process.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        let _ = Command::new(&self.halod)
+            .args(["teardown", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Starts `halod run` in the gateway namespace and waits until it serves.
-pub fn start_gateway(halod: &Path, bed: &Testbed, settings: &GatewaySettings) -> Result<Process> {
+pub fn start_gateway(halod: &Path, bed: &Testbed, settings: &GatewaySettings) -> Result<Gateway> {
     let path = config_path(bed);
     remove_state();
     fs::write(&path, config_text(settings))
@@ -62,7 +108,7 @@ pub fn start_gateway(halod: &Path, bed: &Testbed, settings: &GatewaySettings) ->
         .arg("--config")
         .arg(&path)
         .env("HALOD_LOG", "info");
-    let mut gateway = Process::start("halod run", &mut cmd)?;
+    let mut gateway = Gateway::new(Process::start("halod run", &mut cmd)?, halod, &path);
     gateway.wait_for("gateway running", Duration::from_secs(20))?;
     Ok(gateway)
 }

@@ -115,12 +115,7 @@ impl Process {
             .with_context(|| format!("sending {signal} to {}", self.name))
     }
 
-    /// SIGTERM, up to 10 s to exit, then SIGKILL.
-    pub fn stop(mut self) -> Result<()> {
-        self.stop_now();
-        Ok(())
-    }
-
+    /// SIGTERM, up to 10 s to exit, then SIGKILL (also what dropping the guard does).
     fn stop_now(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;

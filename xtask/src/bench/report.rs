@@ -442,7 +442,11 @@ fn forwarding_section(md: &mut String, ctx: &Context, results: &Results) {
         .collect();
         reasons.dedup();
         for reason in reasons {
-            if !f.notes.iter().any(|note| first_line(note).contains(&reason)) {
+            if !f
+                .notes
+                .iter()
+                .any(|note| first_line(note).contains(&reason))
+            {
                 let _ = writeln!(md, "- {} n/a: {reason}", r.method.name());
             }
         }

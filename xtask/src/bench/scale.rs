@@ -129,7 +129,11 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
         .args(["run", "--config"])
         .arg(&path)
         .env("HALOD_LOG", "warn");
-    let mut daemon = Process::start("halod run", &mut cmd)?;
+    let mut daemon = super::halod::Gateway::new(
+        Process::start("halod run", &mut cmd)?,
+        &objects.halod,
+        &path,
+    );
     // With HALOD_LOG=warn the daemon says nothing when ready: wait for its port.
     wait_for_port(bed)?;
     thread::sleep(Duration::from_millis(300));
@@ -233,7 +237,7 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
     })();
     shared.stop.store(true, Ordering::SeqCst);
     let generated = generator.join();
-    daemon.stop()?;
+    drop(daemon); // stops the daemon, then `halod teardown`
     let point = result?;
     match generated {
         Ok(Ok(Ok(()))) => Ok(point),
