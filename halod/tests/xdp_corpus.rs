@@ -19,7 +19,7 @@
 //! own thread in a fresh network namespace, set up like `xdp_test_run.rs`.
 //! Needs root.
 
-use std::{io::Write as _, net::Ipv4Addr, process::Command};
+use std::{io::Write as _, net::Ipv4Addr};
 
 use etherparse::{
     IpHeaders, IpNumber, Ipv4Header, LinkHeader, NetHeaders, PacketBuilder, PacketHeaders,
@@ -27,49 +27,15 @@ use etherparse::{
 };
 use halod::dataplane::{Dataplane, DataplaneConfig, NodeTarget, Write};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
+mod support;
+use support::*;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-/// A node with no neighbour entry: the FIB answers NO_NEIGH.
-const NODE_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
-
-const EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xe0, 0x01];
-const INT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x10, 0x01];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc0, 0x0a];
-const NODE_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xa0, 0x0a];
-
-const ROUTES: u16 = 24;
-const GROUPS: [u16; 2] = [8000, 9000];
 /// Route 3 in the first group: slot 1, node A.
 const ROUTE_PORT: u16 = 8002;
 
 /// Largest frame BPF_PROG_TEST_RUN takes into a linear buffer for a program
 /// without `xdp.frags`: a 4 KiB page minus XDP headroom (256) and skb_shared_info (320).
 const MAX_TEST_RUN_FRAME: usize = 3520;
-
-fn mac(bytes: [u8; 6]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn run(args: &[&str]) {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// Which interface a frame arrives on.
 #[derive(Clone, Copy, Debug)]
