@@ -506,3 +506,52 @@ async fn metrics_show_nodes_counters_and_failovers() {
     assert!(text.contains("halod_plan_push_seconds_count 2"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
+
+#[tokio::test]
+async fn malformed_requests_get_an_error_reply_and_the_connection_goes_on() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let daemon = Daemon::start("malformed", None).await;
+    let stream = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut replies = BufReader::new(read).lines();
+    for bad in [
+        "not json",
+        "[1,2]",
+        r#"{"cmd":"explode"}"#,
+        r#"{"cmd":"drain"}"#,
+        r#"{"nocmd":true}"#,
+    ] {
+        write
+            .write_all(format!("{bad}\n").as_bytes())
+            .await
+            .unwrap();
+        let reply = replies.next_line().await.unwrap().expect("a reply line");
+        let value: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        let error = value["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error for {bad:?}: {reply}"));
+        assert!(error.contains("bad request"), "{bad:?}: {error}");
+        assert!(
+            error.contains("expected e.g."),
+            "says what to send: {error}"
+        );
+    }
+    // The same connection still answers a good request.
+    write.write_all(b"{\"cmd\":\"routes\"}\n").await.unwrap();
+    let reply = replies.next_line().await.unwrap().unwrap();
+    assert!(reply.starts_with(r#"{"routes":"#), "{reply}");
+    // A line past the limit gets an error line, then the daemon hangs up.
+    let long = "x".repeat(10_000);
+    write
+        .write_all(format!("{long}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply = replies.next_line().await.unwrap().unwrap();
+    assert!(reply.starts_with(r#"{"error":"#), "{reply}");
+    assert!(
+        !matches!(replies.next_line().await, Ok(Some(_))),
+        "nothing more after the error"
+    );
+}
