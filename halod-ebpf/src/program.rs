@@ -258,9 +258,11 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     };
 
     let inbound_rewrite = return_node.is_none();
-    // TTL 1 or less: the kernel must answer "time exceeded". It only does that
-    // for packets it forwards, so hand it over with the address rewritten.
-    if header.ttl <= 1 {
+    // Cases the kernel must finish (time exceeded, neighbour resolution,
+    // fragmentation): it only does so for packets it forwards, so it gets the
+    // packet with the address already rewritten, and forwards it itself
+    // (decrementing the TTL).
+    let hand_over = |reason: Reason| {
         rewrite_addresses(
             ip,
             l4,
@@ -269,7 +271,10 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
             old_addr,
             new_addr,
         );
-        return Ok(pass(Reason::PassTtl));
+        pass(reason)
+    };
+    if header.ttl <= 1 {
+        return Ok(hand_over(Reason::PassTtl));
     }
 
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
@@ -294,31 +299,9 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     };
     match answer as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        // The next hop is not resolved yet, or the packet needs fragmenting: the
-        // kernel does both, given the packet with the address rewritten (it then
-        // forwards it itself, decrementing the TTL).
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            rewrite_addresses(
-                ip,
-                l4,
-                inbound_rewrite,
-                u16::from_be_bytes(header.check),
-                old_addr,
-                new_addr,
-            );
-            return Ok(pass(Reason::PassNoNeigh));
-        }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            rewrite_addresses(
-                ip,
-                l4,
-                inbound_rewrite,
-                u16::from_be_bytes(header.check),
-                old_addr,
-                new_addr,
-            );
-            return Ok(pass(Reason::PassMtu));
-        }
+        // The next hop is not resolved yet, or the packet needs fragmenting.
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(hand_over(Reason::PassNoNeigh)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(hand_over(Reason::PassMtu)),
         _ => return Ok(pass(Reason::PassFibFailed)),
     }
 
