@@ -32,6 +32,9 @@ enum Task {
         /// Write the report here instead of docs/benchmarks.md (the chart goes beside it).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        /// Node counts of the control-plane scale section (default 1000,5000,10000).
+        #[arg(long, value_delimiter = ',')]
+        scale_nodes: Vec<usize>,
     },
     /// Random node and daemon failures under client traffic, checked after every event.
     Chaos {
@@ -119,10 +122,12 @@ fn run(task: Task) -> Result<()> {
             quick,
             only,
             output,
+            scale_nodes,
         } => xtask::bench::run(&xtask::bench::Options {
             quick,
             only,
             output,
+            scale_nodes,
         }),
         Task::Fuzz { cases } => xtask::fuzz::run(cases),
         Task::Chaos {

@@ -35,6 +35,12 @@ use crate::{setup, workspace};
 /// Prefix of every namespace the benchmarks create (never the default "hd-").
 pub const PREFIX: &str = "hd-bench-";
 
+/// The test bed prefix: [`PREFIX`], or `HALOD_BENCH_PREFIX` so that two benchmark sections
+/// that start no gateway daemon (churn, cost) can run beside another run.
+fn prefix() -> String {
+    std::env::var("HALOD_BENCH_PREFIX").unwrap_or_else(|_| PREFIX.to_string())
+}
+
 /// The parts of the benchmark, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
@@ -64,6 +70,8 @@ pub struct Options {
     pub only: Vec<Section>,
     /// Where the report goes (default docs/benchmarks.md; the chart goes beside it).
     pub output: Option<PathBuf>,
+    /// Node counts of the scale section (the plan's when empty).
+    pub scale_nodes: Vec<usize>,
 }
 
 /// Durations and sizes for a quick or a full run.
@@ -110,7 +118,10 @@ pub fn run(options: &Options) -> Result<()> {
     setup::require_root("the benchmarks build network namespaces and load XDP programs")?;
     let started = Instant::now();
     let machine = report::Machine::describe();
-    let plan = Plan::new(options.quick);
+    let mut plan = Plan::new(options.quick);
+    if !options.scale_nodes.is_empty() {
+        plan.scale_nodes = options.scale_nodes.clone();
+    }
     let sections: Vec<Section> = if options.only.is_empty() {
         Section::ALL.to_vec()
     } else {
@@ -221,11 +232,11 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a fresh test bed with prefix [`PREFIX`], torn down afterwards even if `f`
+/// Runs `f` on a fresh test bed with prefix [`prefix()`], torn down afterwards even if `f`
 /// fails or panics (the test bed's `Drop`).
 fn with_bed<T>(nodes: usize, f: impl FnOnce(&Testbed) -> Result<T>) -> Result<T> {
     let bed = Testbed::up(TestbedOptions {
-        prefix: PREFIX.to_string(),
+        prefix: prefix(),
         nodes,
         clients: 1,
     })?;
