@@ -497,6 +497,19 @@ impl Testbed {
                 "0",
             ])?;
             ip(&["-n", bridge_ns, "link", "set", BRIDGE, "up"])?;
+            // A switch, not a firewall: with br_netfilter in the kernel, every bridged frame
+            // would also cross iptables, nftables and arptables (their defaults are on).
+            if run_in_netns(bridge_ns, || {
+                fs::metadata("/proc/sys/net/bridge/bridge-nf-call-iptables").is_ok()
+            })? {
+                for table in ["iptables", "ip6tables", "arptables"] {
+                    write_sysctl(
+                        bridge_ns,
+                        &format!("net/bridge/bridge-nf-call-{table}"),
+                        "0",
+                    )?;
+                }
+            }
         }
 
         veth((EXTERNAL_IF, &gateway), (UPLINK, &extsw))?;
