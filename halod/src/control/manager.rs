@@ -61,6 +61,20 @@ impl Settings {
 /// A message queued for a node's connection.
 pub type Outbound = Box<GatewayMessage>;
 
+/// Least time between two states published for the state file. Building one
+/// walks every node; a burst of joins (thousands of nodes starting at once)
+/// builds one per interval instead of one per join. The writer coalesces
+/// anyway, so the file lags the table by at most this plus one write.
+pub const STATE_COALESCE: Duration = Duration::from_millis(50);
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Identifies one connection (a node name may reconnect on a new one).
 pub type ConnId = u64;
 
@@ -335,6 +349,10 @@ pub struct Manager<T> {
     last_failover: Option<Failover>,
     /// The table changed since the state was last published.
     dirty: bool,
+    /// When the state was last published, and when the next may be (see
+    /// [`STATE_COALESCE`]).
+    state_published: Option<Instant>,
+    state_due: Option<Instant>,
 }
 
 impl<T: TablePush> Manager<T> {
@@ -352,6 +370,8 @@ impl<T: TablePush> Manager<T> {
             observers: Observers::default(),
             last_failover: None,
             dirty: false,
+            state_published: None,
+            state_due: None,
         }
     }
 
@@ -438,6 +458,14 @@ impl<T: TablePush> Manager<T> {
         if !self.dirty {
             return;
         }
+        let now = Instant::now();
+        if let Some(at) = self.state_published
+            && now < at + STATE_COALESCE
+        {
+            self.state_due = Some(at + STATE_COALESCE);
+            return;
+        }
+        self.state_due = None;
         self.dirty = false;
         let Some((fingerprint, states)) = &self.observers.state else {
             return;
@@ -472,6 +500,7 @@ impl<T: TablePush> Manager<T> {
                 .filter_map(saved)
                 .collect(),
         };
+        self.state_published = Some(now);
         states.send_if_modified(|current| {
             if current.as_ref() == Some(&state) {
                 false
@@ -505,8 +534,12 @@ impl<T: TablePush> Manager<T> {
                     let due = self.next_deadline().unwrap_or(period);
                     next_sweep = now + due.clamp(Duration::from_millis(1), period);
                 }
+                () = sleep_until_some(self.state_due) => self.publish_state(),
             }
         }
+        // The last table goes to the state writer, which outlives the manager.
+        self.state_published = None;
+        self.publish_state();
         info!(nodes = self.nodes.len(), "node manager stopped");
     }
 
