@@ -296,6 +296,8 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContext) {
+    // One copy shared by every connection task (each holds a pointer, not a copy).
+    let context = Arc::new(context);
     let mut next_conn: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -321,6 +323,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
                     let _open = open;
                     let mut stream = stream;
                     let (reader, writer) = stream.split();
+                    let reader = connection::DelayedAcks::new(reader);
                     connection::serve(reader, writer, peer.ip(), conn, context).await;
                 });
             }

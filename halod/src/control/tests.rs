@@ -143,14 +143,14 @@ impl Gateway {
         let (node, gateway) = tokio::io::duplex(64 * 1024);
         let (reader, writer) = tokio::io::split(gateway);
         self.next_conn += 1;
-        let context = ConnectionContext {
+        let context = std::sync::Arc::new(ConnectionContext {
             requests: self.requests.clone(),
             token: self.token.clone(),
             clock: self.clock,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
             policy: self.policy.clone(),
-        };
+        });
         tokio::spawn(connection::serve(
             reader,
             writer,
