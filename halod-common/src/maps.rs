@@ -16,7 +16,11 @@ pub mod names {
     pub const ROUTE_COUNTERS: &str = "ROUTE_COUNTERS";
     pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
-    /// Every map, in the order user space pins them.
+    /// The next-hop caches (nodes, clients). Not pinned: caches, which every loaded
+    /// program starts empty (an adopting daemon's program too).
+    pub const NEXT_HOP: &str = "NEXT_HOP";
+    pub const CLIENT_NEXT_HOP: &str = "CLIENT_NEXT_HOP";
+    /// Every pinned map, in the order user space pins them.
     pub const ALL: [&str; 7] = [
         CONFIG,
         ROUTE_SLOT,
@@ -57,8 +61,11 @@ pub struct Config {
     pub listeners: [u16; MAX_LISTENERS],
     /// `CONFIG_ENABLED` and future switches.
     pub flags: u32,
+    /// How long a next hop found by `bpf_fib_lookup` is reused from `NEXT_HOP`,
+    /// in milliseconds; 0 looks every packet up.
+    pub next_hop_ttl_ms: u32,
 }
-const _: () = assert!(size_of::<Config>() == 36);
+const _: () = assert!(size_of::<Config>() == 40);
 
 /// Value of `ROUTE_SLOT[route - 1]`: the slot serving the route, 0 for none.
 pub type RouteSlot = u32;
@@ -89,6 +96,44 @@ const _: () = assert!(size_of::<NodeAddr>() == 4);
 
 /// Value of `NODE_BY_ADDR`: the node's counter index.
 pub type NodeIndex = u32;
+
+/// Value of `NEXT_HOP[node index]` and `CLIENT_NEXT_HOP[client_slot(client)]` (per
+/// CPU): the next hop `bpf_fib_lookup` found for a node (client packets) or a client
+/// (node replies), reused for packets to the same address while the entry is younger
+/// than `Config::next_hop_ttl_ms`. Only successful lookups are stored; all-zero
+/// (`ifindex` 0) is "nothing cached".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// The address (node or client) the next hop was looked up for.
+    pub addr: [u8; 4],
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Next hop's MAC (destination of the frame).
+    pub dmac: [u8; 6],
+    /// Egress interface's MAC (source of the frame).
+    pub smac: [u8; 6],
+    /// The route's MTU (`mtu_result` of the lookup): longer packets are handed to
+    /// the kernel (`PassMtu`), as the lookup itself would.
+    pub mtu: u16,
+    pub _pad: [u8; 2],
+    /// When it was looked up (`bpf_ktime_get_coarse_ns`).
+    pub resolved_ns: u64,
+}
+const _: () = assert!(size_of::<NextHop>() == 32);
+
+/// Entries of `CLIENT_NEXT_HOP`, the per-CPU next-hop cache of return traffic
+/// (a power of two): 128 KiB per CPU.
+pub const CLIENT_NEXT_HOP_SLOTS: u32 = 4096;
+const _: () = assert!(CLIENT_NEXT_HOP_SLOTS.is_power_of_two());
+
+/// The `CLIENT_NEXT_HOP` entry a client address is cached in (Fibonacci hashing of
+/// the address; a client whose slot holds another address is looked up afresh).
+#[inline(always)]
+pub const fn client_slot(addr: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(addr).wrapping_mul(0x9e37_79b1)
+        >> (32 - CLIENT_NEXT_HOP_SLOTS.trailing_zeros())
+}
 
 /// Packet and byte counts (per CPU in the maps; user space sums them).
 #[repr(C)]
@@ -191,11 +236,26 @@ mod pod {
     unsafe impl aya::Pod for super::SlotNode {}
     unsafe impl aya::Pod for super::NodeAddr {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_slots_are_in_range_and_spread() {
+        let mut seen = [false; CLIENT_NEXT_HOP_SLOTS as usize];
+        for last in 0..=255u8 {
+            for third in 0..16u8 {
+                let slot = client_slot([198, 18, third, last]);
+                assert!(slot < CLIENT_NEXT_HOP_SLOTS);
+                seen[slot as usize] = true;
+            }
+        }
+        // 4096 neighbouring addresses fill most of the 4096 slots.
+        assert!(seen.iter().filter(|s| **s).count() > 2000);
+    }
 
     #[test]
     fn reasons_are_in_index_order() {

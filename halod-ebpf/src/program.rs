@@ -5,7 +5,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -14,8 +14,8 @@ use halod_common::{
     checksum,
     listener::route_for_port,
     maps::{
-        CONFIG_ENABLED, Config, Counter, NODE_PRESENT, NodeAddr, NodeIndex, Reason, RouteSlot,
-        SlotNode,
+        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, NODE_PRESENT, NextHop, NodeAddr,
+        NodeIndex, Reason, RouteSlot, SlotNode, client_slot,
     },
     packet::{self, IPPROTO_TCP},
 };
@@ -64,7 +64,22 @@ static NODE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
+/// Next hop per node index (same index space as `NODE_COUNTERS`), per CPU: what
+/// `bpf_fib_lookup` last answered for the node, so that the node's packets skip the
+/// lookup while the entry is younger than `Config::next_hop_ttl_ms`. Written and
+/// read by the program only; user space sizes it.
+#[map]
+static NEXT_HOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1, 0);
+
+/// Next hop of node replies per client, per CPU, the same way: a direct-mapped cache
+/// (`client_slot(client)`), where a client whose slot holds another client's entry
+/// is looked up afresh and takes the slot over. Written and read by the program only.
+#[map]
+static CLIENT_NEXT_HOP: PerCpuArray<NextHop> =
+    PerCpuArray::with_max_entries(CLIENT_NEXT_HOP_SLOTS, 0);
+
 const AF_INET: u8 = 2;
+const NS_PER_MS: u64 = 1_000_000;
 
 #[xdp]
 pub fn halod(ctx: XdpContext) -> u32 {
@@ -277,45 +292,77 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(hand_over(Reason::PassTtl));
     }
 
-    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = header.proto;
-    fib.sport = u16::from_ne_bytes(source_port);
-    fib.dport = u16::from_ne_bytes(destination_port);
-    fib.__bindgen_anon_1.tot_len = total_len;
-    fib.ifindex = ingress;
-    fib.__bindgen_anon_2.tos = header.tos;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(fib_source);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(fib_destination);
-    // SAFETY: `fib` is a live stack value of the size passed.
-    let answer = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut c_void,
-            &mut fib,
-            size_of::<FibParams>() as i32,
-            0,
-        )
+    // The next hop: from the cache (the node's entry for client packets, the
+    // client's slot for node replies) when the entry was looked up for this
+    // destination less than the TTL ago; else from the kernel, and a successful
+    // answer is cached.
+    let entry = if inbound_rewrite {
+        NEXT_HOP.get_ptr_mut(node_index)
+    } else {
+        CLIENT_NEXT_HOP.get_ptr_mut(client_slot(fib_destination))
     };
-    match answer as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        // The next hop is not resolved yet, or the packet needs fragmenting.
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(hand_over(Reason::PassNoNeigh)),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(hand_over(Reason::PassMtu)),
-        _ => return Ok(pass(Reason::PassFibFailed)),
-    }
+    let cache = entry.map(|entry| {
+        // SAFETY: helper without arguments.
+        (entry, unsafe { bpf_ktime_get_coarse_ns() })
+    });
+    let hit = cache.and_then(|(entry, now)| {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run; copied out.
+        let hop = unsafe { *entry };
+        let ttl = u64::from(config.next_hop_ttl_ms) * NS_PER_MS;
+        let fresh = now.wrapping_sub(hop.resolved_ns) < ttl;
+        (hop.ifindex != 0 && hop.addr == fib_destination && fresh).then_some(hop)
+    });
+    let (dmac, smac, egress) = match hit {
+        Some(hop) => {
+            // The check the lookup would make against the route's MTU.
+            if total_len > hop.mtu {
+                return Ok(hand_over(Reason::PassMtu));
+            }
+            (hop.dmac, hop.smac, hop.ifindex)
+        }
+        None => {
+            let fib = match fib_lookup(
+                ctx,
+                &header,
+                total_len,
+                (source_port, destination_port),
+                (fib_source, fib_destination),
+            ) {
+                Ok(fib) => fib,
+                // The next hop is not resolved yet, or the packet needs fragmenting.
+                Err(reason @ (Reason::PassNoNeigh | Reason::PassMtu)) => {
+                    return Ok(hand_over(reason));
+                }
+                Err(reason) => return Ok(pass(reason)),
+            };
+            if let Some((entry, now)) = cache {
+                // SAFETY: as above; written whole, on this CPU only.
+                unsafe {
+                    *entry = NextHop {
+                        addr: fib_destination,
+                        ifindex: fib.ifindex,
+                        dmac: fib.dmac,
+                        smac: fib.smac,
+                        // On success the kernel leaves the route's MTU here (it
+                        // checked `tot_len` against it).
+                        mtu: fib.__bindgen_anon_1.mtu_result,
+                        _pad: [0; 2],
+                        resolved_ns: now,
+                    }
+                };
+            }
+            (fib.dmac, fib.smac, fib.ifindex)
+        }
+    };
 
     // Forward: next-hop MACs, TTL, address. SAFETY: pointers from `ptr_at`.
     unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
+        (*eth).dst_addr = dmac;
+        (*eth).src_addr = smac;
         (*ip).ttl = header.ttl - 1;
-        (*ip).check =
-            checksum::decrement_ttl(u16::from_be_bytes(header.check), header.ttl, header.proto)
-                .to_be_bytes();
     }
-    // SAFETY: pointer from `ptr_at`.
-    let check = u16::from_be_bytes(unsafe { (*ip).check });
+    // The header checksum is written once, with both updates (TTL, then address).
+    let check = checksum::decrement_ttl(u16::from_be_bytes(header.check), header.ttl, header.proto);
     rewrite_addresses(ip, l4, inbound_rewrite, check, old_addr, new_addr);
 
     let bytes = frame_len as u64;
@@ -326,11 +373,50 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     } else {
         Reason::ForwardedOut
     });
-    if fib.ifindex == ingress {
+    if egress == ingress {
         return Ok(xdp_action::XDP_TX);
     }
     // SAFETY: plain helper call; it only records the target for after we return.
-    Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+    Ok(unsafe { bpf_redirect(egress, 0) } as u32)
+}
+
+/// Asks the kernel for the next hop of the packet (`bpf_fib_lookup`, which also
+/// checks `total_len` against the route's MTU). `Err` is the reason to give the
+/// packet when the lookup did not succeed.
+#[inline(always)]
+fn fib_lookup(
+    ctx: &XdpContext,
+    header: &Ipv4Hdr,
+    total_len: u16,
+    ports: ([u8; 2], [u8; 2]),
+    addresses: ([u8; 4], [u8; 4]),
+) -> Result<FibParams, Reason> {
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = header.proto;
+    fib.sport = u16::from_ne_bytes(ports.0);
+    fib.dport = u16::from_ne_bytes(ports.1);
+    fib.__bindgen_anon_1.tot_len = total_len;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_2.tos = header.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(addresses.0);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(addresses.1);
+    // SAFETY: `fib` is a live stack value of the size passed.
+    let answer = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut c_void,
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match answer as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(fib),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Reason::PassNoNeigh),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Reason::PassMtu),
+        _ => Err(Reason::PassFibFailed),
+    }
 }
 
 /// Rewrites the destination (inbound) or source (return) address from `old` to

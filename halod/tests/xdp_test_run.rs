@@ -953,3 +953,497 @@ fn start_attaches_natively_pins_and_cleans_up() {
         );
     });
 }
+
+/// Keeps the calling thread on one CPU (the first it may use): the next-hop cache
+/// is per CPU, so a test that looks at what a later packet finds there must send
+/// every packet from the same CPU.
+fn stay_on_one_cpu() {
+    use nix::{sched, unistd::Pid};
+    let allowed = sched::sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
+    let cpu = (0..sched::CpuSet::count())
+        .find(|cpu| allowed.is_set(*cpu).unwrap_or(false))
+        .expect("no CPU in this thread's affinity mask");
+    let mut one = sched::CpuSet::new();
+    one.set(cpu).unwrap();
+    sched::sched_setaffinity(Pid::from_raw(0), &one).expect("sched_setaffinity");
+}
+
+/// The next hops cached for node index `index`, on the CPUs that have one.
+fn cached(bed: &Bed, index: u32) -> Vec<halod::dataplane::NextHop> {
+    bed.dataplane
+        .cached_next_hops(index)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
+    in_netns(false, |bed| {
+        stay_on_one_cpu();
+        bed.table();
+        // Long enough that the first part cannot outlive it on a slow machine.
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_secs(600))
+            .unwrap();
+        let syn = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (VIP, 8001),
+            64,
+            Segment::TcpSyn,
+            &[],
+        );
+        let to_node = |node_mac: [u8; 6]| {
+            frame(
+                (INT_MAC, node_mac),
+                (CLIENT, 40000),
+                (NODE_A, 8001),
+                63,
+                Segment::TcpSyn,
+                &[],
+            )
+        };
+        assert!(
+            cached(bed, 0).is_empty(),
+            "nothing is cached before a packet"
+        );
+        let (verdict, out) = bed.run(&syn, bed.ext);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, to_node(NODE_A_MAC));
+        // What the lookup answered, with the route's MTU (the veth's 1500).
+        let expected = halod::dataplane::NextHop {
+            addr: NODE_A,
+            ifindex: bed.int,
+            dmac: NODE_A_MAC,
+            smac: INT_MAC,
+            mtu: 1500,
+        };
+        assert_eq!(cached(bed, 0), vec![expected]);
+
+        // The node's MAC changes: within the TTL the cached one is still used.
+        let new_mac = [0x02, 0, 0, 0, 0xa0, 0xee];
+        let neigh = |lladdr: [u8; 6]| {
+            run(&[
+                "ip",
+                "neigh",
+                "replace",
+                &NODE_A.to_string(),
+                "lladdr",
+                &mac(lladdr),
+                "dev",
+                "int0",
+                "nud",
+                "permanent",
+            ])
+        };
+        neigh(new_mac);
+        for _ in 0..3 {
+            let (verdict, out) = bed.run(&syn, bed.ext);
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(out, to_node(NODE_A_MAC), "cached MAC within the TTL");
+        }
+        // The cached MTU is still checked: one byte over goes to the kernel.
+        let big = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (VIP, 8001),
+            64,
+            Segment::TcpData,
+            &vec![7u8; 1500 - 40 + 1],
+        );
+        let big_to_node = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (NODE_A, 8001),
+            64,
+            Segment::TcpData,
+            &vec![7u8; 1500 - 40 + 1],
+        );
+        bed.assert_handoff(&big, bed.ext, "pass_mtu", &big_to_node);
+        assert_eq!(cached(bed, 0), vec![expected], "a hand-over caches nothing");
+
+        // Once the TTL has run out the kernel is asked again, and its answer cached.
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_millis(1))
+            .unwrap();
+        // bpf_ktime_get_coarse_ns advances once per jiffy (1-10 ms).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (verdict, out) = bed.run(&syn, bed.ext);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, to_node(new_mac), "new MAC after the TTL");
+        assert_eq!(
+            cached(bed, 0),
+            vec![halod::dataplane::NextHop {
+                dmac: new_mac,
+                ..expected
+            }]
+        );
+
+        // TTL 0: every packet is looked up, so a change shows at once.
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::ZERO)
+            .unwrap();
+        neigh(NODE_A_MAC);
+        let (_, out) = bed.run(&syn, bed.ext);
+        assert_eq!(out, to_node(NODE_A_MAC), "TTL 0 looks up every packet");
+
+        // A next hop that does not resolve is handed over and never cached, cache
+        // or not.
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_secs(600))
+            .unwrap();
+        let to_unresolved = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (NODE_UNRESOLVED, 8016),
+            64,
+            Segment::TcpSyn,
+            &[],
+        );
+        let unresolved = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (VIP, 8016),
+            64,
+            Segment::TcpSyn,
+            &[],
+        );
+        for _ in 0..2 {
+            bed.assert_handoff(&unresolved, bed.ext, "pass_no_neigh", &to_unresolved);
+        }
+        assert!(cached(bed, 2).is_empty(), "NO_NEIGH is not cached");
+        assert_eq!(bed.reason("forwarded_in"), 6);
+    });
+}
+
+#[test]
+fn a_client_s_next_hop_is_reused_until_the_ttl_runs_out() {
+    in_netns(false, |bed| {
+        stay_on_one_cpu();
+        bed.table();
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_secs(600))
+            .unwrap();
+        let answer = frame(
+            (NODE_A_MAC, INT_MAC),
+            (NODE_A, 8001),
+            (CLIENT, 40000),
+            64,
+            Segment::TcpData,
+            b"answer",
+        );
+        let to_client = |client_mac: [u8; 6]| {
+            frame(
+                (EXT_MAC, client_mac),
+                (VIP, 8001),
+                (CLIENT, 40000),
+                63,
+                Segment::TcpData,
+                b"answer",
+            )
+        };
+        let client_cache = |bed: &Bed| -> Vec<halod::dataplane::NextHop> {
+            bed.dataplane
+                .cached_client_next_hops(CLIENT)
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        assert!(client_cache(bed).is_empty());
+        let (verdict, out) = bed.run(&answer, bed.int);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, to_client(CLIENT_MAC));
+        let expected = halod::dataplane::NextHop {
+            addr: CLIENT,
+            ifindex: bed.ext,
+            dmac: CLIENT_MAC,
+            smac: EXT_MAC,
+            mtu: 1500,
+        };
+        assert_eq!(client_cache(bed), vec![expected]);
+
+        let new_mac = [0x02, 0, 0, 0, 0xc0, 0xee];
+        run(&[
+            "ip",
+            "neigh",
+            "replace",
+            &CLIENT.to_string(),
+            "lladdr",
+            &mac(new_mac),
+            "dev",
+            "ext0",
+            "nud",
+            "permanent",
+        ]);
+        let (_, out) = bed.run(&answer, bed.int);
+        assert_eq!(out, to_client(CLIENT_MAC), "cached MAC within the TTL");
+        // Over the cached MTU: handed to the kernel, already from the VIP.
+        let payload = vec![1u8; 1500 - 40 + 1];
+        let big = frame(
+            (NODE_A_MAC, INT_MAC),
+            (NODE_A, 8001),
+            (CLIENT, 40000),
+            64,
+            Segment::TcpData,
+            &payload,
+        );
+        let big_from_vip = frame(
+            (NODE_A_MAC, INT_MAC),
+            (VIP, 8001),
+            (CLIENT, 40000),
+            64,
+            Segment::TcpData,
+            &payload,
+        );
+        bed.assert_handoff(&big, bed.int, "pass_mtu", &big_from_vip);
+
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_millis(1))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (_, out) = bed.run(&answer, bed.int);
+        assert_eq!(out, to_client(new_mac), "new MAC after the TTL");
+        assert_eq!(
+            client_cache(bed),
+            vec![halod::dataplane::NextHop {
+                dmac: new_mac,
+                ..expected
+            }]
+        );
+        assert_eq!(bed.reason("forwarded_out"), 3);
+    });
+}
+
+#[test]
+fn clients_sharing_a_cache_slot_never_get_each_other_s_next_hop() {
+    in_netns(false, |bed| {
+        stay_on_one_cpu();
+        bed.table();
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_secs(600))
+            .unwrap();
+        // Two client addresses with the same CLIENT_NEXT_HOP slot, reachable on ext0.
+        run(&["ip", "route", "add", "198.18.0.0/20", "dev", "ext0"]);
+        let addresses: Vec<Ipv4Addr> = (1..16u8)
+            .flat_map(|third| (1..255u8).map(move |last| Ipv4Addr::new(198, 18, third, last)))
+            .collect();
+        let (first, second) = addresses
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| {
+                let slot = halod_common::maps::client_slot(a.octets());
+                addresses[i + 1..]
+                    .iter()
+                    .find(|b| halod_common::maps::client_slot(b.octets()) == slot)
+                    .map(|b| (*a, *b))
+            })
+            .expect("two addresses in 198.18.1.0-198.18.15.255 share a slot");
+        let clients = [
+            (first, [0x02, 0, 0, 0, 0xc1, 0x01]),
+            (second, [0x02, 0, 0, 0, 0xc2, 0x02]),
+        ];
+        for (client, client_mac) in clients {
+            run(&[
+                "ip",
+                "neigh",
+                "replace",
+                &client.to_string(),
+                "lladdr",
+                &mac(client_mac),
+                "dev",
+                "ext0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        for round in 0..3 {
+            for (client, client_mac) in clients {
+                let answer = frame(
+                    (NODE_A_MAC, INT_MAC),
+                    (NODE_A, 8001),
+                    (client, 40000),
+                    64,
+                    Segment::Udp,
+                    b"x",
+                );
+                let (verdict, out) = bed.run(&answer, bed.int);
+                assert_eq!(verdict, XDP_REDIRECT);
+                assert_eq!(
+                    out,
+                    frame(
+                        (EXT_MAC, client_mac),
+                        (VIP, 8001),
+                        (client, 40000),
+                        63,
+                        Segment::Udp,
+                        b"x"
+                    ),
+                    "round {round}, client {client}"
+                );
+                // The slot now holds this client's entry, and not the other's.
+                let cached: Vec<_> = bed
+                    .dataplane
+                    .cached_client_next_hops(client)
+                    .unwrap()
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                assert_eq!(cached.len(), 1);
+                assert_eq!(cached[0].dmac, client_mac);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_slot_rewritten_to_another_address_never_uses_the_old_next_hop() {
+    in_netns(false, |bed| {
+        stay_on_one_cpu();
+        bed.table();
+        bed.dataplane
+            .set_next_hop_ttl(std::time::Duration::from_secs(600))
+            .unwrap();
+        let spare = Ipv4Addr::new(198, 19, 0, 20);
+        let spare_mac = [0x02, 0, 0, 0, 0x20, 0x20];
+        run(&[
+            "ip",
+            "neigh",
+            "replace",
+            &spare.to_string(),
+            "lladdr",
+            &mac(spare_mac),
+            "dev",
+            "int0",
+            "nud",
+            "permanent",
+        ]);
+        let syn = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (VIP, 8001),
+            64,
+            Segment::TcpSyn,
+            &[],
+        );
+        let (_, out) = bed.run(&syn, bed.ext);
+        assert_eq!(&out[..6], &NODE_A_MAC);
+        assert_eq!(cached(bed, 0).len(), 1);
+        assert_eq!(cached(bed, 0)[0].addr, NODE_A);
+
+        // Slot 1 now holds another address under the same node index (0), well
+        // within the TTL: the entry cached for node A must not be used.
+        bed.dataplane
+            .apply(&[Write::Slot {
+                slot: 1,
+                node: Some(NodeTarget {
+                    addr: spare,
+                    index: 0,
+                }),
+            }])
+            .unwrap();
+        let (verdict, out) = bed.run(&syn, bed.ext);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            out,
+            frame(
+                (INT_MAC, spare_mac),
+                (CLIENT, 40000),
+                (spare, 8001),
+                63,
+                Segment::TcpSyn,
+                &[]
+            )
+        );
+        let now = cached(bed, 0);
+        assert_eq!(now.len(), 1);
+        assert_eq!((now[0].addr, now[0].dmac), (spare, spare_mac));
+
+        // And back: node A again gets node A's MAC, not the spare's.
+        bed.dataplane
+            .apply(&[Write::Slot {
+                slot: 1,
+                node: Some(NodeTarget {
+                    addr: NODE_A,
+                    index: 0,
+                }),
+            }])
+            .unwrap();
+        let (_, out) = bed.run(&syn, bed.ext);
+        assert_eq!(&out[..6], &NODE_A_MAC);
+        assert_eq!(&out[30..34], &NODE_A.octets());
+    });
+}
+
+#[test]
+fn an_adopting_program_gets_a_fresh_config_and_cache() {
+    in_netns(false, |_bed| {
+        let instance = format!("xdp-adopt-{}", std::process::id());
+        let config = DataplaneConfig {
+            instance: instance.clone(),
+            external: "ext0".to_owned(),
+            internal: "int0".to_owned(),
+            vip: VIP,
+            routes: ROUTES,
+            listeners: GROUPS.to_vec(),
+            max_nodes: 8,
+        };
+        let pins = std::path::Path::new("/sys/fs/bpf/halod").join(&instance);
+        let ext = nix::net::if_::if_nametoindex("ext0").unwrap();
+        let syn = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 40000),
+            (VIP, 8001),
+            64,
+            Segment::TcpSyn,
+            &[],
+        );
+        let mut first = Dataplane::start(&config).unwrap_or_else(|e| panic!("{e}"));
+        first
+            .apply(&[
+                Write::Slot {
+                    slot: 1,
+                    node: Some(NodeTarget {
+                        addr: NODE_A,
+                        index: 0,
+                    }),
+                },
+                Write::Route {
+                    route: 2,
+                    slot: Some(1),
+                },
+            ])
+            .unwrap();
+        let (verdict, _) = first.test_run(&syn, ext).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        first.keep_on_drop();
+        drop(first);
+        assert!(pins.join("CONFIG").exists());
+        assert!(
+            !pins.join("NEXT_HOP").exists(),
+            "the next-hop cache is not pinned"
+        );
+
+        let adopted = Dataplane::adopt(&config)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the kept data plane is adopted");
+        // The table was kept, the cache starts empty, and the new CONFIG is pinned
+        // in place of the old one.
+        assert_eq!(adopted.table().unwrap().0[1], Some(1));
+        assert!(
+            adopted
+                .cached_next_hops(0)
+                .unwrap()
+                .iter()
+                .all(Option::is_none)
+        );
+        assert!(pins.join("CONFIG").exists());
+        let (verdict, out) = adopted.test_run(&syn, ext).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(&out[..6], &NODE_A_MAC);
+        drop(adopted);
+        assert!(!pins.exists(), "pins left behind");
+    });
+}

@@ -19,6 +19,7 @@ use std::{
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -44,6 +45,10 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/halod";
 const BPF_FS: &str = "/sys/fs/bpf";
 /// `statfs` magic of bpffs (linux/magic.h).
 const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
+/// How long the program reuses a node's next hop (MACs, egress interface, MTU)
+/// before asking `bpf_fib_lookup` again: a neighbour or route change reaches the
+/// node's traffic within this time.
+pub const NEXT_HOP_TTL: Duration = Duration::from_millis(500);
 
 /// What the data plane needs to know to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +101,22 @@ pub enum AttachMode {
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// A next hop the program cached for a node or client (see
+/// [`Dataplane::cached_next_hops`], [`Dataplane::cached_client_next_hops`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The node or client address it was looked up for.
+    pub addr: Ipv4Addr,
+    /// Egress interface index.
+    pub ifindex: u32,
+    /// Destination MAC (the next hop's).
+    pub dmac: [u8; 6],
+    /// Source MAC (the egress interface's).
+    pub smac: [u8; 6],
+    /// The route's MTU.
+    pub mtu: u16,
 }
 
 /// Counters summed over all CPUs.
@@ -255,9 +276,12 @@ impl Dataplane {
             .map_max_entries(names::SLOT_NODE, routes)
             .map_max_entries(names::ROUTE_COUNTERS, routes)
             .map_max_entries(names::NODE_COUNTERS, config.max_nodes)
-            .map_max_entries(names::NODE_BY_ADDR, config.max_nodes);
+            .map_max_entries(names::NODE_BY_ADDR, config.max_nodes)
+            .map_max_entries(names::NEXT_HOP, config.max_nodes);
         if let Some(dir) = pinned {
-            for name in names::ALL {
+            // CONFIG is written whole below, so it is not taken over: a new one
+            // (of this build's layout) replaces the pin in `adopt`.
+            for name in names::ALL.into_iter().filter(|name| *name != names::CONFIG) {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -293,6 +317,7 @@ impl Dataplane {
             listener_count: config.listeners.len() as u16,
             listeners,
             flags: CONFIG_ENABLED,
+            next_hop_ttl_ms: NEXT_HOP_TTL.as_millis() as u32,
         };
         let mut dataplane = Dataplane {
             ebpf,
@@ -373,6 +398,20 @@ impl Dataplane {
                 });
             }
         }
+        // The new program reads its own CONFIG (the old one's layout may differ);
+        // pin it in place of the old one so that the next daemon finds it.
+        let config_pin = dir.join(names::CONFIG);
+        fs::remove_file(&config_pin).map_err(|error| DataplaneError::Pin {
+            path: config_pin.clone(),
+            message: format!("removing the previous daemon's CONFIG pin: {error}"),
+        })?;
+        dataplane
+            .map_ref(names::CONFIG)?
+            .pin(&config_pin)
+            .map_err(|error| DataplaneError::Pin {
+                path: config_pin.clone(),
+                message: format!("pinning map {}: {error}", names::CONFIG),
+            })?;
         for (interface, mode, path) in links {
             let link = PinnedLink::from_pin(&path).map_err(|error| DataplaneError::Pin {
                 path: path.clone(),
@@ -438,6 +477,71 @@ impl Dataplane {
         })?;
         let _ = fs::remove_dir(PIN_ROOT);
         Ok(true)
+    }
+
+    /// Sets how long the program reuses a node's next hop before it asks
+    /// `bpf_fib_lookup` again ([`NEXT_HOP_TTL`] unless set); zero looks up every
+    /// packet. Applies to entries already cached too.
+    pub fn set_next_hop_ttl(&mut self, ttl: Duration) -> Result<(), DataplaneError> {
+        let millis = u32::try_from(ttl.as_millis())
+            .ok()
+            .filter(|_| ttl.subsec_nanos().is_multiple_of(1_000_000))
+            .ok_or_else(|| {
+                DataplaneError::Config(format!(
+                    "next-hop TTL {ttl:?} must be whole milliseconds, at most {} ms",
+                    u32::MAX
+                ))
+            })?;
+        let mut map = self.array::<common::Config>(names::CONFIG)?;
+        let mut value = map
+            .get(&0, 0)
+            .map_err(map_error(names::CONFIG, "reading the configuration"))?;
+        value.next_hop_ttl_ms = millis;
+        map.set(0, value, 0)
+            .map_err(map_error(names::CONFIG, "writing the next-hop TTL"))
+    }
+
+    /// The next hop the program has cached for node index `index`, per CPU
+    /// (`None` where that CPU has none). For tests and diagnostics.
+    pub fn cached_next_hops(&self, index: u32) -> Result<Vec<Option<NextHop>>, DataplaneError> {
+        self.next_hops(names::NEXT_HOP, index)
+    }
+
+    /// The next hop the program has cached for node replies to `client`, per CPU
+    /// (`None` where that CPU has none for this client). For tests and diagnostics.
+    pub fn cached_client_next_hops(
+        &self,
+        client: Ipv4Addr,
+    ) -> Result<Vec<Option<NextHop>>, DataplaneError> {
+        Ok(self
+            .next_hops(names::CLIENT_NEXT_HOP, common::client_slot(client.octets()))?
+            .into_iter()
+            .map(|hop| hop.filter(|hop| hop.addr == client))
+            .collect())
+    }
+
+    fn next_hops(
+        &self,
+        name: &'static str,
+        index: u32,
+    ) -> Result<Vec<Option<NextHop>>, DataplaneError> {
+        let map: PerCpuArray<&MapData, common::NextHop> =
+            PerCpuArray::try_from(self.map_ref(name)?).map_err(map_error(name, "opening"))?;
+        let values = map
+            .get(&index, 0)
+            .map_err(map_error(name, format!("reading index {index}")))?;
+        Ok(values
+            .iter()
+            .map(|hop| {
+                (hop.ifindex != 0).then(|| NextHop {
+                    addr: Ipv4Addr::from(hop.addr),
+                    ifindex: hop.ifindex,
+                    dmac: hop.dmac,
+                    smac: hop.smac,
+                    mtu: hop.mtu,
+                })
+            })
+            .collect())
     }
 
     /// The configuration it was started with.

@@ -7,7 +7,11 @@
 //! asks the kernel for the next hop (`bpf_fib_lookup`), which a test run answers from the
 //! calling thread's namespace, and the interface indexes in its config must be real.
 //! The node's neighbour entry is made permanent first, so the routed packet takes the
-//! whole forwarding path (lookup, rewrite, checksums, counters, `XDP_REDIRECT`).
+//! whole forwarding path (lookup, rewrite, checksums, counters, `XDP_REDIRECT`). After the
+//! first repetition the routed packet finds its next hop in the program's next-hop cache
+//! (`NEXT_HOP`, the daemon's 500 ms TTL), as a node's traffic does; a second row measures it
+//! with the cache off (TTL 0), `bpf_fib_lookup` for every packet, the path before the cache.
+//! A node's reply to the client is measured the same two ways (`CLIENT_NEXT_HOP`).
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -40,6 +44,8 @@ const PARK_A: &str = "hdcost0";
 const PARK_B: &str = "hdcost1";
 /// Repetitions per `BPF_PROG_TEST_RUN` call: fewer than the 254 a TTL of 255 allows.
 const REPS: u32 = 250;
+/// The next-hop cache TTL the daemon sets (`halod::dataplane::NEXT_HOP_TTL`).
+const NEXT_HOP_TTL_MS: u32 = 500;
 
 /// Nanoseconds per packet of one program on one frame.
 #[derive(Debug, Clone)]
@@ -73,7 +79,9 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
     let client = bed.client_addr(1);
     let client_mac = mac_of(&bed.client_ns(1), HOST_IF)?;
     let ext_mac = mac_of(&gateway, EXTERNAL_IF)?;
+    let int_mac = mac_of(&gateway, INTERNAL_IF)?;
     neighbour(&gateway, node, node_mac, INTERNAL_IF)?;
+    neighbour(&gateway, client, client_mac, EXTERNAL_IF)?;
 
     // BPF_PROG_TEST_RUN does not restore the frame between repetitions, and a routed
     // frame leaves the program rewritten (for the next repetition it is "not ours"). So
@@ -84,6 +92,11 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
     let vip = node;
     let routed = ttl255(udp_frame(
         client_mac, ext_mac, client, vip, 40000, BASE_PORT, 60,
+    ));
+    // A node's reply from the route port to the client (the source rewrite to the VIP is
+    // the identity too), arriving on the internal interface.
+    let reply = ttl255(udp_frame(
+        node_mac, int_mac, node, client, BASE_PORT, 40000, 60,
     ));
     // To the VIP, but port 0, outside the listener group (ports 1..=65535): parsed to
     // the end, then passed.
@@ -130,23 +143,50 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
             .attach(PARK_A, XdpMode::default())
             .context("attaching halod's program to an idle veth")?;
 
-        let halod_program: &Xdp = halod
-            .program(common::PROGRAM_NAME)
-            .context("no halod program")?
-            .try_into()?;
         let rows = (|| -> Result<Vec<Cost>> {
+            let routed_cached = measure(
+                "halod, routed packet",
+                program(&halod)?,
+                &routed,
+                ext,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            let reply_cached = measure(
+                "halod, node reply (node -> client)",
+                program(&halod)?,
+                &reply,
+                int,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            // The same with the next-hop caches off: `bpf_fib_lookup` for every packet.
+            set_next_hop_ttl(&mut halod, 0)?;
+            let routed_lookup = measure(
+                "halod, routed packet, next-hop cache off (bpf_fib_lookup every packet)",
+                program(&halod)?,
+                &routed,
+                ext,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            let reply_lookup = measure(
+                "halod, node reply, next-hop cache off (bpf_fib_lookup every packet)",
+                program(&halod)?,
+                &reply,
+                int,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            set_next_hop_ttl(&mut halod, NEXT_HOP_TTL_MS)?;
             Ok(vec![
-                measure(
-                    "halod, routed packet",
-                    halod_program,
-                    &routed,
-                    ext,
-                    repeat,
-                    XDP_REDIRECT,
-                )?,
+                routed_cached,
+                routed_lookup,
+                reply_cached,
+                reply_lookup,
                 measure(
                     "halod, passed packet (VIP, port 0: no route)",
-                    halod_program,
+                    program(&halod)?,
                     &not_route,
                     ext,
                     repeat,
@@ -154,7 +194,7 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
                 )?,
                 measure(
                     "halod, passed packet (not for the VIP)",
-                    halod_program,
+                    program(&halod)?,
                     &not_ours,
                     ext,
                     repeat,
@@ -180,6 +220,25 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
             full_table_nodes: MAX_NODES,
         })
     })?
+}
+
+/// halod's program in its loaded object.
+fn program(ebpf: &Ebpf) -> Result<&Xdp> {
+    Ok(ebpf
+        .program(common::PROGRAM_NAME)
+        .context("no halod program")?
+        .try_into()?)
+}
+
+/// Rewrites the next-hop cache TTL in halod's CONFIG (0: `bpf_fib_lookup` every packet).
+fn set_next_hop_ttl(ebpf: &mut Ebpf, millis: u32) -> Result<()> {
+    let mut config = Array::<&mut MapData, common::Config>::try_from(
+        ebpf.map_mut(names::CONFIG).context("CONFIG")?,
+    )?;
+    let mut value = config.get(&0, 0)?;
+    value.next_hop_ttl_ms = millis;
+    config.set(0, value, 0)?;
+    Ok(())
 }
 
 /// halod's non-zero `REASON_COUNTERS`, named, for error messages.
@@ -233,6 +292,7 @@ fn load_halod(object: &[u8], ext: u32, int: u32, vip: Ipv4Addr, node: Ipv4Addr) 
         .map_max_entries(names::ROUTE_COUNTERS, routes)
         .map_max_entries(names::NODE_COUNTERS, MAX_NODES)
         .map_max_entries(names::NODE_BY_ADDR, MAX_NODES)
+        .map_max_entries(names::NEXT_HOP, MAX_NODES)
         .load(object)
         .context("loading halod's XDP object")?;
     let program: &mut Xdp = ebpf
@@ -252,6 +312,7 @@ fn load_halod(object: &[u8], ext: u32, int: u32, vip: Ipv4Addr, node: Ipv4Addr) 
         listener_count: 1,
         listeners,
         flags: CONFIG_ENABLED,
+        next_hop_ttl_ms: NEXT_HOP_TTL_MS,
     };
     Array::<&mut MapData, common::Config>::try_from(
         ebpf.map_mut(names::CONFIG).context("CONFIG")?,
