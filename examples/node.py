@@ -20,6 +20,7 @@ args = p.parse_args()
 
 host, port = args.gateway.rsplit(":", 1)
 sock = socket.create_connection((host, int(port)))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a bye never waits for an ACK
 lines = sock.makefile("r", encoding="utf-8", newline="\n")
 send_lock = threading.Lock()
 def send(message):

@@ -74,6 +74,17 @@ pub struct Config {
     /// The Prometheus endpoint; off unless `metrics.listen` is set.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// How long the XDP program reuses a next hop (MACs, egress interface,
+    /// MTU) before asking the kernel again; 0 asks for every packet.
+    #[serde(default = "default_next_hop_ttl_ms")]
+    pub next_hop_ttl_ms: u32,
+}
+
+/// Longest `next_hop_ttl_ms`: a neighbour change reaches traffic within it.
+pub const MAX_NEXT_HOP_TTL_MS: u32 = 60_000;
+
+fn default_next_hop_ttl_ms() -> u32 {
+    crate::dataplane::NEXT_HOP_TTL.as_millis() as u32
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -320,6 +331,16 @@ impl Config {
             return Err(invalid(
                 "vip",
                 format!("{} cannot be a virtual service address", self.vip),
+            ));
+        }
+        if self.next_hop_ttl_ms > MAX_NEXT_HOP_TTL_MS {
+            return Err(invalid(
+                "next_hop_ttl_ms",
+                format!(
+                    "{} is out of range: use 0..={MAX_NEXT_HOP_TTL_MS} (a neighbour or route \
+                     change reaches traffic only after this long; 0 looks up every packet)",
+                    self.next_hop_ttl_ms
+                ),
             ));
         }
         if !(1..=MAX_ROUTES).contains(&self.routes) {
@@ -676,6 +697,15 @@ nodes:
     }
 
     #[test]
+    fn next_hop_ttl() {
+        assert_eq!(Config::parse(EXAMPLE).unwrap().next_hop_ttl_ms, 500);
+        let config =
+            Config::parse(&EXAMPLE.replace("routes: 24", "routes: 24\nnext_hop_ttl_ms: 0"))
+                .unwrap();
+        assert_eq!(config.next_hop_ttl_ms, 0);
+    }
+
+    #[test]
     fn node_security_keys() {
         let config = Config::parse(EXAMPLE).unwrap();
         assert_eq!(config.nodes.hello_timeout_ms, 10_000);
@@ -789,6 +819,11 @@ nodes:
                 "listeners[1].name",
             ),
             ("vip: 198.18.0.1", "vip: 0.0.0.0", "vip"),
+            (
+                "routes: 24",
+                "routes: 24\nnext_hop_ttl_ms: 60001",
+                "next_hop_ttl_ms",
+            ),
         ] {
             let message = err(&EXAMPLE.replace(from, to));
             assert!(message.contains(&format!("`{key}`")), "{to}: {message}");

@@ -200,6 +200,12 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
             })?
         }
     };
+    let mut dataplane = dataplane;
+    dataplane
+        .set_next_hop_ttl(std::time::Duration::from_millis(
+            config.next_hop_ttl_ms.into(),
+        ))
+        .context("writing next_hop_ttl_ms into the data plane")?;
     let tables = dataplane::spawn(dataplane);
 
     let settings = Settings {
