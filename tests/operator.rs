@@ -458,6 +458,19 @@ fn a_gateway_killed_with_sigkill_comes_back_with_the_same_routes() {
     for node in &nodes {
         let _ = node.lines.try_iter().count();
     }
+    // The state file is written after the table changes (coalesced, then
+    // fsync): kill the daemon once it holds the last join, as an operator's
+    // kill would usually come long after it.
+    let state_path = bed.dir.join("state.json");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&state_path).is_ok_and(|state| state.contains(r#""name": "n3""#))
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the state file does not list n3 after {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 
     bed.gateway
         .as_ref()

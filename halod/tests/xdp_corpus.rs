@@ -25,7 +25,7 @@ use etherparse::{
     IpHeaders, IpNumber, Ipv4Header, LinkHeader, NetHeaders, PacketBuilder, PacketHeaders,
     TransportHeader,
 };
-use halod::dataplane::{Dataplane, DataplaneConfig, NodeTarget, Write};
+use halod::dataplane::{Dataplane, NodeTarget, Write};
 
 mod support;
 use support::*;
@@ -1330,15 +1330,7 @@ fn set_up_namespace() -> Bed {
         ]);
     }
     std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
-    let config = DataplaneConfig {
-        instance: "xdp-corpus".to_owned(),
-        external: "ext0".to_owned(),
-        internal: "int0".to_owned(),
-        vip: VIP,
-        routes: ROUTES,
-        listeners: GROUPS.to_vec(),
-        max_nodes: 8,
-    };
+    let config = dataplane_config("xdp-corpus", "int0");
     let mut dataplane = Dataplane::load_unattached(&config).unwrap_or_else(|e| panic!("{e}"));
     // Slot 1 = node A, slot 3 = a node without a neighbour entry; routes 1-8 ->
     // slot 1, 17-20 -> slot 3, 21-24 none.

@@ -16,7 +16,7 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use halod::dataplane::{Dataplane, DataplaneConfig, NodeTarget, Write};
+use halod::dataplane::{Dataplane, NodeTarget, Write};
 
 mod support;
 use support::*;
@@ -106,15 +106,7 @@ fn in_netns(shared: bool, test: impl FnOnce(&mut Bed) + Send + 'static) {
         // /proc/sys/net shows the namespace of the thread that opens it.
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
 
-        let config = DataplaneConfig {
-            instance: "xdp-test-run".to_owned(),
-            external: "ext0".to_owned(),
-            internal: int_name.to_owned(),
-            vip: VIP,
-            routes: ROUTES,
-            listeners: GROUPS.to_vec(),
-            max_nodes: 8,
-        };
+        let config = dataplane_config("xdp-test-run", int_name);
         let dataplane = Dataplane::load_unattached(&config).unwrap_or_else(|e| panic!("{e}"));
         let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
         let mut bed = Bed {
@@ -908,15 +900,7 @@ fn a_spare_taking_over_is_one_slot_write() {
 fn start_attaches_natively_pins_and_cleans_up() {
     in_netns(false, |_bed| {
         let instance = format!("xdp-test-{}", std::process::id());
-        let config = DataplaneConfig {
-            instance: instance.clone(),
-            external: "ext0".to_owned(),
-            internal: "int0".to_owned(),
-            vip: VIP,
-            routes: ROUTES,
-            listeners: GROUPS.to_vec(),
-            max_nodes: 8,
-        };
+        let config = dataplane_config(&instance, "int0");
         let pins = std::path::Path::new("/sys/fs/bpf/halod").join(&instance);
         let dataplane = Dataplane::start(&config).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -1381,15 +1365,7 @@ fn a_slot_rewritten_to_another_address_never_uses_the_old_next_hop() {
 fn an_adopting_program_gets_a_fresh_config_and_cache() {
     in_netns(false, |_bed| {
         let instance = format!("xdp-adopt-{}", std::process::id());
-        let config = DataplaneConfig {
-            instance: instance.clone(),
-            external: "ext0".to_owned(),
-            internal: "int0".to_owned(),
-            vip: VIP,
-            routes: ROUTES,
-            listeners: GROUPS.to_vec(),
-            max_nodes: 8,
-        };
+        let config = dataplane_config(&instance, "int0");
         let pins = std::path::Path::new("/sys/fs/bpf/halod").join(&instance);
         let ext = nix::net::if_::if_nametoindex("ext0").unwrap();
         let syn = frame(

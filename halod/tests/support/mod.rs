@@ -7,6 +7,8 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use halod::dataplane::DataplaneConfig;
+
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
@@ -25,6 +27,20 @@ pub const NODE_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xa0, 0x0a];
 
 pub const ROUTES: u16 = 24;
 pub const GROUPS: [u16; 2] = [8000, 9000];
+
+/// The data plane of a test namespace: `ext0` outside, `internal` inside, the
+/// VIP and listeners above, 8 node indexes.
+pub fn dataplane_config(instance: &str, internal: &str) -> DataplaneConfig {
+    DataplaneConfig {
+        instance: instance.to_owned(),
+        external: "ext0".to_owned(),
+        internal: internal.to_owned(),
+        vip: VIP,
+        routes: ROUTES,
+        listeners: GROUPS.to_vec(),
+        max_nodes: 8,
+    }
+}
 
 /// `aa:bb:cc:dd:ee:ff`, as `ip` takes it.
 pub fn mac(bytes: [u8; 6]) -> String {
