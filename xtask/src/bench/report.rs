@@ -610,12 +610,15 @@ fn scale_section(md: &mut String, ctx: &Context, results: &Results) {
         md,
         "Command: `{}` (section `scale`). Code: `xtask/src/bench/scale.rs`. One `halod run` \
          (`routes: 65535`, `heartbeat_ms: {}`, `dead_after: {}`, `spares: 0`) pinned to CPU \
-         1; simulated nodes (one TCP connection each, node protocol `hello` then `hb` every \
-         100 ms, i.e. 10 heartbeats per second) from a tokio load generator on CPU 0. Memory: \
+         1; simulated nodes (one TCP connection each over loopback, node protocol `hello` \
+         then `hb` every 100 ms, i.e. 10 heartbeats per second) from a tokio load generator \
+         on both CPUs at nice 10, so the daemon always runs first; the generator cannot offer \
+         the full rate beside it on 2 cores, so the rate it reached is in the table. Memory: \
          VmRSS after the nodes joined minus VmRSS of the idle daemon (the BPF maps are kernel \
          memory, not in RSS). CPU: utime + stime over {} s of steady heartbeats. Detection: \
          a node stops its heartbeats (keeping its connection) and we time its last heartbeat \
-         -> the first message the gateway sends because of its failure; 3 victims per load, \
+         -> the gateway closing its connection (after it told the nodes that take its \
+         routes); 3 victims per load, \
          nominal `dead_after x heartbeat_ms` = {} ms.\n",
         ctx.command,
         scale::HEARTBEAT_MS,
@@ -626,7 +629,7 @@ fn scale_section(md: &mut String, ctx: &Context, results: &Results) {
     let _ = writeln!(
         md,
         "| Nodes | join time (s) | RSS idle | RSS loaded | RSS per node | daemon CPU (% of one \
-         core) | heartbeats/s received | failure detection (ms) |"
+         core) | heartbeats/s offered | failure detection (ms) |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for p in &s.points {
