@@ -233,12 +233,13 @@ pub fn targets(results: &Results) -> Vec<Target> {
                      100,000 heartbeats a second needs under 2 us. The load generator, which \
                      shares the 2 cores, offered {} heartbeats a second of the 100,000 that \
                      10,000 nodes send, so at the full rate the CPU would be higher still. \
-                     What would close it: let heartbeats not wake the daemon at all. With \
-                     SO_RCVLOWAT at 15 bytes one `{{\"type\":\"hb\"}}` line (14 bytes) does \
-                     not make a node's socket readable but any other message does; each \
-                     node's silence is then read from the kernel (TCP_INFO \
-                     tcpi_last_data_recv) only when its dead window would end, one system \
-                     call per node per window instead of four per heartbeat.",
+                     What would close it: heartbeats that do not wake the daemon. Within \
+                     this protocol little is left: SO_RCVLOWAT at 15 bytes would keep one \
+                     14-byte heartbeat line from waking it while a 15-byte `bye` still does, \
+                     which halves the wake-ups at best. A heartbeat the kernel counts for the \
+                     daemon would remove them: a UDP heartbeat (a protocol version 2) counted \
+                     per node address by the XDP program in a map the daemon reads only when \
+                     a node's dead window would end.",
                     p.cpu_percent * 1e4 / p.heartbeats_per_second.max(1.0),
                     thousands(p.heartbeats_per_second)
                 ),
@@ -483,8 +484,8 @@ fn cost_section(md: &mut String, ctx: &Context, results: &Results) {
          `bpf_fib_lookup` sees the real routes and a permanent neighbour entry for node1). \
          `BPF_PROG_TEST_RUN` does not restore the frame between repetitions, so for the \
          routed packet the program's VIP is node1's address: the rewrite is the identity and \
-         every repetition is routed again with every step (two lookups, `bpf_fib_lookup`, \
-         checksum arithmetic, MAC and TTL rewrite, counters, `XDP_REDIRECT`); the TTL \
+         every repetition is routed again with every step (two lookups, the next-hop \
+         cache, or `bpf_fib_lookup` in the cache-off rows, checksum arithmetic, MAC and TTL rewrite, counters, `XDP_REDIRECT`); the TTL \
          decrement is why calls stop at 250.\n",
         ctx.command,
         thousands(f64::from(c.repeat))
@@ -593,8 +594,8 @@ fn failover_section(md: &mut String, ctx: &Context, results: &Results) {
         md,
         "\nA crashed agent's connection is closed by its kernel, and halod fails the node at \
          once (`reconnect_grace_ms: 0`); a frozen one keeps its connection open and is failed \
-         when it has been silent for `dead_after x heartbeat_ms`, found by a sweep every \
-         `heartbeat_ms / 2`. HAProxy needs `fall` failed checks in both cases. The time to \
+         when it has been silent for `dead_after x heartbeat_ms`, found by a sweep at \
+         the earliest node deadline. HAProxy needs `fall` failed checks in both cases. The time to \
          push a takeover into the maps is in \"Program cost\" above.\n"
     );
 }
