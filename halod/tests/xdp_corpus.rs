@@ -1316,18 +1316,7 @@ fn set_up_namespace() -> Bed {
     run(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "ext0"]);
     run(&["ip", "link", "set", "lo", "up"]);
     for (addr, neighbour, dev) in [(CLIENT, CLIENT_MAC, "ext0"), (NODE_A, NODE_A_MAC, "int0")] {
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &addr.to_string(),
-            "lladdr",
-            &mac(neighbour),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(addr, neighbour, dev);
     }
     std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
     let config = dataplane_config("xdp-corpus", "int0");

@@ -76,31 +76,9 @@ fn in_netns(shared: bool, test: impl FnOnce(&mut Bed) + Send + 'static) {
                 run(&["ip", "link", "set", dev, "up"]);
             }
         }
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &CLIENT.to_string(),
-            "lladdr",
-            &mac(CLIENT_MAC),
-            "dev",
-            "ext0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(CLIENT, CLIENT_MAC, "ext0");
         for (node, node_mac) in [(NODE_A, NODE_A_MAC), (NODE_B, NODE_B_MAC)] {
-            run(&[
-                "ip",
-                "neigh",
-                "replace",
-                &node.to_string(),
-                "lladdr",
-                &mac(node_mac),
-                "dev",
-                int_name,
-                "nud",
-                "permanent",
-            ]);
+            set_neighbour(node, node_mac, int_name);
         }
         // bpf_fib_lookup answers FWD_DISABLED unless the ingress device forwards;
         // /proc/sys/net shows the namespace of the thread that opens it.
@@ -803,18 +781,7 @@ fn a_spare_taking_over_is_one_slot_write() {
         bed.table();
         let spare = Ipv4Addr::new(198, 19, 0, 20);
         let spare_mac = [0x02, 0, 0, 0, 0x20, 0x20];
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &spare.to_string(),
-            "lladdr",
-            &mac(spare_mac),
-            "dev",
-            "int0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(spare, spare_mac, "int0");
         bed.dataplane
             .apply(&[Write::Slot {
                 slot: 1,
@@ -1008,20 +975,7 @@ fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
 
         // The node's MAC changes: within the TTL the cached one is still used.
         let new_mac = [0x02, 0, 0, 0, 0xa0, 0xee];
-        let neigh = |lladdr: [u8; 6]| {
-            run(&[
-                "ip",
-                "neigh",
-                "replace",
-                &NODE_A.to_string(),
-                "lladdr",
-                &mac(lladdr),
-                "dev",
-                "int0",
-                "nud",
-                "permanent",
-            ])
-        };
+        let neigh = |lladdr: [u8; 6]| set_neighbour(NODE_A, lladdr, "int0");
         neigh(new_mac);
         for _ in 0..3 {
             let (verdict, out) = bed.run(&syn, bed.ext);
@@ -1150,18 +1104,7 @@ fn a_client_s_next_hop_is_reused_until_the_ttl_runs_out() {
         assert_eq!(client_cache(bed), vec![expected]);
 
         let new_mac = [0x02, 0, 0, 0, 0xc0, 0xee];
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &CLIENT.to_string(),
-            "lladdr",
-            &mac(new_mac),
-            "dev",
-            "ext0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(CLIENT, new_mac, "ext0");
         let (_, out) = bed.run(&answer, bed.int);
         assert_eq!(out, to_client(CLIENT_MAC), "cached MAC within the TTL");
         // Over the cached MTU: handed to the kernel, already from the VIP.
@@ -1230,18 +1173,7 @@ fn clients_sharing_a_cache_slot_never_get_each_other_s_next_hop() {
             (second, [0x02, 0, 0, 0, 0xc2, 0x02]),
         ];
         for (client, client_mac) in clients {
-            run(&[
-                "ip",
-                "neigh",
-                "replace",
-                &client.to_string(),
-                "lladdr",
-                &mac(client_mac),
-                "dev",
-                "ext0",
-                "nud",
-                "permanent",
-            ]);
+            set_neighbour(client, client_mac, "ext0");
         }
         for round in 0..3 {
             for (client, client_mac) in clients {
@@ -1292,18 +1224,7 @@ fn a_slot_rewritten_to_another_address_never_uses_the_old_next_hop() {
             .unwrap();
         let spare = Ipv4Addr::new(198, 19, 0, 20);
         let spare_mac = [0x02, 0, 0, 0, 0x20, 0x20];
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &spare.to_string(),
-            "lladdr",
-            &mac(spare_mac),
-            "dev",
-            "int0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(spare, spare_mac, "int0");
         let syn = frame(
             (CLIENT_MAC, EXT_MAC),
             (CLIENT, 40000),

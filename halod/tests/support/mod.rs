@@ -51,6 +51,23 @@ pub fn mac(bytes: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Makes `addr` a permanent neighbour with `lladdr` on `dev` (replacing any
+/// entry), so `bpf_fib_lookup` resolves it without ARP.
+pub fn set_neighbour(addr: Ipv4Addr, lladdr: [u8; 6], dev: &str) {
+    run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &addr.to_string(),
+        "lladdr",
+        &mac(lladdr),
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+}
+
 /// Runs `args[0]` with the rest as arguments; panics with its stderr if it fails.
 pub fn run(args: &[&str]) {
     let output = Command::new(args[0])
