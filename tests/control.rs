@@ -8,8 +8,6 @@
 //! every process it started (guards), so the tests run in parallel.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -18,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use halod::routing::{Cluster, ClusterConfig, Event};
-use xtask::testbed::{self, Testbed, TestbedOptions};
+use xtask::testbed::{Testbed, TestbedOptions};
 
 mod support;
 use support::{Process, follow};
@@ -191,17 +189,7 @@ impl Bed {
 
     /// Which node answers on `port` of the VIP (`None`: no answer).
     fn probe(&self, port: u16) -> Option<String> {
-        let target = SocketAddr::from((self.bed.vip(), port));
-        testbed::run_in_netns(&self.bed.client_ns(1), move || {
-            let stream = TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-            // The backend greets with its name on one line, then echoes until we close.
-            let mut answer = String::new();
-            BufReader::new(stream).read_line(&mut answer).ok()?;
-            let answer = answer.trim().to_string();
-            (!answer.is_empty()).then_some(answer)
-        })
-        .unwrap()
+        self.bed.answering_node(port, Duration::from_millis(500))
     }
 
     /// Node answering each route (its first listener's port). When another

@@ -193,16 +193,7 @@ impl Bed {
 
     /// Which node answers on `port` of the VIP.
     fn probe(&self, port: u16) -> Option<String> {
-        let target = SocketAddr::from((self.bed.vip(), port));
-        testbed::run_in_netns(&self.bed.client_ns(1), move || {
-            let stream = TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-            let mut answer = String::new();
-            BufReader::new(stream).read_line(&mut answer).ok()?;
-            let answer = answer.trim().to_string();
-            (!answer.is_empty()).then_some(answer)
-        })
-        .unwrap()
+        self.bed.answering_node(port, Duration::from_millis(500))
     }
 
     /// Waits until every route answers with the node `halod routes` names.

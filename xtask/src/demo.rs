@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::command::describe;
-use crate::testbed::{self, Testbed, TestbedOptions};
+use crate::testbed::{Testbed, TestbedOptions};
 use crate::{setup, workspace};
 
 /// The demo's own prefix, so it never removes a test bed someone brought up by hand.
@@ -304,17 +303,7 @@ impl Demo {
 
     /// The node that answers on `port` of the VIP, from client1.
     fn probe(&self, port: u16) -> Option<String> {
-        let target = SocketAddr::from((self.bed.vip(), port));
-        testbed::run_in_netns(&self.bed.client_ns(1), move || {
-            let stream = TcpStream::connect_timeout(&target, Duration::from_millis(300)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-            let mut answer = String::new();
-            BufReader::new(stream).read_line(&mut answer).ok()?;
-            let answer = answer.trim().to_string();
-            (!answer.is_empty()).then_some(answer)
-        })
-        .ok()
-        .flatten()
+        self.bed.answering_node(port, Duration::from_millis(300))
     }
 
     /// Route -> answering node, for every route (first listener's port);

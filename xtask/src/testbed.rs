@@ -408,6 +408,22 @@ impl Testbed {
     pub fn vip(&self) -> Ipv4Addr {
         VIP
     }
+    /// Which node answers on `port` of the VIP, asked from client 1: the name line that a
+    /// [`Testbed::backend_command`] server sends first. `None` when nothing answers (no
+    /// connection within `connect_timeout`, or no line within 1 s).
+    pub fn answering_node(&self, port: u16, connect_timeout: Duration) -> Option<String> {
+        let target = std::net::SocketAddr::from((self.vip(), port));
+        run_in_netns(&self.client_ns(1), move || {
+            let stream = std::net::TcpStream::connect_timeout(&target, connect_timeout).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut answer = String::new();
+            io::BufRead::read_line(&mut io::BufReader::new(stream), &mut answer).ok()?;
+            let answer = answer.trim().to_string();
+            (!answer.is_empty()).then_some(answer)
+        })
+        .ok()
+        .flatten()
+    }
     /// The gateway's `int0`, 198.19.0.1: the nodes' default route.
     pub fn gateway_internal_addr(&self) -> Ipv4Addr {
         GATEWAY_INTERNAL_ADDR
