@@ -131,6 +131,24 @@ impl Bed {
         self.gateway = Some(gateway);
     }
 
+    /// Waits until the state file lists `node`. The file is written after
+    /// the table changes (coalesced, then fsync, which can take a second
+    /// while the disk flushes a build): a test that kills the daemon waits
+    /// for it, as an operator's kill would usually come long after the join.
+    fn wait_saved(&self, node: &str) {
+        let state_path = self.dir.join("state.json");
+        let needle = format!(r#""name": "{node}""#);
+        let start = Instant::now();
+        while !std::fs::read_to_string(&state_path).is_ok_and(|state| state.contains(&needle)) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the state file does not list {node} after {DEADLINE:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("the state file lists {node} after {:?}", start.elapsed());
+    }
+
     fn socket(&self) -> String {
         self.dir.join("halod.sock").display().to_string()
     }
@@ -449,19 +467,7 @@ fn a_gateway_killed_with_sigkill_comes_back_with_the_same_routes() {
     for node in &nodes {
         let _ = node.lines.try_iter().count();
     }
-    // The state file is written after the table changes (coalesced, then
-    // fsync): kill the daemon once it holds the last join, as an operator's
-    // kill would usually come long after it.
-    let state_path = bed.dir.join("state.json");
-    let start = Instant::now();
-    while !std::fs::read_to_string(&state_path).is_ok_and(|state| state.contains(r#""name": "n3""#))
-    {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the state file does not list n3 after {DEADLINE:?}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    bed.wait_saved("n3");
 
     bed.gateway
         .as_ref()
@@ -583,6 +589,7 @@ fn established_connections_survive_a_sigkill_restart() {
         }
     };
     wait_exchanges(5 * u64::from(ROUTES));
+    bed.wait_saved("n2");
 
     bed.gateway
         .as_ref()

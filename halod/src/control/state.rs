@@ -243,6 +243,9 @@ pub fn write_atomic(path: &Path, state: &SavedState) -> std::io::Result<()> {
     result
 }
 
+/// A state-file write slower than this is logged.
+const SLOW_WRITE: Duration = Duration::from_millis(500);
+
 /// Writes every state published on `states` (the latest one when several
 /// come at once) to `path` until `shutdown`, then writes the last one if it
 /// is not on disk yet.
@@ -269,11 +272,19 @@ pub async fn run_writer(
             }
             let target = path.clone();
             let attempt = state.clone();
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || write_atomic(&target, &attempt))
                 .await
                 .unwrap_or_else(|err| Err(std::io::Error::other(err.to_string())));
             match result {
                 Ok(()) => {
+                    let took = started.elapsed();
+                    if took > SLOW_WRITE {
+                        // fsync waits for the disk: until the write lands, a
+                        // restart after a crash finds the previous table.
+                        warn!(path = %path.display(), took_ms = took.as_millis() as u64,
+                            "the state file write was slow (fsync); the saved table lagged the live one meanwhile");
+                    }
                     debug!(path = %path.display(), active = state.active.len(),
                         spares = state.spares.len(), "state file written");
                     if retry > retry_start {
