@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use halod::routing::{Cluster, ClusterConfig, Event};
 use xtask::testbed::{Testbed, TestbedOptions};
 
 mod support;
-use support::{Process, follow};
+use support::{Process, follow, keep_log};
 
 const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const ROUTES: u16 = 12;
@@ -105,21 +105,13 @@ impl Bed {
             .stderr(Stdio::piped());
         let mut gateway = Process::spawn("gateway", command);
         let stderr = gateway.child.stderr.take().unwrap();
-        let lines = follow(format!("{prefix}gateway"), stderr);
         let gateway_log = Arc::new(Mutex::new(Vec::new()));
-        let log = gateway_log.clone();
-        let (ready, started) = mpsc::channel();
-        thread::spawn(move || {
-            let mut ready = Some(ready);
-            for line in lines {
-                if line.contains("gateway running")
-                    && let Some(ready) = ready.take()
-                {
-                    let _ = ready.send(());
-                }
-                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
+        let started = keep_log(
+            format!("{prefix}gateway"),
+            stderr,
+            gateway_log.clone(),
+            "gateway running",
+        );
         if started.recv_timeout(DEADLINE).is_err() {
             let status = gateway.child.try_wait().unwrap();
             panic!(

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use serde_json::Value;
 use xtask::testbed::{self, Testbed, TestbedOptions};
 
 mod support;
-use support::{Process, follow};
+use support::{Process, follow, keep_log};
 
 const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const ROUTES: u16 = 12;
@@ -105,23 +105,12 @@ impl Bed {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut gateway = Process::spawn("gateway", command);
-        let lines = follow(
+        let started = keep_log(
             format!("{}gateway", self.prefix),
             gateway.child.stderr.take().unwrap(),
+            self.log.clone(),
+            "gateway running",
         );
-        let log = self.log.clone();
-        let (ready, started) = mpsc::channel();
-        thread::spawn(move || {
-            let mut ready = Some(ready);
-            for line in lines {
-                if line.contains("gateway running")
-                    && let Some(ready) = ready.take()
-                {
-                    let _ = ready.send(());
-                }
-                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
         if started.recv_timeout(DEADLINE).is_err() {
             panic!(
                 "the gateway did not start; its log:\n{}",
@@ -147,6 +136,24 @@ impl Bed {
             thread::sleep(Duration::from_millis(10));
         }
         eprintln!("the state file lists {node} after {:?}", start.elapsed());
+    }
+
+    /// Waits until `halod nodes` lists `count` nodes, all connected (after a
+    /// restart: every node came back).
+    fn wait_connected(&self, count: usize) {
+        let start = Instant::now();
+        loop {
+            let listed = self.json("nodes");
+            let list = listed["nodes"].as_array().unwrap();
+            if list.len() == count && list.iter().all(|n| n["connected"] == true) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "nodes did not come back: {listed}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn socket(&self) -> String {
@@ -480,19 +487,7 @@ fn a_gateway_killed_with_sigkill_comes_back_with_the_same_routes() {
 
     bed.run_gateway();
     // Every node reconnects within restart_grace_ms and resumes.
-    let start = Instant::now();
-    loop {
-        let listed = bed.json("nodes");
-        let list = listed["nodes"].as_array().unwrap();
-        if list.len() == 3 && list.iter().all(|n| n["connected"] == true) {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "nodes did not come back: {listed}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    bed.wait_connected(3);
     assert_eq!(bed.json("routes"), routes_before, "no route changed");
     assert_eq!(bed.wait_routed(), before);
     assert!(bed.logged("node reconnected after the daemon restart"));
@@ -605,19 +600,7 @@ fn established_connections_survive_a_sigkill_restart() {
         bed.logged("data plane adopted"),
         "the restart adopted the pinned program"
     );
-    let start = Instant::now();
-    loop {
-        let listed = bed.json("nodes");
-        let list = listed["nodes"].as_array().unwrap();
-        if list.len() == 2 && list.iter().all(|n| n["connected"] == true) {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "nodes did not come back: {listed}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    bed.wait_connected(2);
     wait_exchanges(5 * u64::from(ROUTES));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = traffic.join().unwrap();

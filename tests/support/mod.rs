@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,30 @@ pub fn follow(tag: impl Into<String>, output: impl Read + Send + 'static) -> Rec
         }
     });
     receiver
+}
+
+/// Follows a child's output (see [`follow`]) into `log`; the receiver gets one
+/// `()` at the first line that contains `ready` (e.g. "gateway running").
+pub fn keep_log(
+    tag: impl Into<String>,
+    output: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+    ready: &'static str,
+) -> Receiver<()> {
+    let lines = follow(tag, output);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        for line in lines {
+            if line.contains(ready)
+                && let Some(ready_tx) = ready_tx.take()
+            {
+                let _ = ready_tx.send(());
+            }
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    ready_rx
 }
 
 /// The first line that `matches`, waiting at most `within`; panics naming `what`.
