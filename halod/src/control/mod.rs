@@ -118,12 +118,17 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging() {
+/// Logs to stderr (`HALOD_LOG` filters, default `info`). A closed or full
+/// stderr loses lines and never panics (`log_internal_errors(false)`: the
+/// subscriber would otherwise report a failed write with `eprintln!`, which
+/// panics on a closed stderr).
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HALOD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -228,6 +228,11 @@ impl Client {
         self.heartbeat_ms
     }
 
+    /// Routes this node serves now with their ports, ascending by route.
+    pub fn route_ports(&self) -> &BTreeMap<Route, Vec<u16>> {
+        &self.routes
+    }
+
     /// Routes this node serves now, ascending.
     pub fn routes(&self) -> Vec<Route> {
         self.routes.keys().copied().collect()

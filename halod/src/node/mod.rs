@@ -1,11 +1,15 @@
 //! The node agent (`halod node`) and its client library ([`Client`]).
 //!
 //! The agent registers with the gateway, heartbeats, prints every message it
-//! receives as one JSON line on stdout, runs `--exec CMD` on every change,
-//! and reconnects with backoff when the gateway goes away. SIGTERM or SIGINT
-//! make it say `bye` (the node leaves) and exit 0.
+//! receives as one JSON line on stdout, runs `--exec CMD` on every change
+//! (and again on SIGUSR1), keeps `--state-file` up to date, and reconnects
+//! with backoff when the gateway goes away. SIGTERM or SIGINT make it say
+//! `bye` (the node leaves), run the hook for the last `moved`, and exit 0 as
+//! soon as the gateway has closed the connection.
 
 mod client;
+mod hook;
+mod state;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,10 +18,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{info, warn};
 
 pub use self::client::{BYE_TIMEOUT, Client, ClientError, ClientOptions, Received};
+pub use self::hook::Hook;
+pub use self::state::{Change, NodeState, StatePublisher};
 use crate::protocol::{ErrorCode, GatewayMessage, Role};
 
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`].
@@ -41,10 +47,16 @@ pub struct NodeArgs {
     /// File holding the gateway's token (its `nodes.token_file`).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Shell command run (`sh -c CMD`) on every change, with HALOD_EVENT,
-    /// HALOD_ROUTES, HALOD_PORTS, HALOD_ROLE and HALOD_NODE set.
+    /// Shell command run (`sh -c CMD`) on every change and on SIGUSR1, with
+    /// HALOD_EVENT, HALOD_NODE, HALOD_ROLE, the full HALOD_ROUTES and
+    /// HALOD_PORTS, and the change in HALOD_GAINED_ROUTES, HALOD_GAINED_PORTS,
+    /// HALOD_LOST_ROUTES, HALOD_LOST_PORTS.
     #[arg(long)]
     pub exec: Option<String>,
+    /// JSON file kept up to date with the node's role, routes and ports
+    /// (replaced atomically on every change, removed on exit).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -58,6 +70,20 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    if let Some(path) = &args.state_file {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+        if !parent.is_dir() {
+            anyhow::bail!(
+                "--state-file {}: the directory {} does not exist; create it or pick another path",
+                path.display(),
+                parent.display()
+            );
+        }
+    }
+    crate::control::init_logging();
     let options = ClientOptions {
         gateway: args.gateway.clone(),
         name: args.name.clone(),
@@ -68,169 +94,293 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(agent(options, args.exec))
-}
-
-/// What `--exec` is told about one change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// `welcome`, `assigned`, `moved` or `role`.
-    pub event: &'static str,
-    pub role: Role,
-    pub routes: Vec<u16>,
-    pub ports: Vec<u16>,
-}
-
-impl Change {
-    fn of(client: &Client, message: &GatewayMessage) -> Option<Change> {
-        let event = match message {
-            GatewayMessage::Welcome { .. } => "welcome",
-            GatewayMessage::Assigned { .. } => "assigned",
-            GatewayMessage::Moved { .. } => "moved",
-            GatewayMessage::Role { .. } => "role",
-            GatewayMessage::Error { .. } => return None,
+    let code = runtime.block_on(async {
+        let signals = Signals::install()?;
+        let hook = args
+            .exec
+            .map(|command| Hook::spawn(command, args.name.clone()));
+        let publisher = args.state_file.map(StatePublisher::new);
+        let mut agent = Agent {
+            options,
+            hook,
+            publisher,
+            known: None,
         };
-        Some(Change {
-            event,
-            role: client.role(),
-            routes: client.routes(),
-            ports: client.ports(),
+        let code = agent.run(signals).await;
+        agent.finish().await;
+        anyhow::Ok(code)
+    })?;
+    // Nothing is left to wait for: the hook ran for every change.
+    runtime.shutdown_background();
+    Ok(code)
+}
+
+/// SIGTERM and SIGINT (leave), SIGUSR1 (run the hook again).
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    resync: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            resync: signal(SignalKind::user_defined1())
+                .context("installing the SIGUSR1 handler")?,
         })
     }
 
-    /// The environment `--exec` gets.
-    pub fn environment(&self, node: &str) -> Vec<(&'static str, String)> {
-        let join = |items: &[u16]| {
-            items
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        vec![
-            ("HALOD_EVENT", self.event.to_string()),
-            ("HALOD_ROLE", self.role.as_str().to_string()),
-            ("HALOD_ROUTES", join(&self.routes)),
-            ("HALOD_PORTS", join(&self.ports)),
-            ("HALOD_NODE", node.to_string()),
-        ]
+    /// The next signal; cancel-safe.
+    async fn next(&mut self) -> Wanted {
+        tokio::select! {
+            _ = self.interrupt.recv() => Wanted::Leave,
+            _ = self.terminate.recv() => Wanted::Leave,
+            _ = self.resync.recv() => Wanted::Resync,
+        }
     }
 }
 
-async fn agent(options: ClientOptions, exec: Option<String>) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            shutdown.cancel();
-        });
-    }
-    let changes = exec.map(|command| spawn_exec(command, options.name.clone()));
-    let mut stdout = tokio::io::stdout();
-    let mut backoff = BACKOFF_START;
-    loop {
-        let connected = tokio::select! {
-            () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-            connected = Client::connect(&options) => connected,
-        };
-        match connected {
-            Ok((mut client, welcome)) => {
-                backoff = BACKOFF_START;
-                eprintln!(
-                    "halod node {}: registered with {} as {}",
-                    options.name,
-                    options.gateway,
-                    client.role().as_str()
-                );
-                print_line(&mut stdout, &welcome.line).await;
-                notify(&changes, &client, &welcome.message);
+enum Wanted {
+    Leave,
+    Resync,
+}
+
+/// The agent: its options, what it knows of its node, and where it tells it.
+struct Agent {
+    options: ClientOptions,
+    hook: Option<Hook>,
+    publisher: Option<StatePublisher>,
+    /// The node's state as the gateway last described it; `None` before the
+    /// first `welcome`. Kept while the agent reconnects.
+    known: Option<NodeState>,
+}
+
+impl Agent {
+    async fn run(&mut self, mut signals: Signals) -> ExitCode {
+        let name = self.options.name.clone();
+        let mut stdout = tokio::io::stdout();
+        let mut backoff = BACKOFF_START;
+        loop {
+            let options = self.options.clone();
+            let connected = {
+                let connect = Client::connect(&options);
+                tokio::pin!(connect);
                 loop {
-                    let received = tokio::select! {
-                        () = shutdown.cancelled() => {
-                            let goodbye = client.bye().await;
-                            if let Ok(messages) = &goodbye {
-                                for message in messages {
-                                    print_line(&mut stdout, &message.line).await;
+                    tokio::select! {
+                        wanted = signals.next() => match wanted {
+                            Wanted::Leave => return ExitCode::SUCCESS,
+                            Wanted::Resync => self.resync(),
+                        },
+                        connected = &mut connect => break connected,
+                    }
+                }
+            };
+            match connected {
+                Ok((mut client, welcome)) => {
+                    backoff = BACKOFF_START;
+                    match client.role() {
+                        Role::Active => info!(
+                            node = %name,
+                            gateway = %self.options.gateway,
+                            routes = client.route_ports().len(),
+                            "registered as active"
+                        ),
+                        Role::Spare => info!(
+                            node = %name,
+                            gateway = %self.options.gateway,
+                            "registered as spare: it serves no route until an active node fails \
+                             (the gateway keeps nodes.spares nodes waiting, and the first node \
+                             to join is always active, so with spares: 1 the second node to \
+                             join is the spare)"
+                        ),
+                    }
+                    print_line(&mut stdout, &welcome.line).await;
+                    self.apply(&client, &welcome.message);
+                    loop {
+                        let received = tokio::select! {
+                            wanted = signals.next() => match wanted {
+                                Wanted::Resync => {
+                                    self.resync();
+                                    continue;
                                 }
+                                Wanted::Leave => {
+                                    self.leave(client, &mut stdout).await;
+                                    return ExitCode::SUCCESS;
+                                }
+                            },
+                            received = client.recv() => received,
+                        };
+                        match received {
+                            Ok(received) => {
+                                print_line(&mut stdout, &received.line).await;
+                                self.apply(&client, &received.message);
                             }
-                            eprintln!("halod node {}: left the cluster", options.name);
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                        received = client.recv() => received,
-                    };
-                    match received {
-                        Ok(received) => {
-                            print_line(&mut stdout, &received.line).await;
-                            notify(&changes, &client, &received.message);
-                        }
-                        Err(ClientError::Refused {
-                            code: ErrorCode::Drained,
-                            message,
-                            line,
-                            ..
-                        }) => {
-                            // A planned departure: exit 0 so a supervisor
-                            // (systemd Restart=on-failure) leaves it stopped.
-                            print_line(&mut stdout, &line).await;
-                            eprintln!(
-                                "halod node {}: drained by the operator ({message}); exiting",
-                                options.name
-                            );
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                        Err(err) => {
-                            if let ClientError::Refused { line, .. } = &err {
-                                print_line(&mut stdout, line).await;
+                            Err(ClientError::Refused {
+                                code: ErrorCode::Drained,
+                                message,
+                                line,
+                                ..
+                            }) => {
+                                // A planned departure: exit 0 so a supervisor
+                                // (systemd Restart=on-failure) leaves it stopped.
+                                print_line(&mut stdout, &line).await;
+                                info!(node = %name, "the gateway says: {message}; exiting");
+                                return ExitCode::SUCCESS;
                             }
-                            eprintln!("halod node {}: {err}; reconnecting", options.name);
-                            break;
+                            Err(err) => {
+                                if let ClientError::Refused { line, .. } = &err {
+                                    print_line(&mut stdout, line).await;
+                                }
+                                warn!(node = %name, "{err}; reconnecting");
+                                self.publish(false);
+                                break;
+                            }
                         }
                     }
                 }
-            }
-            Err(ClientError::Refused {
-                code,
-                message,
-                line,
-                ..
-            }) => {
-                print_line(&mut stdout, &line).await;
-                match code {
-                    // Transient: the old connection may not have timed out yet,
-                    // or another node may leave.
-                    ErrorCode::DuplicateName | ErrorCode::Full => {
-                        eprintln!(
-                            "halod node {}: refused ({code}: {message}); retrying",
-                            options.name
-                        );
-                    }
-                    _ => {
-                        eprintln!(
-                            "halod node {}: refused by the gateway: {code}: {message}",
-                            options.name
-                        );
-                        return Ok(ExitCode::from(EXIT_REFUSED));
+                Err(ClientError::Refused {
+                    code,
+                    message,
+                    line,
+                    ..
+                }) => {
+                    print_line(&mut stdout, &line).await;
+                    match code {
+                        // Transient: the old connection may not have timed out yet,
+                        // or another node may leave.
+                        ErrorCode::DuplicateName | ErrorCode::Full => {
+                            warn!(node = %name, "refused ({code}: {message}); retrying");
+                        }
+                        _ => {
+                            warn!(node = %name, "refused by the gateway: {code}: {message}");
+                            return ExitCode::from(EXIT_REFUSED);
+                        }
                     }
                 }
+                Err(err) => warn!(node = %name, "{err}; retrying"),
             }
-            Err(err) => {
-                eprintln!("halod node {}: {err}; retrying", options.name);
+            let delay = jitter(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    wanted = signals.next() => match wanted {
+                        Wanted::Leave => return ExitCode::SUCCESS,
+                        Wanted::Resync => self.resync(),
+                    },
+                    () = &mut sleep => break,
+                }
             }
         }
-        let delay = jitter(backoff);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-            () = tokio::time::sleep(delay) => {}
+    }
+
+    /// Says `bye`, prints and applies what the gateway sends until it closes
+    /// the connection (its `moved`).
+    async fn leave(&mut self, client: Client, stdout: &mut tokio::io::Stdout) {
+        let name = self.options.name.clone();
+        let mut last = NodeState {
+            role: client.role(),
+            routes: client.route_ports().clone(),
+        };
+        match client.bye().await {
+            Ok(messages) => {
+                for message in messages {
+                    print_line(stdout, &message.line).await;
+                    last = self.apply_to(last, &message.message);
+                }
+                info!(node = %name, "left the cluster");
+            }
+            Err(err) => warn!(node = %name, "saying bye: {err}"),
         }
+    }
+
+    /// A message applied to the known state: the hook runs, the state file is
+    /// rewritten.
+    fn apply(&mut self, client: &Client, message: &GatewayMessage) {
+        let Some(event) = event_name(message) else {
+            return;
+        };
+        let after = NodeState::of(client);
+        self.changed(event, after);
+    }
+
+    /// Like [`Agent::apply`] for messages read after the client was given up
+    /// (the answer to `bye`): `state` is the state before `message`.
+    fn apply_to(&mut self, mut state: NodeState, message: &GatewayMessage) -> NodeState {
+        if let GatewayMessage::Moved { routes } = message {
+            for route in routes {
+                state.routes.remove(&route.route);
+            }
+            self.changed("moved", state.clone());
+        }
+        state
+    }
+
+    fn changed(&mut self, event: &'static str, after: NodeState) {
+        let change = Change::between(event, self.known.as_ref(), &after);
+        self.known = Some(after);
+        self.publish(true);
+        if let Some(hook) = &self.hook {
+            hook.run(change);
+        }
+    }
+
+    /// SIGUSR1: the hook runs again with the full state (a push server that
+    /// restarted learns its routes), and the state file is rewritten.
+    fn resync(&mut self) {
+        let Some(known) = self.known.clone() else {
+            info!(node = %self.options.name, "SIGUSR1: not registered yet, nothing to tell");
+            return;
+        };
+        info!(node = %self.options.name, routes = known.routes.len(), "SIGUSR1: running the hook with the full state");
+        if let Some(publisher) = &self.publisher
+            && let Err(err) =
+                publisher.write(&self.options.name, &self.options.gateway, true, &known)
+        {
+            warn!(node = %self.options.name, "writing --state-file {}: {err}", publisher.path().display());
+        }
+        if let Some(hook) = &self.hook {
+            hook.run(Change::between("resync", Some(&known), &known));
+        }
+    }
+
+    fn publish(&self, connected: bool) {
+        if let (Some(publisher), Some(known)) = (&self.publisher, &self.known)
+            && let Err(err) =
+                publisher.write(&self.options.name, &self.options.gateway, connected, known)
+        {
+            warn!(
+                node = %self.options.name,
+                "writing --state-file {}: {err}",
+                publisher.path().display()
+            );
+        }
+    }
+
+    /// Before exit: the hook has run for every change, the state file is gone.
+    async fn finish(self) {
+        if let Some(hook) = self.hook {
+            hook.finish().await;
+        }
+        if let Some(publisher) = &self.publisher
+            && let Err(err) = publisher.remove()
+        {
+            warn!(node = %self.options.name, "removing --state-file {}: {err}", publisher.path().display());
+        }
+    }
+}
+
+/// The `HALOD_EVENT` of a message that changes the node's state.
+fn event_name(message: &GatewayMessage) -> Option<&'static str> {
+    match message {
+        GatewayMessage::Welcome { .. } => Some("welcome"),
+        GatewayMessage::Assigned { .. } => Some("assigned"),
+        GatewayMessage::Moved { .. } => Some("moved"),
+        GatewayMessage::Role { .. } => Some("role"),
+        GatewayMessage::Error { .. } => None,
     }
 }
 
@@ -240,41 +390,6 @@ async fn print_line(stdout: &mut tokio::io::Stdout, line: &str) {
     out.push('\n');
     let _ = stdout.write_all(out.as_bytes()).await;
     let _ = stdout.flush().await;
-}
-
-fn notify(
-    changes: &Option<mpsc::UnboundedSender<Change>>,
-    client: &Client,
-    message: &GatewayMessage,
-) {
-    if let (Some(changes), Some(change)) = (changes, Change::of(client, message)) {
-        let _ = changes.send(change);
-    }
-}
-
-/// Runs the `--exec` command once per change, in order, one at a time.
-fn spawn_exec(command: String, node: String) -> mpsc::UnboundedSender<Change> {
-    let (changes, mut queue) = mpsc::unbounded_channel::<Change>();
-    tokio::spawn(async move {
-        while let Some(change) = queue.recv().await {
-            let status = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&command)
-                .envs(change.environment(&node))
-                .stdin(std::process::Stdio::null())
-                .status()
-                .await;
-            match status {
-                Ok(status) if status.success() => {}
-                Ok(status) => eprintln!(
-                    "halod node {node}: --exec for {} exited with {status}",
-                    change.event
-                ),
-                Err(err) => eprintln!("halod node {node}: cannot run --exec: {err}"),
-            }
-        }
-    });
-    changes
 }
 
 /// `delay` plus up to half of it, so nodes that lost the gateway together do

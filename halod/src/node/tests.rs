@@ -12,6 +12,7 @@ use crate::control::accept_loop;
 use crate::control::connection::ConnectionContext;
 use crate::control::manager::{Clock, Manager, Settings};
 use crate::control::tables::{TablePush, Write};
+use crate::protocol::Role;
 use crate::routing::{Cluster, ClusterConfig};
 
 struct Accept;
@@ -79,7 +80,13 @@ async fn client_follows_its_routes_and_heartbeats() {
     let moved = n1.recv().await.unwrap();
     assert!(matches!(moved.message, GatewayMessage::Moved { ref routes } if routes.len() == 12));
     assert_eq!(n1.routes(), (1..=12).collect::<Vec<_>>());
-    let change = Change::of(&n1, &moved.message).unwrap();
+    let before = NodeState {
+        role: Role::Active,
+        routes: (1..=24)
+            .map(|route| (route, vec![7999 + route, 8999 + route]))
+            .collect(),
+    };
+    let change = Change::between("moved", Some(&before), &NodeState::of(&n1));
     let environment = change.environment("n1");
     assert_eq!(environment[0], ("HALOD_EVENT", "moved".to_string()));
     assert_eq!(environment[1], ("HALOD_ROLE", "active".to_string()));
@@ -89,6 +96,21 @@ async fn client_follows_its_routes_and_heartbeats() {
     );
     assert!(environment[3].1.starts_with("8000,8001,"));
     assert!(environment[3].1.ends_with(",9010,9011"));
+    assert_eq!(environment[4], ("HALOD_NODE", "n1".to_string()));
+    assert_eq!(environment[5], ("HALOD_GAINED_ROUTES", String::new()));
+    assert_eq!(environment[6], ("HALOD_GAINED_PORTS", String::new()));
+    assert_eq!(
+        environment[7],
+        (
+            "HALOD_LOST_ROUTES",
+            "13,14,15,16,17,18,19,20,21,22,23,24".to_string()
+        )
+    );
+    assert!(
+        environment[8].1.starts_with("8012,8013,"),
+        "{environment:?}"
+    );
+    assert!(environment[8].1.ends_with(",9022,9023"), "{environment:?}");
 
     // Heartbeats keep both alive well past the 150 ms dead window.
     tokio::time::sleep(Duration::from_millis(600)).await;
