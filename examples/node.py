@@ -4,40 +4,30 @@
     python3 examples/node.py --gateway 198.19.0.1:7000 --name py1 [--addr IP]
                              [--token-file F] [--serve]
 
-Registers, heartbeats, prints every message from the gateway as one JSON line,
-and with --serve answers "<name>\\n" on every port of the routes it serves.
-SIGTERM/SIGINT: says bye, prints the gateway's last messages, exits 0.
-"""
-import argparse, json, signal, socket, sys, threading
+Registers, heartbeats, prints every message from the gateway as one JSON line, and with
+--serve answers "<name>\\n" on every port of its routes. Reconnects with backoff (100 ms
+doubling to 5 s, plus up to 50 % jitter) when the connection is lost or refused with
+duplicate_name/full; exits 2 on other refusals. SIGTERM/SIGINT: bye, then exit 0."""
+import argparse, contextlib, json, random, signal, socket, sys, threading
 
 p = argparse.ArgumentParser()
-for flag in ("--gateway", "--name"):
-    p.add_argument(flag, required=True)
-for flag in ("--addr", "--token-file"):
-    p.add_argument(flag)
+for flag in ("--gateway", "--name", "--addr", "--token-file"):
+    p.add_argument(flag, required=flag in ("--gateway", "--name"))
 p.add_argument("--serve", action="store_true")
 args = p.parse_args()
+gateway_host, gateway_port = args.gateway.rsplit(":", 1)
+hello = {"type": "hello", "version": 1, "name": args.name, "addr": args.addr,
+         "token": args.token_file and open(args.token_file).read().strip()}
+hello = {key: value for key, value in hello.items() if value}  # leave out what is not given
+send_lock, leaving = threading.Lock(), threading.Event()  # leaving: SIGTERM/SIGINT came
+connection, listeners = [], {}  # the registered socket; port -> listening socket
 
-host, port = args.gateway.rsplit(":", 1)
-sock = socket.create_connection((host, int(port)))
-sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a bye never waits for an ACK
-lines = sock.makefile("r", encoding="utf-8", newline="\n")
-send_lock = threading.Lock()
-def send(message):
+def send(sock, message):
     with send_lock:
         sock.sendall((json.dumps(message, separators=(",", ":")) + "\n").encode())
 
-hello = {"type": "hello", "version": 1, "name": args.name}
-if args.addr:
-    hello["addr"] = args.addr
-if args.token_file:
-    hello["token"] = open(args.token_file).read().strip()
-send(hello)
-
-listeners = {}  # port -> listening socket, with --serve
-def serve(port):
-    server = socket.create_server(("0.0.0.0", port), reuse_port=True)
-    listeners[port] = server
+def serve(port):  # with --serve; listeners are kept across reconnects
+    server = listeners[port] = socket.create_server(("0.0.0.0", port), reuse_port=True)
     def accept():
         while True:
             try:
@@ -48,31 +38,62 @@ def serve(port):
                 conn.sendall((args.name + "\n").encode())
     threading.Thread(target=accept, daemon=True).start()
 
-def heartbeat(interval):
-    while not done.wait(interval):
-        try:
-            send({"type": "hb"})
-        except OSError:
-            return
+def heartbeat(sock, interval, stop):
+    with contextlib.suppress(OSError):  # a lost connection: the reading loop notices it
+        while not stop.wait(interval):
+            send(sock, {"type": "hb"})
 
-done = threading.Event()  # set on SIGTERM/SIGINT: stop heartbeats, say bye
 def leave(*_):
-    done.set()
-    send({"type": "bye"})  # the gateway answers `moved`, then closes
-signal.signal(signal.SIGTERM, leave)
-signal.signal(signal.SIGINT, leave)
+    leaving.set()
+    for sock in connection:  # the gateway answers `moved`, then closes
+        with contextlib.suppress(OSError):
+            send(sock, {"type": "bye"})
+for number in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(number, leave)
 
-for line in lines:  # ends when the gateway closes the connection
-    print(line.rstrip("\n"), flush=True)
-    message = json.loads(line)
-    kind = message.get("type")
-    if kind == "error":
-        print(f"refused: {message['code']}: {message['message']}", file=sys.stderr)
-        sys.exit(2)
-    if kind == "welcome":
-        interval = message["heartbeat_ms"] / 1000
-        threading.Thread(target=heartbeat, args=(interval,), daemon=True).start()
-    if args.serve and kind in ("welcome", "assigned", "moved"):
-        for port in [port for route in message["routes"] for port in route["ports"]]:
-            serve(port) if kind != "moved" else listeners.pop(port).close()
-sys.exit(0)
+def session(backoff):
+    """One connection; returns the exit code, or None to reconnect."""
+    sock = socket.create_connection((gateway_host, int(gateway_port)), timeout=10)
+    stop = threading.Event()  # ends this session's heartbeats
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a bye never waits for an ACK
+    try:
+        send(sock, hello)
+        for line in sock.makefile("r", encoding="utf-8", newline="\n"):  # ends on close
+            print(line.rstrip("\n"), flush=True)
+            message = json.loads(line)
+            kind = message.get("type")
+            if kind == "error":
+                code = message["code"]
+                print(f"refused: {code}: {message['message']}", file=sys.stderr)
+                return None if code in ("duplicate_name", "full") else 0 if code == "drained" else 2
+            if kind == "welcome":
+                backoff[0], connection[:] = 0.1, [sock]
+                threading.Thread(target=heartbeat, daemon=True,
+                                 args=(sock, message["heartbeat_ms"] / 1000, stop)).start()
+                if leaving.is_set():
+                    leave()  # the signal came before there was a connection to say bye on
+            ports = {port for route in message.get("routes", []) for port in route["ports"]}
+            if kind in ("welcome", "moved"):  # welcome: the full set; moved: what was lost
+                for port in set(listeners) - ports if kind == "welcome" else ports & set(listeners):
+                    listeners.pop(port).close()
+            if args.serve and kind in ("welcome", "assigned"):
+                for port in ports - set(listeners):
+                    serve(port)
+        return 0 if leaving.is_set() else None
+    finally:
+        stop.set()
+        connection.clear()
+        sock.close()
+
+backoff = [0.1]
+while not leaving.is_set():
+    try:
+        code = session(backoff)
+    except OSError as error:
+        code = None
+        print(f"gateway {args.gateway}: {error}; retrying", file=sys.stderr)
+    if code is not None:
+        sys.exit(code)
+    leaving.wait(backoff[0] + random.uniform(0, backoff[0] / 2))
+    backoff[0] = min(backoff[0] * 2, 5.0)

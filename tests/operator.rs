@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -607,4 +607,52 @@ fn established_connections_survive_a_sigkill_restart() {
     assert_eq!(result, Ok(()), "no connection was reset or stalled");
     assert_eq!(bed.json("routes"), routes_before, "no route changed");
     assert!(!bed.logged("node failed"), "no node failed");
+}
+
+/// `examples/node.py` reconnects when the gateway restarts (with backoff and
+/// jitter, like the agent): it resumes within `restart_grace_ms`, so no route
+/// moves, and it keeps serving its routes throughout.
+#[test]
+fn the_python_example_node_comes_back_after_a_gateway_restart() {
+    let mut bed = Bed::start("hd-op4-", 2, 0);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/node.py");
+    let gateway = format!("{}:{NODES_PORT}", bed.bed.gateway_internal_addr());
+    let mut command = bed.bed.command(&bed.bed.node_ns(1), "python3");
+    command
+        .arg(&script)
+        .args(["--gateway", &gateway, "--name", "py1", "--serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut python = Process::spawn("node.py", command);
+    let lines = follow("node.py", python.child.stdout.take().unwrap());
+    expect_line(&lines, "welcome from node.py", |l| {
+        l.contains(r#""type":"welcome""#)
+    });
+    let _n2 = bed.node(2, "n2");
+    let before = bed.wait_routed();
+    let routes_before = bed.json("routes");
+    bed.wait_saved("n2");
+
+    // A planned restart (SIGTERM keeps the data plane; the next start adopts it).
+    let gateway_process = bed.gateway.as_mut().unwrap();
+    gateway_process.signal(nix::sys::signal::Signal::SIGTERM);
+    gateway_process.wait(DEADLINE);
+    bed.gateway = None;
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        python.child.try_wait().unwrap().is_none(),
+        "node.py must not exit when the gateway goes away"
+    );
+    bed.run_gateway();
+    expect_line(&lines, "a second welcome from node.py", |l| {
+        l.contains(r#""type":"welcome""#)
+    });
+    bed.wait_connected(2);
+    assert_eq!(bed.json("routes"), routes_before, "no route changed");
+    assert_eq!(bed.wait_routed(), before);
+    assert!(!bed.logged("node failed"), "no node failed");
+
+    python.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(python.wait(DEADLINE).success());
 }
