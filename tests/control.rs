@@ -519,3 +519,206 @@ fn python_example_node_tokens_and_duplicate_names() {
     assert!(moved.contains(r#""to":null"#), "{moved}");
     assert!(python.wait(DEADLINE).success());
 }
+
+/// Every `--exec` run's environment, one line per run, as the hook wrote it.
+fn hook_runs(path: &Path) -> Vec<BTreeMap<String, String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            line.split(' ')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Waits until the hook has run `count` times; returns every run.
+fn wait_hook_runs(path: &Path, count: usize) -> Vec<BTreeMap<String, String>> {
+    let start = Instant::now();
+    loop {
+        let runs = hook_runs(path);
+        if runs.len() >= count {
+            return runs;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the hook ran {} times, expected {count}: {runs:?}",
+            runs.len()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn routes_of(expected: &BTreeMap<u16, Option<String>>, node: &str) -> String {
+    expected
+        .iter()
+        .filter(|(_, owner)| owner.as_deref() == Some(node))
+        .map(|(route, _)| route.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn the_agent_tells_its_server_every_change_keeps_a_state_file_and_leaves_at_once() {
+    let bed = Bed::start(
+        "hd-c4-",
+        2,
+        Options {
+            spares: 0,
+            token: None,
+        },
+    );
+    let hook_log = bed.dir.join("hook.log");
+    let state_file = bed.dir.join("n1.state.json");
+    let hook = format!(
+        "echo EVENT=$HALOD_EVENT ROLE=$HALOD_ROLE ROUTES=$HALOD_ROUTES PORTS=$HALOD_PORTS \
+         GAINED=$HALOD_GAINED_ROUTES LOST=$HALOD_LOST_ROUTES LOST_PORTS=$HALOD_LOST_PORTS >> {}",
+        hook_log.display()
+    );
+    let _backend = bed.backend(1, "n1");
+    let (mut n1, n1_lines) = bed.agent(
+        1,
+        "n1",
+        &[
+            "--exec",
+            &hook,
+            "--state-file",
+            state_file.to_str().unwrap(),
+        ],
+    );
+    expect_line(&n1_lines, "welcome", |l| l.contains(r#""type":"welcome""#));
+    let mut events = vec![join("n1")];
+    let runs = wait_hook_runs(&hook_log, 1);
+    assert_eq!(runs[0]["EVENT"], "welcome");
+    assert_eq!(runs[0]["ROUTES"], routes_of(&expected(0, &events), "n1"));
+    assert_eq!(runs[0]["GAINED"], runs[0]["ROUTES"]);
+
+    // n2 joins: n1 hears `moved`; the hook gets the full set and what was lost.
+    let _n2 = bed.node(2, "n2");
+    expect_line(&n1_lines, "moved", |l| l.starts_with(r#"{"type":"moved""#));
+    let before = expected(0, &events);
+    events.push(join("n2"));
+    let after = expected(0, &events);
+    let runs = wait_hook_runs(&hook_log, 2);
+    assert_eq!(runs[1]["EVENT"], "moved");
+    assert_eq!(runs[1]["ROUTES"], routes_of(&after, "n1"));
+    assert_eq!(runs[1]["LOST"], routes_of(&after, "n2"));
+    assert_eq!(runs[1]["GAINED"], "");
+    assert_ne!(routes_of(&before, "n1"), routes_of(&after, "n1"));
+
+    // The state file holds the full set after every change.
+    let start = Instant::now();
+    let state = loop {
+        let text = std::fs::read_to_string(&state_file).unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let routes: Vec<String> = state["routes"]
+            .as_array()
+            .map(|routes| routes.iter().map(|r| r["route"].to_string()).collect())
+            .unwrap_or_default();
+        if routes.join(",") == routes_of(&after, "n1") {
+            break state;
+        }
+        assert!(start.elapsed() < DEADLINE, "state file: {text}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(state["node"], "n1");
+    assert_eq!(state["role"], "active");
+    assert_eq!(state["connected"], true);
+    assert_eq!(state["routes"][0]["ports"], serde_json::json!([8000, 9000]));
+
+    // SIGUSR1 (a push server restarted beside the agent): the hook runs again
+    // with the full state and an empty change.
+    n1.signal(nix::sys::signal::Signal::SIGUSR1);
+    let runs = wait_hook_runs(&hook_log, 3);
+    assert_eq!(runs[2]["EVENT"], "resync");
+    assert_eq!(runs[2]["ROUTES"], routes_of(&after, "n1"));
+    assert_eq!(
+        (runs[2]["GAINED"].as_str(), runs[2]["LOST"].as_str()),
+        ("", "")
+    );
+
+    // SIGTERM: bye; the last `moved` runs the hook before the agent exits, and
+    // the agent exits as soon as the gateway closed the connection.
+    let asked = Instant::now();
+    n1.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = n1.wait(DEADLINE);
+    let took = asked.elapsed();
+    eprintln!("agent n1 exited {took:?} after SIGTERM (bye, last moved, hook run)");
+    assert!(status.success(), "{status}");
+    let runs = hook_runs(&hook_log);
+    assert_eq!(
+        runs.len(),
+        4,
+        "the hook ran for the last moved before exit: {runs:?}"
+    );
+    assert_eq!(runs[3]["EVENT"], "moved");
+    assert_eq!(runs[3]["ROUTES"], "");
+    assert_eq!(runs[3]["LOST"], routes_of(&after, "n1"));
+    assert!(!runs[3]["LOST_PORTS"].is_empty());
+    assert!(
+        !state_file.exists(),
+        "the state file is removed when the agent exits"
+    );
+    // No timeout of the agent's is part of a leave: it waited for nothing but
+    // the gateway and its hook (a correctness bound, not a benchmark).
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    events.push(leave("n1"));
+    bed.wait_for(&expected(0, &events), "after n1 left");
+}
+
+#[test]
+fn a_node_s_own_address_answers_on_its_route_ports() {
+    let bed = Bed::start(
+        "hd-c5-",
+        2,
+        Options {
+            spares: 0,
+            token: None,
+        },
+    );
+    let _n1 = bed.node(1, "n1");
+    let _n2 = bed.node(2, "n2");
+    let events = [join("n1"), join("n2")];
+    let table = expected(0, &events);
+    bed.wait_for(&table, "both joined");
+    let quick = Duration::from_secs(2);
+    for route in [1, ROUTES] {
+        for base in BASES {
+            let port = base + route - 1;
+            // Through the VIP: the owner answers.
+            let owner = table[&route].clone();
+            assert_eq!(bed.probe(port), owner, "VIP port {port}");
+            // A health check or monitor on the client side, to each node's own
+            // address on the same port: that node answers, whether it serves
+            // the route or not.
+            for (i, name) in [(1, "n1"), (2, "n2")] {
+                let target = std::net::SocketAddr::from((bed.bed.node_addr(i), port));
+                assert_eq!(
+                    bed.bed.answer_at(target, quick).as_deref(),
+                    Some(name),
+                    "{name}'s own address {target} (route {route}, served by {owner:?})"
+                );
+            }
+            // From the gateway itself (the node side).
+            let target = std::net::SocketAddr::from((bed.bed.node_addr(1), port));
+            let answer = xtask::testbed::run_in_netns(&bed.bed.gateway_ns(), move || {
+                let stream = std::net::TcpStream::connect_timeout(&target, quick).ok()?;
+                stream.set_read_timeout(Some(quick)).ok()?;
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)
+                    .ok()?;
+                Some(line.trim().to_string())
+            })
+            .unwrap();
+            assert_eq!(
+                answer.as_deref(),
+                Some("n1"),
+                "from the gateway to {target}"
+            );
+        }
+    }
+    // VIP connections still work after the direct ones, from the same client.
+    bed.wait_for(&table, "the VIP after direct connections");
+}

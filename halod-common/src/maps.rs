@@ -20,8 +20,10 @@ pub mod names {
     /// program starts empty (an adopting daemon's program too).
     pub const NEXT_HOP: &str = "NEXT_HOP";
     pub const CLIENT_NEXT_HOP: &str = "CLIENT_NEXT_HOP";
+    pub const DIRECT_FLOWS: &str = "DIRECT_FLOWS";
+    pub const DIRECT_NODES: &str = "DIRECT_NODES";
     /// Every pinned map, in the order user space pins them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         ROUTE_SLOT,
         SLOT_NODE,
@@ -29,7 +31,12 @@ pub mod names {
         ROUTE_COUNTERS,
         NODE_COUNTERS,
         REASON_COUNTERS,
+        DIRECT_FLOWS,
+        DIRECT_NODES,
     ];
+    /// Pinned maps that a daemon of an older build did not pin: a restart
+    /// adopts that daemon's data plane all the same and creates them.
+    pub const ADDED_LATER: [&str; 2] = [DIRECT_FLOWS, DIRECT_NODES];
 }
 
 /// Name of the XDP program in the object file.
@@ -144,6 +151,25 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
+/// How many connections to nodes' own addresses (`DIRECT_FLOWS`) the program
+/// remembers at once; past that the least recently opened are forgotten.
+pub const DIRECT_FLOW_SLOTS: u32 = 16384;
+
+/// Key of `DIRECT_FLOWS`: a connection that a client on the external side
+/// opened to a node's own address (not the VIP), as wire bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DirectFlow {
+    pub client: [u8; 4],
+    pub node: [u8; 4],
+    pub client_port: [u8; 2],
+    pub node_port: [u8; 2],
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DirectFlow>() == 16);
+
 /// Why the program gave a packet its verdict; the index into `REASON_COUNTERS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,11 +208,17 @@ pub enum Reason {
     /// IHL < 5, total length below the header; TCP data offset below 5 or past the
     /// segment; UDP length below 8 or past the segment).
     DropMalformed,
+    /// Passed unchanged: a packet of a connection to a node's own address on
+    /// a route port (a health check, a monitor), not through the VIP: the
+    /// client's packets, and the node's answers, which keep the node's address.
+    /// Last, so the indexes of a pinned counter map from an older build keep
+    /// their meaning.
+    PassDirect,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::ForwardedIn,
         Reason::ForwardedOut,
         Reason::PassNotConfigured,
@@ -202,6 +234,7 @@ impl Reason {
         Reason::PassMtu,
         Reason::PassFibFailed,
         Reason::DropMalformed,
+        Reason::PassDirect,
     ];
     /// Number of reasons: the size of `REASON_COUNTERS`.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -224,6 +257,7 @@ impl Reason {
             Reason::PassMtu => "pass_mtu",
             Reason::PassFibFailed => "pass_fib_failed",
             Reason::DropMalformed => "drop_malformed",
+            Reason::PassDirect => "pass_direct",
         }
     }
 }
@@ -237,6 +271,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeAddr {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::DirectFlow {}
 }
 
 #[cfg(test)]
@@ -255,6 +290,21 @@ mod tests {
         }
         // 4096 neighbouring addresses fill most of the 4096 slots.
         assert!(seen.iter().filter(|s| **s).count() > 2000);
+    }
+
+    #[test]
+    fn every_reason_is_documented_for_operators() {
+        let operations = include_str!("../../docs/operations.md");
+        for reason in Reason::ALL {
+            let quoted = operations.match_indices(reason.name()).any(|(at, name)| {
+                operations[..at].ends_with('`') && operations[at + name.len()..].starts_with('`')
+            });
+            assert!(
+                quoted,
+                "docs/operations.md does not explain the counter {}",
+                reason.name()
+            );
+        }
     }
 
     #[test]

@@ -7,15 +7,15 @@ use aya_ebpf::{
     },
     helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use halod_common::{
     checksum,
     listener::route_for_port,
     maps::{
-        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, NODE_PRESENT, NextHop, NodeAddr,
-        NodeIndex, Reason, RouteSlot, SlotNode, client_slot,
+        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, DIRECT_FLOW_SLOTS, DirectFlow,
+        NODE_PRESENT, NextHop, NodeAddr, NodeIndex, Reason, RouteSlot, SlotNode, client_slot,
     },
     packet::{self, IPPROTO_TCP},
 };
@@ -78,7 +78,24 @@ static NEXT_HOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1, 0);
 static CLIENT_NEXT_HOP: PerCpuArray<NextHop> =
     PerCpuArray::with_max_entries(CLIENT_NEXT_HOP_SLOTS, 0);
 
+/// Connections that clients on the external side opened to a node's own
+/// address on a route port (health checks, monitors), recorded from their first
+/// packet (TCP SYN, or any UDP datagram), so that the node's answers keep its
+/// address instead of being sent back as the VIP. Written and read by the
+/// program; least recently used entries go first.
+#[map]
+static DIRECT_FLOWS: LruHashMap<DirectFlow, u32> =
+    LruHashMap::with_max_entries(DIRECT_FLOW_SLOTS, 0);
+
+/// Per node index: non-zero once `DIRECT_FLOWS` has held a connection to the
+/// node, so that the replies of the other nodes skip that lookup. Written by the
+/// program; user space sizes it.
+#[map]
+static DIRECT_NODES: Array<u32> = Array::with_max_entries(1, 0);
+
 const AF_INET: u8 = 2;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const NS_PER_MS: u64 = 1_000_000;
 
 #[xdp]
@@ -176,7 +193,19 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     }
     // Return: a packet from a node on the internal interface (one hash lookup).
     let mut return_node: Option<NodeIndex> = None;
-    if !inbound {
+    // Direct: a client packet for a node's own address on the external side.
+    let mut direct_node: Option<NodeIndex> = None;
+    if !inbound && ingress == config.external_ifindex {
+        // SAFETY: the value is a plain u32 copied out at once.
+        if let Some(index) = unsafe {
+            NODE_BY_ADDR.get(NodeAddr {
+                addr: header.dst_addr,
+            })
+        } {
+            direct_node = Some(*index);
+        }
+    }
+    if !inbound && direct_node.is_none() {
         if ingress != config.internal_ifindex {
             return Ok(pass(Reason::PassNotOurs));
         }
@@ -205,17 +234,26 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
         Err(reason) => return Ok(refuse(reason)),
     };
     let l4_offset = EthHdr::LEN + transport.header_len;
+    // A connection's first packet: a TCP SYN without ACK, or any UDP datagram.
+    let mut opening = true;
     let (l4, source_port, destination_port) = if header.proto == IPPROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_offset) else {
             return Ok(pass(Reason::PassTruncated));
         };
         // SAFETY: `ptr_at` checked the bounds. Byte 12 of the TCP header holds the
-        // data offset in its high nibble.
-        let (source, dest, data_offset) =
-            unsafe { ((*tcp).source, (*tcp).dest, *(tcp as *const u8).add(12)) };
+        // data offset in its high nibble, byte 13 the flags.
+        let (source, dest, data_offset, flags) = unsafe {
+            (
+                (*tcp).source,
+                (*tcp).dest,
+                *(tcp as *const u8).add(12),
+                *(tcp as *const u8).add(13),
+            )
+        };
         if let Err(reason) = packet::check_tcp(data_offset, transport.segment_len) {
             return Ok(refuse(reason));
         }
+        opening = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         (L4::Tcp(tcp), source, dest)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_offset) else {
@@ -228,7 +266,7 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
         }
         (L4::Udp(udp), source, dest)
     };
-    let route_port = if inbound {
+    let route_port = if return_node.is_none() {
         u16::from_be_bytes(destination_port)
     } else {
         u16::from_be_bytes(source_port)
@@ -241,6 +279,37 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     ) else {
         return Ok(pass(Reason::PassNotRoutePort));
     };
+    // The client and the node of a connection to a node's own address, as a
+    // `DIRECT_FLOWS` key (the node's answers swap the two ends).
+    let flow = |client: ([u8; 4], [u8; 2]), node: ([u8; 4], [u8; 2])| DirectFlow {
+        client: client.0,
+        node: node.0,
+        client_port: client.1,
+        node_port: node.1,
+        protocol: header.proto,
+        _pad: [0; 3],
+    };
+    if let Some(index) = direct_node {
+        if opening {
+            let key = flow(
+                (header.src_addr, source_port),
+                (header.dst_addr, destination_port),
+            );
+            // An LRU map makes room by itself; a failed insert only means the
+            // answers leave as the VIP, as they would without this map.
+            let _ = DIRECT_FLOWS.insert(key, 0, 0);
+            if let Some(seen) = DIRECT_NODES.get_ptr_mut(index) {
+                // SAFETY: a u32 in a shared array; written only while 0, so
+                // the cache line is not dirtied for every connection.
+                unsafe {
+                    if *seen == 0 {
+                        *seen = 1;
+                    }
+                }
+            }
+        }
+        return Ok(pass(Reason::PassDirect));
+    }
     // The address that changes, and the one the next hop is looked up for.
     let (node_index, old_addr, new_addr, fib_source, fib_destination) = match return_node {
         None => {
@@ -255,6 +324,16 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
             if node.flags & NODE_PRESENT == 0 {
                 return Ok(pass(Reason::PassNoNode));
             }
+            // A client that opens a connection through the VIP from an address
+            // and port it once used for a direct connection to this node must
+            // get its answers as the VIP: the old entry goes.
+            if opening && direct_seen(node.index) {
+                let key = flow(
+                    (header.src_addr, source_port),
+                    (node.addr, destination_port),
+                );
+                let _ = DIRECT_FLOWS.remove(key);
+            }
             (
                 node.index,
                 header.dst_addr,
@@ -263,13 +342,25 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
                 node.addr,
             )
         }
-        Some(index) => (
-            index,
-            header.src_addr,
-            config.vip,
-            config.vip,
-            header.dst_addr,
-        ),
+        Some(index) => {
+            // An answer on a connection the client opened to the node's own
+            // address keeps that address. Nodes that never had such a
+            // connection skip the lookup.
+            let key = flow(
+                (header.dst_addr, destination_port),
+                (header.src_addr, source_port),
+            );
+            if direct_seen(index) && DIRECT_FLOWS.get_ptr(key).is_some() {
+                return Ok(pass(Reason::PassDirect));
+            }
+            (
+                index,
+                header.src_addr,
+                config.vip,
+                config.vip,
+                header.dst_addr,
+            )
+        }
     };
 
     let inbound_rewrite = return_node.is_none();
@@ -329,11 +420,18 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
                 (fib_source, fib_destination),
             ) {
                 Ok(fib) => fib,
-                // The next hop is not resolved yet, or the packet needs fragmenting.
-                Err(reason @ (Reason::PassNoNeigh | Reason::PassMtu)) => {
+                // The next hop is not resolved yet (the kernel still named the
+                // egress interface), or the packet needs fragmenting.
+                Err((reason @ (Reason::PassNoNeigh | Reason::PassMtu), egress)) => {
+                    if !inbound_rewrite
+                        && reason == Reason::PassNoNeigh
+                        && node_side(config, egress)
+                    {
+                        return Ok(pass(Reason::PassDirect));
+                    }
                     return Ok(hand_over(reason));
                 }
-                Err(reason) => return Ok(pass(reason)),
+                Err((reason, _)) => return Ok(pass(reason)),
             };
             if let Some((entry, now)) = cache {
                 // SAFETY: as above; written whole, on this CPU only.
@@ -354,6 +452,13 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
             (fib.dmac, fib.smac, fib.ifindex)
         }
     };
+
+    // A client on the node side (reached through the internal interface) did
+    // not come through the VIP, which is served on the external side only: its
+    // answer keeps the node's address.
+    if !inbound_rewrite && node_side(config, egress) {
+        return Ok(pass(Reason::PassDirect));
+    }
 
     // Forward: next-hop MACs, TTL, address. SAFETY: pointers from `ptr_at`.
     unsafe {
@@ -380,9 +485,22 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(unsafe { bpf_redirect(egress, 0) } as u32)
 }
 
+/// Whether `egress` leads to the nodes' side only (not where the VIP's clients are).
+#[inline(always)]
+fn node_side(config: &Config, egress: u32) -> bool {
+    egress == config.internal_ifindex && egress != config.external_ifindex
+}
+
+/// Whether `DIRECT_FLOWS` has ever held a connection to node `index`.
+#[inline(always)]
+fn direct_seen(index: NodeIndex) -> bool {
+    DIRECT_NODES.get(index).is_some_and(|seen| *seen != 0)
+}
+
 /// Asks the kernel for the next hop of the packet (`bpf_fib_lookup`, which also
 /// checks `total_len` against the route's MTU). `Err` is the reason to give the
-/// packet when the lookup did not succeed.
+/// packet when the lookup did not succeed, with the egress interface the kernel
+/// named (meaningful for `PassNoNeigh` only).
 #[inline(always)]
 fn fib_lookup(
     ctx: &XdpContext,
@@ -390,7 +508,7 @@ fn fib_lookup(
     total_len: u16,
     ports: ([u8; 2], [u8; 2]),
     addresses: ([u8; 4], [u8; 4]),
-) -> Result<FibParams, Reason> {
+) -> Result<FibParams, (Reason, u32)> {
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -413,9 +531,9 @@ fn fib_lookup(
     };
     match answer as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(fib),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Reason::PassNoNeigh),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Reason::PassMtu),
-        _ => Err(Reason::PassFibFailed),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err((Reason::PassNoNeigh, fib.ifindex)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err((Reason::PassMtu, 0)),
+        _ => Err((Reason::PassFibFailed, 0)),
     }
 }
 

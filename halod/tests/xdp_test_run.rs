@@ -434,6 +434,127 @@ fn return_traffic_leaves_from_the_vip() {
 }
 
 #[test]
+fn connections_to_a_node_s_own_address_keep_it_both_ways() {
+    in_netns(false, |bed| {
+        bed.table();
+        let tcp = |from: (Ipv4Addr, [u8; 6]),
+                   src_port: u16,
+                   to: (Ipv4Addr, [u8; 6]),
+                   dst_port: u16,
+                   segment| {
+            frame(
+                (from.1, to.1),
+                (from.0, src_port),
+                (to.0, dst_port),
+                64,
+                segment,
+                b"",
+            )
+        };
+        let answer_as_vip = |bed: &Bed, input: &[u8], client_port: u16, segment| {
+            let (verdict, out) = bed.run(input, bed.int);
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(
+                out,
+                frame(
+                    (EXT_MAC, CLIENT_MAC),
+                    (VIP, 8002),
+                    (CLIENT, client_port),
+                    63,
+                    segment,
+                    b""
+                )
+            );
+        };
+        let client = (CLIENT, CLIENT_MAC);
+        let node_a = (NODE_A, NODE_A_MAC);
+        // A health check connects to node A's own address on route 3's port:
+        // its SYN and the node's answers pass unchanged, both ways.
+        bed.assert_pass(
+            &tcp(client, 40000, (NODE_A, EXT_MAC), 8002, Segment::TcpSyn),
+            bed.ext,
+            "pass_direct",
+        );
+        let syn_ack = tcp(node_a, 8002, (CLIENT, INT_MAC), 40000, Segment::TcpData);
+        bed.assert_pass(&syn_ack, bed.int, "pass_direct");
+        bed.assert_pass(
+            &tcp(node_a, 8002, (CLIENT, INT_MAC), 40000, Segment::TcpFin),
+            bed.int,
+            "pass_direct",
+        );
+        // The client's later segments are the kernel's too.
+        bed.assert_pass(
+            &tcp(client, 40000, (NODE_A, EXT_MAC), 8002, Segment::TcpData),
+            bed.ext,
+            "pass_direct",
+        );
+        // Another connection of the same client through the VIP still goes back as the VIP.
+        answer_as_vip(
+            bed,
+            &tcp(node_a, 8002, (CLIENT, INT_MAC), 40001, Segment::TcpData),
+            40001,
+            Segment::TcpData,
+        );
+        // ...and so does a node's answer on a route it no longer serves (a
+        // late FIN after a move reaches the client as the VIP's).
+        let (verdict, out) = bed.run(
+            &tcp(node_a, 8010, (CLIENT, INT_MAC), 40002, Segment::TcpFin),
+            bed.int,
+        );
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(&out[26..30], &VIP.octets());
+        // UDP to node B's own address: the datagram and the answer pass.
+        let datagram = frame(
+            (CLIENT_MAC, EXT_MAC),
+            (CLIENT, 5353),
+            (NODE_B, 9010),
+            64,
+            Segment::Udp,
+            b"q",
+        );
+        bed.assert_pass(&datagram, bed.ext, "pass_direct");
+        let answer = frame(
+            (NODE_B_MAC, INT_MAC),
+            (NODE_B, 9010),
+            (CLIENT, 5353),
+            64,
+            Segment::Udp,
+            b"a",
+        );
+        bed.assert_pass(&answer, bed.int, "pass_direct");
+        // A port of no route on a node's address is not ours.
+        bed.assert_pass(
+            &tcp(client, 40000, (NODE_A, EXT_MAC), 22, Segment::TcpSyn),
+            bed.ext,
+            "pass_not_route_port",
+        );
+        // The same client address and port used again through the VIP: the
+        // SYN forgets the direct connection, the answers leave as the VIP.
+        let (verdict, _) = bed.run(
+            &tcp(client, 40000, (VIP, EXT_MAC), 8002, Segment::TcpSyn),
+            bed.ext,
+        );
+        assert_eq!(verdict, XDP_REDIRECT);
+        answer_as_vip(bed, &syn_ack, 40000, Segment::TcpData);
+        // A client on the node side (a monitor behind the internal interface)
+        // never came through the VIP: with and without a resolved neighbour.
+        let monitor = Ipv4Addr::new(198, 19, 0, 50);
+        bed.assert_pass(
+            &tcp(node_a, 8002, (monitor, INT_MAC), 40000, Segment::TcpData),
+            bed.int,
+            "pass_direct",
+        );
+        set_neighbour(monitor, [0x02, 0, 0, 0, 0x50, 0x50], "int0");
+        bed.assert_pass(
+            &tcp(node_a, 8002, (monitor, INT_MAC), 40000, Segment::TcpData),
+            bed.int,
+            "pass_direct",
+        );
+        assert_eq!(bed.reason("pass_direct"), 8);
+    });
+}
+
+#[test]
 fn one_interface_for_both_sides_uses_xdp_tx() {
     in_netns(true, |bed| {
         bed.table();

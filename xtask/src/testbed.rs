@@ -412,7 +412,18 @@ impl Testbed {
     /// [`Testbed::backend_command`] server sends first. `None` when nothing answers (no
     /// connection within `connect_timeout`, or no line within 1 s).
     pub fn answering_node(&self, port: u16, connect_timeout: Duration) -> Option<String> {
-        let target = std::net::SocketAddr::from((self.vip(), port));
+        self.answer_at(
+            std::net::SocketAddr::from((self.vip(), port)),
+            connect_timeout,
+        )
+    }
+    /// Like [`Testbed::answering_node`] for any address client 1 can reach (a node's own
+    /// address, not the VIP: what a health check or a monitor does).
+    pub fn answer_at(
+        &self,
+        target: std::net::SocketAddr,
+        connect_timeout: Duration,
+    ) -> Option<String> {
         run_in_netns(&self.client_ns(1), move || {
             let stream = std::net::TcpStream::connect_timeout(&target, connect_timeout).ok()?;
             stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;

@@ -277,8 +277,10 @@ impl Dataplane {
             .map_max_entries(names::ROUTE_COUNTERS, routes)
             .map_max_entries(names::NODE_COUNTERS, config.max_nodes)
             .map_max_entries(names::NODE_BY_ADDR, config.max_nodes)
-            .map_max_entries(names::NEXT_HOP, config.max_nodes);
+            .map_max_entries(names::NEXT_HOP, config.max_nodes)
+            .map_max_entries(names::DIRECT_NODES, config.max_nodes);
         if let Some(dir) = pinned {
+            replace_smaller_reason_counters(dir);
             // CONFIG is written whole below, so it is not taken over: a new one
             // (of this build's layout) replaces the pin in `adopt`.
             for name in names::ALL.into_iter().filter(|name| *name != names::CONFIG) {
@@ -367,7 +369,10 @@ impl Dataplane {
             .iter()
             .all(|interface| links.iter().filter(|(i, _, _)| i == interface).count() == 1)
             && links.len() == interfaces.len()
-            && names::ALL.iter().all(|name| dir.join(name).exists());
+            && names::ALL
+                .iter()
+                .filter(|name| !names::ADDED_LATER.contains(name))
+                .all(|name| dir.join(name).exists());
         if !complete {
             return Ok(None);
         }
@@ -378,6 +383,7 @@ impl Dataplane {
             (names::ROUTE_COUNTERS, u32::from(config.routes)),
             (names::NODE_COUNTERS, config.max_nodes),
             (names::NODE_BY_ADDR, config.max_nodes),
+            (names::DIRECT_NODES, config.max_nodes),
         ] {
             let size = match dataplane.map_ref(name)? {
                 aya::maps::Map::Array(data)
@@ -652,7 +658,8 @@ impl Dataplane {
         Ok((routes, slots))
     }
 
-    /// Sums the per-CPU counters.
+    /// Sums the per-CPU counters. A verdict the map has no entry for (it was
+    /// pinned by an older build) reads 0.
     pub fn stats(&self) -> Result<Stats, DataplaneError> {
         let routes = self.counters(names::ROUTE_COUNTERS)?;
         let nodes = self.counters(names::NODE_COUNTERS)?;
@@ -662,6 +669,9 @@ impl Dataplane {
         let reasons = Reason::ALL
             .iter()
             .map(|reason| {
+                if *reason as u32 >= reasons_map.len() {
+                    return Ok((reason.name(), 0));
+                }
                 reasons_map
                     .get(&(*reason as u32), 0)
                     .map(|values| (reason.name(), values.iter().sum()))
@@ -962,6 +972,27 @@ fn prepare_pin_dir(dir: &Path, instance: &str) -> Result<(), DataplaneError> {
             dir.display()
         ))),
         Err(error) => Err(pin_error(format!("creating the directory: {error}"))),
+    }
+}
+
+/// The verdict counters pinned by an older build can hold fewer verdicts than
+/// this one counts: their pin is removed so that the adopting program gets a
+/// map of the right size (the verdict counts start again from zero; the old
+/// program keeps its map until the link is swapped).
+fn replace_smaller_reason_counters(dir: &Path) {
+    let path = dir.join(names::REASON_COUNTERS);
+    let size = aya::maps::MapData::from_pin(&path)
+        .and_then(|map| map.info())
+        .map(|info| info.max_entries());
+    if let Ok(size) = size
+        && size < Reason::COUNT
+    {
+        tracing::info!(
+            pinned = size,
+            needed = Reason::COUNT,
+            "the pinned verdict counters are from an older build; they start again from zero"
+        );
+        let _ = fs::remove_file(&path);
     }
 }
 
