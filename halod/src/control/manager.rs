@@ -112,6 +112,8 @@ pub struct Drained {
     pub node: String,
     /// Routes that moved to other nodes.
     pub moved: usize,
+    /// The nodes that took them, ascending by name (empty: no node is left).
+    pub to: Vec<String>,
 }
 
 /// Something the daemon did, for `halod watch` (one JSON line each).
@@ -144,7 +146,10 @@ pub enum WatchEvent {
         node: String,
         by: String,
     },
-    /// A failed active node's routes went elsewhere.
+    /// A failed active node's routes went elsewhere. Written without the
+    /// failover's own `time_unix_ms`: the event's stamp is that moment, and a
+    /// JSON object must not name a field twice.
+    #[serde(serialize_with = "failover_fields")]
     Failover(Failover),
     RoutesMoved {
         cause: String,
@@ -162,11 +167,36 @@ pub struct Stamped {
     pub event: WatchEvent,
 }
 
+/// A [`Failover`]'s fields but its time, for [`WatchEvent::Failover`].
+fn failover_fields<S: serde::Serializer>(
+    failover: &Failover,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Fields<'a> {
+        node: &'a str,
+        cause: &'a str,
+        replacement: &'a Option<String>,
+        moved: usize,
+        plan_us: u64,
+    }
+    Fields {
+        node: &failover.node,
+        cause: &failover.cause,
+        replacement: &failover.replacement,
+        moved: failover.moved,
+        plan_us: failover.plan_us,
+    }
+    .serialize(serializer)
+}
+
 /// The last failure of an active node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failover {
     pub node: String,
     pub cause: String,
+    /// Absent from a `halod watch` event, which carries it as its stamp.
+    #[serde(default)]
     pub time_unix_ms: u64,
     /// The spare that took the slot, if one waited.
     pub replacement: Option<String>,
@@ -624,6 +654,8 @@ impl<T: TablePush> Manager<T> {
             Err(err) => return Err(err.to_string()),
         };
         let moved = plan.moves.len();
+        let to: std::collections::BTreeSet<String> =
+            plan.moves.iter().filter_map(|m| m.to.clone()).collect();
         self.carry_out(plan).await;
         self.send(
             &name,
@@ -634,7 +666,11 @@ impl<T: TablePush> Manager<T> {
             },
         );
         self.forget(&name);
-        Ok(Drained { node: name, moved })
+        Ok(Drained {
+            node: name,
+            moved,
+            to: to.into_iter().collect(),
+        })
     }
 
     fn is_current(&self, name: &str, conn: ConnId) -> bool {

@@ -175,6 +175,9 @@ pub struct DrainReply {
     pub drained: String,
     /// Routes that moved to other nodes.
     pub moved: usize,
+    /// The nodes that took them, ascending by name (empty: no node is left).
+    #[serde(default)]
+    pub to: Vec<String>,
 }
 
 /// `watch`'s first line.
@@ -278,6 +281,7 @@ impl<D: DataplaneView> Services<D> {
                 Ok(Ok(drained)) => Ok(to_json(&DrainReply {
                     drained: drained.node,
                     moved: drained.moved,
+                    to: drained.to,
                 })),
                 Ok(Err(message)) => Err(anyhow::anyhow!(message)),
                 Err(err) => Err(err),

@@ -83,10 +83,7 @@ fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
         OperatorRequest::Stats => render_stats(&parse(&line)?),
         OperatorRequest::Drain { .. } => {
             let reply: DrainReply = parse(&line)?;
-            format!(
-                "drained {}: it left the cluster; {} routes moved to other nodes\n",
-                reply.drained, reply.moved
-            )
+            drained_text(&reply)
         }
         OperatorRequest::Watch => unreachable!("handled above"),
     };
@@ -409,6 +406,21 @@ fn render_stats(stats: &StatsReply) -> String {
         routes.render(),
         nodes.render(),
         reasons.render()
+    )
+}
+
+/// What `halod drain` prints: how many routes moved, and where.
+fn drained_text(reply: &DrainReply) -> String {
+    let routes = if reply.moved == 1 { "route" } else { "routes" };
+    let whereto = match reply.to.as_slice() {
+        [] if reply.moved == 0 => String::new(),
+        [] => " and no node is left to serve them".to_string(),
+        [one] => format!(" to {one}"),
+        many => format!(" to {} nodes ({})", many.len(), many.join(", ")),
+    };
+    format!(
+        "drained {}: it left the cluster; {} {routes} moved{whereto}\n",
+        reply.drained, reply.moved
     )
 }
 

@@ -288,7 +288,7 @@ async fn drain_moves_routes_tells_the_node_and_unknown_nodes_fail() {
         .ask(OperatorRequest::Drain { node: "n1".into() })
         .await
         .unwrap();
-    assert_eq!(reply, r#"{"drained":"n1","moved":12}"#);
+    assert_eq!(reply, r#"{"drained":"n1","moved":12,"to":["n2"]}"#);
     let told = drain_queue(&mut n1.outbound);
     assert!(
         matches!(&told[0], GatewayMessage::Moved { routes } if routes.len() == 12
@@ -553,5 +553,61 @@ async fn malformed_requests_get_an_error_reply_and_the_connection_goes_on() {
     assert!(
         !matches!(replies.next_line().await, Ok(Some(_))),
         "nothing more after the error"
+    );
+}
+
+#[test]
+fn a_failover_event_names_its_time_once() {
+    use crate::control::manager::{Failover, WatchEvent};
+    let stamped = Stamped {
+        time_unix_ms: 1_700_000_000_123,
+        event: WatchEvent::Failover(Failover {
+            node: "n1".into(),
+            cause: "no heartbeat for 300 ms".into(),
+            time_unix_ms: 1_700_000_000_123,
+            replacement: Some("n4".into()),
+            moved: 6,
+            plan_us: 40,
+        }),
+    };
+    let line = serde_json::to_string(&stamped).unwrap();
+    assert_eq!(line.matches("time_unix_ms").count(), 1, "{line}");
+    assert_eq!(
+        line,
+        r#"{"time_unix_ms":1700000000123,"event":"failover","node":"n1","cause":"no heartbeat for 300 ms","replacement":"n4","moved":6,"plan_us":40}"#
+    );
+    // Strict parsers (one key per object) and this build both read it.
+    let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line).unwrap();
+    assert_eq!(parsed.len(), 7);
+    let back: Stamped = serde_json::from_str(&line).unwrap();
+    assert_eq!(back.time_unix_ms, 1_700_000_000_123);
+}
+
+#[test]
+fn drain_says_where_the_routes_went() {
+    let reply = |moved, to: &[&str]| DrainReply {
+        drained: "n3".into(),
+        moved,
+        to: to.iter().map(|n| n.to_string()).collect(),
+    };
+    assert_eq!(
+        drained_text(&reply(6, &["n1"])),
+        "drained n3: it left the cluster; 6 routes moved to n1\n"
+    );
+    assert_eq!(
+        drained_text(&reply(6, &["n1", "n2"])),
+        "drained n3: it left the cluster; 6 routes moved to 2 nodes (n1, n2)\n"
+    );
+    assert_eq!(
+        drained_text(&reply(1, &["n1"])),
+        "drained n3: it left the cluster; 1 route moved to n1\n"
+    );
+    assert_eq!(
+        drained_text(&reply(12, &[])),
+        "drained n3: it left the cluster; 12 routes moved and no node is left to serve them\n"
+    );
+    assert_eq!(
+        drained_text(&reply(0, &[])),
+        "drained n3: it left the cluster; 0 routes moved\n"
     );
 }
