@@ -53,7 +53,7 @@ impl Hook {
         let Hook { changes, runner } = self;
         drop(changes);
         if !runner.is_finished() {
-            info!("waiting for --exec to finish the last changes");
+            info!("waiting for --exec to finish the last changes (SIGTERM again: exit now)");
         }
         let _ = runner.await;
     }

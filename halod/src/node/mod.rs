@@ -95,7 +95,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     let code = runtime.block_on(async {
-        let signals = Signals::install()?;
+        let mut signals = Signals::install()?;
         let hook = args
             .exec
             .map(|command| Hook::spawn(command, args.name.clone()));
@@ -106,8 +106,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             publisher,
             known: None,
         };
-        let code = agent.run(signals).await;
-        agent.finish().await;
+        let code = agent.run(&mut signals).await;
+        agent.finish(&mut signals).await;
         anyhow::Ok(code)
     })?;
     // Nothing is left to wait for: the hook ran for every change.
@@ -158,7 +158,7 @@ struct Agent {
 }
 
 impl Agent {
-    async fn run(&mut self, mut signals: Signals) -> ExitCode {
+    async fn run(&mut self, signals: &mut Signals) -> ExitCode {
         let name = self.options.name.clone();
         let mut stdout = tokio::io::stdout();
         let mut backoff = BACKOFF_START;
@@ -360,10 +360,21 @@ impl Agent {
         }
     }
 
-    /// Before exit: the hook has run for every change, the state file is gone.
-    async fn finish(self) {
+    /// Before exit: the hook has run for every change (unless a second
+    /// SIGTERM or SIGINT says not to wait), the state file is gone.
+    async fn finish(self, signals: &mut Signals) {
         if let Some(hook) = self.hook {
-            hook.finish().await;
+            let finished = hook.finish();
+            tokio::pin!(finished);
+            loop {
+                tokio::select! {
+                    () = &mut finished => break,
+                    wanted = signals.next() => if let Wanted::Leave = wanted {
+                        warn!(node = %self.options.name, "asked again to stop: exiting before --exec finished");
+                        break;
+                    },
+                }
+            }
         }
         if let Some(publisher) = &self.publisher
             && let Err(err) = publisher.remove()

@@ -170,3 +170,73 @@ impl StatePublisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(role: Role, routes: &[Route]) -> NodeState {
+        NodeState {
+            role,
+            routes: routes
+                .iter()
+                .map(|route| (*route, vec![7999 + route, 8999 + route]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_change_carries_the_full_set_and_what_moved() {
+        let first = Change::between("welcome", None, &state(Role::Active, &[1, 2, 3]));
+        assert_eq!(first.gained.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(first.lost.is_empty());
+        let before = state(Role::Active, &[1, 2, 3]);
+        let after = state(Role::Active, &[1, 4]);
+        let change = Change::between("moved", Some(&before), &after);
+        let environment: BTreeMap<_, _> = change.environment("n1").into_iter().collect();
+        assert_eq!(environment["HALOD_ROUTES"], "1,4");
+        assert_eq!(environment["HALOD_PORTS"], "8000,8003,9000,9003");
+        assert_eq!(environment["HALOD_GAINED_ROUTES"], "4");
+        assert_eq!(environment["HALOD_GAINED_PORTS"], "8003,9003");
+        assert_eq!(environment["HALOD_LOST_ROUTES"], "2,3");
+        assert_eq!(environment["HALOD_LOST_PORTS"], "8001,8002,9001,9002");
+        let spare = Change::between("role", Some(&after), &state(Role::Spare, &[]));
+        let environment: BTreeMap<_, _> = spare.environment("n1").into_iter().collect();
+        assert_eq!(environment["HALOD_ROLE"], "spare");
+        assert_eq!(environment["HALOD_ROUTES"], "");
+        assert_eq!(environment["HALOD_LOST_ROUTES"], "1,4");
+    }
+
+    #[test]
+    fn the_state_file_is_replaced_whole_and_removed() {
+        let dir = std::env::temp_dir().join(format!("halod-node-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.json");
+        let publisher = StatePublisher::new(path.clone());
+        publisher
+            .write("n1", "198.19.0.1:7000", true, &state(Role::Active, &[2]))
+            .unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(written["node"], "n1");
+        assert_eq!(written["connected"], true);
+        assert_eq!(written["role"], "active");
+        assert_eq!(
+            written["routes"],
+            serde_json::json!([{"route": 2, "ports": [8001, 9001]}])
+        );
+        assert_eq!(written["ports"], serde_json::json!([8001, 9001]));
+        publisher
+            .write("n1", "198.19.0.1:7000", false, &state(Role::Active, &[2]))
+            .unwrap();
+        let rewritten: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(rewritten["connected"], false);
+        // Only the file itself is left in the directory: no temporary file.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        publisher.remove().unwrap();
+        assert!(!path.exists());
+        publisher.remove().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
