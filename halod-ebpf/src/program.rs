@@ -100,21 +100,16 @@ const NS_PER_MS: u64 = 1_000_000;
 
 #[xdp]
 pub fn halod(ctx: XdpContext) -> u32 {
-    // Every `Err` is "no configuration" (the single config entry is missing, which
-    // only happens before user space writes it): let the kernel have the packet.
-    try_halod(&ctx).unwrap_or_else(|()| pass(Reason::PassNotConfigured))
+    match try_halod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => verdict(reason),
+    }
 }
 
-/// Counts `reason` and passes the packet to the kernel stack.
+/// Counts `reason` and gives a packet that is not forwarded its action: a
+/// malformed one is dropped, every other one passed to the kernel stack.
 #[inline(always)]
-fn pass(reason: Reason) -> u32 {
-    count(reason);
-    xdp_action::XDP_PASS
-}
-
-/// Counts `reason` and drops the packet if it is malformed, else passes it.
-#[inline(always)]
-fn refuse(reason: Reason) -> u32 {
+fn verdict(reason: Reason) -> u32 {
     count(reason);
     if matches!(reason, Reason::DropMalformed) {
         xdp_action::XDP_DROP
@@ -161,88 +156,161 @@ enum L4 {
     Udp(*mut UdpHdr),
 }
 
-fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
-    let config = CONFIG.get(0).ok_or(())?;
-    if config.flags & CONFIG_ENABLED == 0 {
-        return Err(());
-    }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Ok(pass(Reason::PassTruncated));
+/// An IPv4 frame: where its headers are, and a copy of the IPv4 header.
+struct Frame {
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    header: Ipv4Hdr,
+    ingress: u32,
+}
+
+/// Which way a packet of ours goes.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// A client's packet for the VIP, on the external interface.
+    Inbound,
+    /// A node's packet (its counter index), on the internal interface.
+    Return(NodeIndex),
+    /// A client's packet for a node's own address (its counter index), on the
+    /// external interface: a health check or a monitor, not the VIP.
+    Direct(NodeIndex),
+}
+
+/// The checked TCP or UDP header of a packet of ours.
+struct Segment {
+    l4: L4,
+    source_port: [u8; 2],
+    destination_port: [u8; 2],
+    /// A connection's first packet: a TCP SYN without ACK, or any UDP datagram.
+    opening: bool,
+    total_len: u16,
+    frame_len: usize,
+}
+
+/// The address that changes, and the one the next hop is looked up for.
+struct Target {
+    node_index: NodeIndex,
+    /// A client's packet to a node (the destination changes), or a node's
+    /// answer (the source changes).
+    inbound: bool,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+    fib_source: [u8; 4],
+    fib_destination: [u8; 4],
+}
+
+/// Where the rewritten packet leaves.
+struct Hop {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    egress: u32,
+}
+
+/// parse -> classify -> transport -> route -> look up -> next hop -> forward.
+/// `Err` is the reason the packet is not forwarded ([`verdict`]).
+fn try_halod(ctx: &XdpContext) -> Result<u32, Reason> {
+    let config = configuration()?;
+    let frame = parse(ctx)?;
+    let direction = classify(config, &frame)?;
+    let segment = transport(ctx, &frame)?;
+    let route = route_of(config, direction, &segment)?;
+    let target = match direction {
+        Direction::Direct(index) => return Err(note_direct(index, &frame, &segment)),
+        Direction::Inbound => to_node(route, &frame, &segment)?,
+        Direction::Return(index) => to_client(config, index, &frame, &segment)?,
     };
+    let hop = next_hop(ctx, config, &frame, &segment, &target)?;
+    Ok(forward(&frame, &segment, &target, route, &hop))
+}
+
+/// The configuration user space wrote; until then every packet is the kernel's.
+#[inline(always)]
+fn configuration() -> Result<&'static Config, Reason> {
+    match CONFIG.get(0) {
+        Some(config) if config.flags & CONFIG_ENABLED != 0 => Ok(config),
+        _ => Err(Reason::PassNotConfigured),
+    }
+}
+
+/// The Ethernet and IPv4 headers of a unicast IPv4 frame.
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Frame, Reason> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `ptr_at` checked the bounds; the header is copied, not borrowed.
     let ethernet = unsafe { *eth };
     if ethernet.ether_type != EtherType::Ipv4 as u16 {
-        return Ok(pass(Reason::PassNotIpv4));
+        return Err(Reason::PassNotIpv4);
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
-        return Ok(pass(Reason::PassTruncated));
-    };
-    // SAFETY: `ptr_at` checked the bounds; the header is copied, not borrowed.
-    let header = unsafe { *ip };
-    let ingress = ctx.ingress_ifindex() as u32;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::PassTruncated)?;
     // Broadcast and multicast frames are the kernel's (a router forwards none).
     if packet::group_mac(ethernet.dst_addr) {
-        return Ok(pass(Reason::PassNotOurs));
+        return Err(Reason::PassNotOurs);
     }
+    Ok(Frame {
+        eth,
+        ip,
+        // SAFETY: `ptr_at` checked the bounds; the header is copied, not borrowed.
+        header: unsafe { *ip },
+        ingress: ctx.ingress_ifindex() as u32,
+    })
+}
 
-    // Inbound: a client packet for the VIP on the external interface, from an
-    // address a router would forward from.
-    let inbound = ingress == config.external_ifindex && header.dst_addr == config.vip;
-    if inbound && (packet::martian_source(header.src_addr) || header.src_addr == config.vip) {
-        return Ok(pass(Reason::PassNotOurs));
+/// Which way the packet goes, if it is ours: for the VIP from a client, from
+/// a node, or for a node's own address. At most one hash lookup.
+#[inline(always)]
+fn classify(config: &Config, frame: &Frame) -> Result<Direction, Reason> {
+    let header = &frame.header;
+    let external = frame.ingress == config.external_ifindex;
+    if external && header.dst_addr == config.vip {
+        // From an address a router would forward from.
+        if packet::martian_source(header.src_addr) || header.src_addr == config.vip {
+            return Err(Reason::PassNotOurs);
+        }
+        return Ok(Direction::Inbound);
     }
-    // Return: a packet from a node on the internal interface (one hash lookup).
-    let mut return_node: Option<NodeIndex> = None;
-    // Direct: a client packet for a node's own address on the external side.
-    let mut direct_node: Option<NodeIndex> = None;
-    if !inbound && ingress == config.external_ifindex {
+    if external {
         // SAFETY: the value is a plain u32 copied out at once.
         if let Some(index) = unsafe {
             NODE_BY_ADDR.get(NodeAddr {
                 addr: header.dst_addr,
             })
         } {
-            direct_node = Some(*index);
+            return Ok(Direction::Direct(*index));
         }
     }
-    if !inbound && direct_node.is_none() {
-        if ingress != config.internal_ifindex {
-            return Ok(pass(Reason::PassNotOurs));
-        }
-        // SAFETY: the value is a plain u32 copied out at once.
-        match unsafe {
-            NODE_BY_ADDR.get(NodeAddr {
-                addr: header.src_addr,
-            })
-        } {
-            Some(index) => return_node = Some(*index),
-            None => return Ok(pass(Reason::PassNotOurs)),
-        }
+    if frame.ingress != config.internal_ifindex {
+        return Err(Reason::PassNotOurs);
     }
+    // SAFETY: the value is a plain u32 copied out at once.
+    match unsafe {
+        NODE_BY_ADDR.get(NodeAddr {
+            addr: header.src_addr,
+        })
+    } {
+        Some(index) => Ok(Direction::Return(*index)),
+        None => Err(Reason::PassNotOurs),
+    }
+}
 
-    // From here the packet is addressed to us; check it the way the kernel would.
+/// The TCP or UDP header, checked the way the receiving kernel would.
+#[inline(always)]
+fn transport(ctx: &XdpContext, frame: &Frame) -> Result<Segment, Reason> {
+    let header = &frame.header;
     let total_len = u16::from_be_bytes(header.tot_len);
     let frame_len = ctx.data_end() - ctx.data();
-    let transport = match packet::check_ipv4(
+    let transport = packet::check_ipv4(
         header.vihl,
         total_len,
         u16::from_be_bytes(header.frags),
         header.proto,
         frame_len,
-    ) {
-        Ok(transport) => transport,
-        Err(reason) => return Ok(refuse(reason)),
-    };
+    )?;
     let l4_offset = EthHdr::LEN + transport.header_len;
-    // A connection's first packet: a TCP SYN without ACK, or any UDP datagram.
-    let mut opening = true;
-    let (l4, source_port, destination_port) = if header.proto == IPPROTO_TCP {
-        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_offset) else {
-            return Ok(pass(Reason::PassTruncated));
-        };
+    if header.proto == IPPROTO_TCP {
+        let tcp = ptr_at::<TcpHdr>(ctx, l4_offset).ok_or(Reason::PassTruncated)?;
         // SAFETY: `ptr_at` checked the bounds. Byte 12 of the TCP header holds the
         // data offset in its high nibble, byte 13 the flags.
-        let (source, dest, data_offset, flags) = unsafe {
+        let (source_port, destination_port, data_offset, flags) = unsafe {
             (
                 (*tcp).source,
                 (*tcp).dest,
@@ -250,147 +318,205 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
                 *(tcp as *const u8).add(13),
             )
         };
-        if let Err(reason) = packet::check_tcp(data_offset, transport.segment_len) {
-            return Ok(refuse(reason));
-        }
-        opening = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        (L4::Tcp(tcp), source, dest)
+        packet::check_tcp(data_offset, transport.segment_len)?;
+        Ok(Segment {
+            l4: L4::Tcp(tcp),
+            source_port,
+            destination_port,
+            opening: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            total_len,
+            frame_len,
+        })
     } else {
-        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_offset) else {
-            return Ok(pass(Reason::PassTruncated));
-        };
+        let udp = ptr_at::<UdpHdr>(ctx, l4_offset).ok_or(Reason::PassTruncated)?;
         // SAFETY: `ptr_at` checked the bounds.
-        let (source, dest, length) = unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
-        if let Err(reason) = packet::check_udp(u16::from_be_bytes(length), transport.segment_len) {
-            return Ok(refuse(reason));
-        }
-        (L4::Udp(udp), source, dest)
+        let (source_port, destination_port, length) =
+            unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
+        packet::check_udp(u16::from_be_bytes(length), transport.segment_len)?;
+        Ok(Segment {
+            l4: L4::Udp(udp),
+            source_port,
+            destination_port,
+            opening: true,
+            total_len,
+            frame_len,
+        })
+    }
+}
+
+/// The route of the packet's route-side port: the destination port of a
+/// client's packet, the source port of a node's.
+#[inline(always)]
+fn route_of(config: &Config, direction: Direction, segment: &Segment) -> Result<u16, Reason> {
+    let port = match direction {
+        Direction::Return(_) => segment.source_port,
+        Direction::Inbound | Direction::Direct(_) => segment.destination_port,
     };
-    let route_port = if return_node.is_none() {
-        u16::from_be_bytes(destination_port)
-    } else {
-        u16::from_be_bytes(source_port)
-    };
-    let Some(route) = route_for_port(
-        route_port,
+    route_for_port(
+        u16::from_be_bytes(port),
         &config.listeners,
         config.listener_count,
         config.routes,
-    ) else {
-        return Ok(pass(Reason::PassNotRoutePort));
-    };
-    // The client and the node of a connection to a node's own address, as a
-    // `DIRECT_FLOWS` key (the node's answers swap the two ends).
-    let flow = |client: ([u8; 4], [u8; 2]), node: ([u8; 4], [u8; 2])| DirectFlow {
+    )
+    .ok_or(Reason::PassNotRoutePort)
+}
+
+/// The `DIRECT_FLOWS` key of a connection between a client and a node's own
+/// address, each given as (address, port).
+#[inline(always)]
+fn direct_flow(protocol: u8, client: ([u8; 4], [u8; 2]), node: ([u8; 4], [u8; 2])) -> DirectFlow {
+    DirectFlow {
         client: client.0,
         node: node.0,
         client_port: client.1,
         node_port: node.1,
-        protocol: header.proto,
+        protocol,
         _pad: [0; 3],
-    };
-    if let Some(index) = direct_node {
-        if opening {
-            let key = flow(
-                (header.src_addr, source_port),
-                (header.dst_addr, destination_port),
-            );
-            // An LRU map makes room by itself; a failed insert only means the
-            // answers leave as the VIP, as they would without this map.
-            let _ = DIRECT_FLOWS.insert(key, 0, 0);
-            if let Some(seen) = DIRECT_NODES.get_ptr_mut(index) {
-                // SAFETY: a u32 in a shared array; written only while 0, so
-                // the cache line is not dirtied for every connection.
-                unsafe {
-                    if *seen == 0 {
-                        *seen = 1;
-                    }
+    }
+}
+
+/// Whether `DIRECT_FLOWS` has ever held a connection to node `index`.
+#[inline(always)]
+fn direct_seen(index: NodeIndex) -> bool {
+    DIRECT_NODES.get(index).is_some_and(|seen| *seen != 0)
+}
+
+/// A client's packet for a node's own address: its connection is remembered
+/// from its first packet, so that the node's answers keep the node's address.
+/// The kernel forwards it as it is.
+#[inline(always)]
+fn note_direct(index: NodeIndex, frame: &Frame, segment: &Segment) -> Reason {
+    if segment.opening {
+        let header = &frame.header;
+        let key = direct_flow(
+            header.proto,
+            (header.src_addr, segment.source_port),
+            (header.dst_addr, segment.destination_port),
+        );
+        // An LRU map makes room by itself; a failed insert only means the
+        // answers leave as the VIP, as they would without this map.
+        let _ = DIRECT_FLOWS.insert(key, 0, 0);
+        if let Some(seen) = DIRECT_NODES.get_ptr_mut(index) {
+            // SAFETY: a u32 in a shared array; written only while 0, so the
+            // cache line is not dirtied for every connection.
+            unsafe {
+                if *seen == 0 {
+                    *seen = 1;
                 }
             }
         }
-        return Ok(pass(Reason::PassDirect));
     }
-    // The address that changes, and the one the next hop is looked up for.
-    let (node_index, old_addr, new_addr, fib_source, fib_destination) = match return_node {
-        None => {
-            // Two O(1) lookups: route -> slot, slot -> node.
-            let slot = *ROUTE_SLOT.get(route as u32 - 1).ok_or(())?;
-            if slot == 0 {
-                return Ok(pass(Reason::PassNoNode));
-            }
-            let Some(node) = SLOT_NODE.get(slot - 1) else {
-                return Ok(pass(Reason::PassNoNode));
-            };
-            if node.flags & NODE_PRESENT == 0 {
-                return Ok(pass(Reason::PassNoNode));
-            }
-            // A client that opens a connection through the VIP from an address
-            // and port it once used for a direct connection to this node must
-            // get its answers as the VIP: the old entry goes.
-            if opening && direct_seen(node.index) {
-                let key = flow(
-                    (header.src_addr, source_port),
-                    (node.addr, destination_port),
-                );
-                let _ = DIRECT_FLOWS.remove(key);
-            }
-            (
-                node.index,
-                header.dst_addr,
-                node.addr,
-                header.src_addr,
-                node.addr,
-            )
-        }
-        Some(index) => {
-            // An answer on a connection the client opened to the node's own
-            // address keeps that address. Nodes that never had such a
-            // connection skip the lookup.
-            let key = flow(
-                (header.dst_addr, destination_port),
-                (header.src_addr, source_port),
-            );
-            if direct_seen(index) && DIRECT_FLOWS.get_ptr(key).is_some() {
-                return Ok(pass(Reason::PassDirect));
-            }
-            (
-                index,
-                header.src_addr,
-                config.vip,
-                config.vip,
-                header.dst_addr,
-            )
-        }
-    };
+    Reason::PassDirect
+}
 
-    let inbound_rewrite = return_node.is_none();
-    // Cases the kernel must finish (time exceeded, neighbour resolution,
-    // fragmentation): it only does so for packets it forwards, so it gets the
-    // packet with the address already rewritten, and forwards it itself
-    // (decrementing the TTL).
-    let hand_over = |reason: Reason| {
-        rewrite_addresses(
-            ip,
-            l4,
-            inbound_rewrite,
-            u16::from_be_bytes(header.check),
-            old_addr,
-            new_addr,
+/// A client's packet for the VIP: to the node in the route's slot (two O(1)
+/// lookups: route -> slot, slot -> node).
+#[inline(always)]
+fn to_node(route: u16, frame: &Frame, segment: &Segment) -> Result<Target, Reason> {
+    let slot = *ROUTE_SLOT.get(route as u32 - 1).ok_or(Reason::PassNoNode)?;
+    if slot == 0 {
+        return Err(Reason::PassNoNode);
+    }
+    let node = SLOT_NODE.get(slot - 1).ok_or(Reason::PassNoNode)?;
+    if node.flags & NODE_PRESENT == 0 {
+        return Err(Reason::PassNoNode);
+    }
+    let header = &frame.header;
+    // A client that opens a connection through the VIP from an address and
+    // port it once used for a direct connection to this node must get its
+    // answers as the VIP: the old entry goes.
+    if segment.opening && direct_seen(node.index) {
+        let key = direct_flow(
+            header.proto,
+            (header.src_addr, segment.source_port),
+            (node.addr, segment.destination_port),
         );
-        pass(reason)
-    };
-    if header.ttl <= 1 {
-        return Ok(hand_over(Reason::PassTtl));
+        let _ = DIRECT_FLOWS.remove(key);
     }
+    Ok(Target {
+        node_index: node.index,
+        inbound: true,
+        old_addr: header.dst_addr,
+        new_addr: node.addr,
+        fib_source: header.src_addr,
+        fib_destination: node.addr,
+    })
+}
 
-    // The next hop: from the cache (the node's entry for client packets, the
-    // client's slot for node replies) when the entry was looked up for this
-    // destination less than the TTL ago; else from the kernel, and a successful
-    // answer is cached.
-    let entry = if inbound_rewrite {
-        NEXT_HOP.get_ptr_mut(node_index)
+/// A node's answer: back to the client as the VIP, unless it answers a
+/// connection the client opened to the node's own address. Nodes that never
+/// had such a connection skip that lookup.
+#[inline(always)]
+fn to_client(
+    config: &Config,
+    index: NodeIndex,
+    frame: &Frame,
+    segment: &Segment,
+) -> Result<Target, Reason> {
+    let header = &frame.header;
+    if direct_seen(index) {
+        let key = direct_flow(
+            header.proto,
+            (header.dst_addr, segment.destination_port),
+            (header.src_addr, segment.source_port),
+        );
+        if DIRECT_FLOWS.get_ptr(key).is_some() {
+            return Err(Reason::PassDirect);
+        }
+    }
+    Ok(Target {
+        node_index: index,
+        inbound: false,
+        old_addr: header.src_addr,
+        new_addr: config.vip,
+        fib_source: config.vip,
+        fib_destination: header.dst_addr,
+    })
+}
+
+/// Whether `egress` leads to the nodes' side only (not where the VIP's clients are).
+#[inline(always)]
+fn node_side(config: &Config, egress: u32) -> bool {
+    egress == config.internal_ifindex && egress != config.external_ifindex
+}
+
+/// Rewrites the address and gives the packet to the kernel to finish (time
+/// exceeded, neighbour resolution, fragmentation): it does so only for packets
+/// it forwards itself, decrementing the TTL.
+#[inline(always)]
+fn hand_over(frame: &Frame, segment: &Segment, target: &Target, reason: Reason) -> Reason {
+    rewrite_addresses(
+        frame.ip,
+        segment.l4,
+        target.inbound,
+        u16::from_be_bytes(frame.header.check),
+        target.old_addr,
+        target.new_addr,
+    );
+    reason
+}
+
+/// The next hop: from the cache (the node's entry for client packets, the
+/// client's slot for node answers) when the entry was looked up for this
+/// destination less than the TTL ago; else from the kernel, and a successful
+/// answer is cached. A node's answer to a client on the node side keeps its
+/// address: the VIP is served on the external side only.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    config: &Config,
+    frame: &Frame,
+    segment: &Segment,
+    target: &Target,
+) -> Result<Hop, Reason> {
+    let header = &frame.header;
+    if header.ttl <= 1 {
+        return Err(hand_over(frame, segment, target, Reason::PassTtl));
+    }
+    let entry = if target.inbound {
+        NEXT_HOP.get_ptr_mut(target.node_index)
     } else {
-        CLIENT_NEXT_HOP.get_ptr_mut(client_slot(fib_destination))
+        CLIENT_NEXT_HOP.get_ptr_mut(client_slot(target.fib_destination))
     };
     let cache = entry.map(|entry| {
         // SAFETY: helper without arguments.
@@ -401,43 +527,45 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
         let hop = unsafe { *entry };
         let ttl = u64::from(config.next_hop_ttl_ms) * NS_PER_MS;
         let fresh = now.wrapping_sub(hop.resolved_ns) < ttl;
-        (hop.ifindex != 0 && hop.addr == fib_destination && fresh).then_some(hop)
+        (hop.ifindex != 0 && hop.addr == target.fib_destination && fresh).then_some(hop)
     });
-    let (dmac, smac, egress) = match hit {
+    let hop = match hit {
         Some(hop) => {
             // The check the lookup would make against the route's MTU.
-            if total_len > hop.mtu {
-                return Ok(hand_over(Reason::PassMtu));
+            if segment.total_len > hop.mtu {
+                return Err(hand_over(frame, segment, target, Reason::PassMtu));
             }
-            (hop.dmac, hop.smac, hop.ifindex)
+            Hop {
+                dmac: hop.dmac,
+                smac: hop.smac,
+                egress: hop.ifindex,
+            }
         }
         None => {
             let fib = match fib_lookup(
                 ctx,
-                &header,
-                total_len,
-                (source_port, destination_port),
-                (fib_source, fib_destination),
+                header,
+                segment.total_len,
+                (segment.source_port, segment.destination_port),
+                (target.fib_source, target.fib_destination),
             ) {
                 Ok(fib) => fib,
                 // The next hop is not resolved yet (the kernel still named the
                 // egress interface), or the packet needs fragmenting.
                 Err((reason @ (Reason::PassNoNeigh | Reason::PassMtu), egress)) => {
-                    if !inbound_rewrite
-                        && reason == Reason::PassNoNeigh
-                        && node_side(config, egress)
+                    if !target.inbound && reason == Reason::PassNoNeigh && node_side(config, egress)
                     {
-                        return Ok(pass(Reason::PassDirect));
+                        return Err(Reason::PassDirect);
                     }
-                    return Ok(hand_over(reason));
+                    return Err(hand_over(frame, segment, target, reason));
                 }
-                Err((reason, _)) => return Ok(pass(reason)),
+                Err((reason, _)) => return Err(reason),
             };
             if let Some((entry, now)) = cache {
                 // SAFETY: as above; written whole, on this CPU only.
                 unsafe {
                     *entry = NextHop {
-                        addr: fib_destination,
+                        addr: target.fib_destination,
                         ifindex: fib.ifindex,
                         dmac: fib.dmac,
                         smac: fib.smac,
@@ -449,52 +577,54 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, ()> {
                     }
                 };
             }
-            (fib.dmac, fib.smac, fib.ifindex)
+            Hop {
+                dmac: fib.dmac,
+                smac: fib.smac,
+                egress: fib.ifindex,
+            }
         }
     };
-
-    // A client on the node side (reached through the internal interface) did
-    // not come through the VIP, which is served on the external side only: its
-    // answer keeps the node's address.
-    if !inbound_rewrite && node_side(config, egress) {
-        return Ok(pass(Reason::PassDirect));
+    if !target.inbound && node_side(config, hop.egress) {
+        return Err(Reason::PassDirect);
     }
+    Ok(hop)
+}
 
-    // Forward: next-hop MACs, TTL, address. SAFETY: pointers from `ptr_at`.
+/// Rewrites MACs, TTL and the address (checksums updated), counts the packet
+/// and sends it out of the egress interface.
+#[inline(always)]
+fn forward(frame: &Frame, segment: &Segment, target: &Target, route: u16, hop: &Hop) -> u32 {
+    let header = &frame.header;
+    // SAFETY: pointers from `ptr_at`.
     unsafe {
-        (*eth).dst_addr = dmac;
-        (*eth).src_addr = smac;
-        (*ip).ttl = header.ttl - 1;
+        (*frame.eth).dst_addr = hop.dmac;
+        (*frame.eth).src_addr = hop.smac;
+        (*frame.ip).ttl = header.ttl - 1;
     }
     // The header checksum is written once, with both updates (TTL, then address).
     let check = checksum::decrement_ttl(u16::from_be_bytes(header.check), header.ttl, header.proto);
-    rewrite_addresses(ip, l4, inbound_rewrite, check, old_addr, new_addr);
+    rewrite_addresses(
+        frame.ip,
+        segment.l4,
+        target.inbound,
+        check,
+        target.old_addr,
+        target.new_addr,
+    );
 
-    let bytes = frame_len as u64;
+    let bytes = segment.frame_len as u64;
     add(&ROUTE_COUNTERS, route as u32 - 1, bytes);
-    add(&NODE_COUNTERS, node_index, bytes);
-    count(if inbound_rewrite {
+    add(&NODE_COUNTERS, target.node_index, bytes);
+    count(if target.inbound {
         Reason::ForwardedIn
     } else {
         Reason::ForwardedOut
     });
-    if egress == ingress {
-        return Ok(xdp_action::XDP_TX);
+    if hop.egress == frame.ingress {
+        return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call; it only records the target for after we return.
-    Ok(unsafe { bpf_redirect(egress, 0) } as u32)
-}
-
-/// Whether `egress` leads to the nodes' side only (not where the VIP's clients are).
-#[inline(always)]
-fn node_side(config: &Config, egress: u32) -> bool {
-    egress == config.internal_ifindex && egress != config.external_ifindex
-}
-
-/// Whether `DIRECT_FLOWS` has ever held a connection to node `index`.
-#[inline(always)]
-fn direct_seen(index: NodeIndex) -> bool {
-    DIRECT_NODES.get(index).is_some_and(|seen| *seen != 0)
+    unsafe { bpf_redirect(hop.egress, 0) as u32 }
 }
 
 /// Asks the kernel for the next hop of the packet (`bpf_fib_lookup`, which also
