@@ -5,26 +5,24 @@
 //! The object is built with the cargo profile of this build (`dev` for debug
 //! builds, `release` for release builds), so `cargo test` and
 //! `cargo test --release` each load and verify the object of their own profile.
-//! `aya_build::build_ebpf` always builds `--release`, which would leave the dev
-//! profile of the program untested; this is the same invocation otherwise.
+//! The build command itself is the workspace's one recipe,
+//! `xtask/src/ebpf_build.rs`, which `cargo xtask bench` uses too.
 //!
 //! `HALOD_SKIP_EBPF=1` writes an empty object instead (for `cargo check`/clippy
 //! on machines without bpf-linker); loading it fails with a message saying so.
 
-use std::{
-    env,
-    ffi::OsString,
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 
+#[path = "../xtask/src/ebpf_build.rs"]
+mod ebpf_build;
+
+use ebpf_build::Profile;
+
 const SKIP: &str = "HALOD_SKIP_EBPF";
-const TARGET: &str = "bpfel-unknown-none";
 const PACKAGE: &str = "halod-ebpf";
-const BINARY: &str = "halod";
+const BINARY: &str = "halod-xdp";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed={SKIP}");
@@ -44,88 +42,23 @@ fn main() -> anyhow::Result<()> {
     let workspace = manifest_dir
         .parent()
         .context("halod has no parent directory")?;
-    for input in ["halod-ebpf", "halod-common", "Cargo.toml", "Cargo.lock"] {
+    for input in [
+        "halod-ebpf",
+        "halod-common",
+        "Cargo.toml",
+        "Cargo.lock",
+        "xtask/src/ebpf_build.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 
-    let (profile, profile_dir) = match env::var("PROFILE").as_deref() {
-        Ok("release") => ("release", "release"),
-        _ => ("dev", "debug"),
+    let profile = match env::var("PROFILE").as_deref() {
+        Ok("release") => Profile::Release,
+        _ => Profile::Dev,
     };
     let target_dir = out_dir.join("ebpf-target");
-    build(workspace, profile, &target_dir)?;
-
-    let built = target_dir.join(TARGET).join(profile_dir).join(BINARY);
-    fs::copy(&built, &object)
-        .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
-    Ok(())
-}
-
-fn build(workspace: &Path, profile: &str, target_dir: &Path) -> anyhow::Result<()> {
-    // `rustup run nightly` picks the toolchain (build-std and the BPF target need
-    // nightly) whatever toolchain runs this build script.
-    let mut command = Command::new("rustup");
-    command
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--package",
-            PACKAGE,
-            "--bins",
-        ])
-        .args([
-            "--target",
-            TARGET,
-            "-Z",
-            "build-std=core",
-            "--profile",
-            profile,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(workspace);
-    // Same flags as aya-build: BTF for the loader, and the cfg aya-ebpf expects.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
-    let mut rustflags = OsString::new();
-    for (i, flag) in [
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".to_owned(),
-        "-Clink-arg=--btf".to_owned(),
-    ]
-    .iter()
-    .enumerate()
-    {
-        if i > 0 {
-            rustflags.push("\x1f");
-        }
-        rustflags.push(flag);
-    }
-    command.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
-    // A BPF program cannot panic or run unoptimised: the verifier rejects the
-    // panic paths that debug assertions and overflow checks put into core and
-    // the other crates, and unoptimised code. The workspace already sets this
-    // for halod-ebpf itself; extend it to every crate of this (BPF-only) build.
-    // The dev object still differs from release (opt-level 2, no LTO-like
-    // single codegen unit), which is why both are tested.
-    if profile == "dev" {
-        command
-            .env("CARGO_PROFILE_DEV_DEBUG_ASSERTIONS", "false")
-            .env("CARGO_PROFILE_DEV_OVERFLOW_CHECKS", "false")
-            .env("CARGO_PROFILE_DEV_OPT_LEVEL", "2");
-    }
-    // The outer build's compiler settings must not leak into the nightly build.
-    for key in [
-        "RUSTC",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "RUSTFLAGS",
-    ] {
-        command.env_remove(key);
-    }
-
+    let mut command = ebpf_build::command(workspace, &[PACKAGE], profile, &target_dir, &arch, None);
     let status = command
         .status()
         .map_err(|error| anyhow!("running {command:?}: {error}; is rustup installed?"))?;
@@ -136,5 +69,9 @@ fn build(workspace: &Path, profile: &str, target_dir: &Path) -> anyhow::Result<(
              (see shared/spec/toolchain.md), or set {SKIP}=1 to skip it for check/clippy."
         );
     }
+
+    let built = ebpf_build::object(&target_dir, profile, BINARY);
+    fs::copy(&built, &object)
+        .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
     Ok(())
 }

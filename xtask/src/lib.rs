@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chaos;
 pub mod command;
 pub mod demo;
+pub mod ebpf_build;
 pub mod fuzz;
 pub mod setup;
 pub mod test_suite;
