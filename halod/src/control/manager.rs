@@ -4,7 +4,6 @@
 //! routing events, pushes each plan's writes to the data plane and sends the
 //! plan's messages to the nodes.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::metrics::Metrics;
+use super::nodes::{Awaiting, Connection, NodeTable};
 use super::state::{Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{NodeTarget, TablePush, Write};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, Role, RoutePorts};
@@ -297,30 +297,6 @@ impl Default for Clock {
     }
 }
 
-struct Connection {
-    id: ConnId,
-    outbound: mpsc::Sender<Outbound>,
-}
-
-/// What the daemon keeps per node.
-struct NodeEntry {
-    addr: Ipv4Addr,
-    /// Per-node counter slot in the data plane, `< max_nodes`.
-    index: u32,
-    connection: Option<Connection>,
-    last_seen: Arc<AtomicU64>,
-    /// While the node may reconnect: the deadline (ms) and why it waits.
-    awaiting: Option<Awaiting>,
-    connected_since_unix_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Awaiting {
-    until: u64,
-    /// Known from the state file after a daemon restart (not a lost connection).
-    restart: bool,
-}
-
 /// Why a node is failed, for the log.
 #[derive(Debug)]
 enum Cause {
@@ -364,9 +340,7 @@ impl std::fmt::Display for Cause {
 /// The node manager. Run it with [`Manager::run`].
 pub struct Manager<T> {
     cluster: Cluster,
-    nodes: HashMap<String, NodeEntry>,
-    free_indexes: Vec<u32>,
-    next_index: u32,
+    nodes: NodeTable,
     settings: Settings,
     tables: T,
     clock: Clock,
@@ -389,9 +363,7 @@ impl<T: TablePush> Manager<T> {
     pub fn new(cluster: Cluster, settings: Settings, tables: T, clock: Clock) -> Manager<T> {
         Manager {
             cluster,
-            nodes: HashMap::new(),
-            free_indexes: Vec::new(),
-            next_index: 0,
+            nodes: NodeTable::default(),
             settings,
             tables,
             silence_floor: clock.now_ms(),
@@ -422,35 +394,18 @@ impl<T: TablePush> Manager<T> {
     pub async fn restore(&mut self, saved: &SavedState, grace: Duration) {
         let until = self.clock.now_ms() + grace.as_millis() as u64;
         for node in saved.nodes() {
-            self.nodes.insert(
-                node.name.clone(),
-                NodeEntry {
-                    addr: node.addr,
-                    index: node.index,
-                    connection: None,
-                    last_seen: Arc::new(AtomicU64::new(0)),
-                    awaiting: Some(Awaiting {
-                        until,
-                        restart: true,
-                    }),
-                    connected_since_unix_ms: None,
-                },
-            );
+            self.nodes.restore(&node.name, node.addr, node.index, until);
         }
-        self.next_index = saved.nodes().map(|n| n.index + 1).max().unwrap_or(0);
-        let used: std::collections::HashSet<u32> = saved.nodes().map(|n| n.index).collect();
-        self.free_indexes = (0..self.next_index)
-            .rev()
-            .filter(|i| !used.contains(i))
-            .collect();
         let mut writes = Vec::new();
         for (i, name) in self.cluster.active().iter().enumerate() {
-            let entry = &self.nodes[name];
+            let Some(entry) = self.nodes.get(name) else {
+                continue;
+            };
             writes.push(Write::Slot {
                 slot: i as Slot + 1,
                 node: Some(NodeTarget {
-                    addr: entry.addr,
-                    index: entry.index,
+                    addr: entry.addr(),
+                    index: entry.index(),
                 }),
             });
         }
@@ -510,8 +465,8 @@ impl<T: TablePush> Manager<T> {
         let saved = |name: &str| {
             self.nodes.get(name).map(|entry| SavedNode {
                 name: name.to_string(),
-                addr: entry.addr,
-                index: entry.index,
+                addr: entry.addr(),
+                index: entry.index(),
             })
         };
         let state = SavedState {
@@ -639,7 +594,7 @@ impl<T: TablePush> Manager<T> {
     /// `halod drain NAME`: the node leaves (it hears `moved` first), then it
     /// is told `drained` and its connection closes.
     async fn drain(&mut self, name: String) -> Result<Drained, String> {
-        if !self.nodes.contains_key(&name) {
+        if !self.nodes.contains(&name) {
             return Err(format!(
                 "unknown node {name:?}: no node of that name is registered (see `halod nodes`)"
             ));
@@ -680,6 +635,7 @@ impl<T: TablePush> Manager<T> {
             .is_some_and(|connection| connection.id == conn)
     }
 
+    /// `hello`: checked, then a resume (the node's entry waits for it) or a join.
     async fn hello(
         &mut self,
         conn: ConnId,
@@ -687,59 +643,89 @@ impl<T: TablePush> Manager<T> {
         addr: Ipv4Addr,
         reply: oneshot::Sender<Result<Registered, Refusal>>,
     ) {
+        if let Err(refusal) = self.check_hello(&name, addr) {
+            let _ = reply.send(Err(refusal));
+            return;
+        }
         let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
-        let now = self.clock.now_ms();
+        let connection = Connection { id: conn, outbound };
+        if self.nodes.contains(&name) {
+            self.resume(name, addr, connection, receiver, reply).await;
+        } else {
+            self.join(name, addr, connection, receiver, reply).await;
+        }
+    }
+
+    /// Why a `hello` cannot be taken, if it cannot (O(1): indexes).
+    fn check_hello(&self, name: &str, addr: Ipv4Addr) -> Result<(), Refusal> {
         // The data plane tells nodes apart by address: one node per address.
-        if let Some((other, _)) = self
-            .nodes
-            .iter()
-            .find(|(other, entry)| entry.addr == addr && **other != name)
+        if let Some(other) = self.nodes.owner_of(addr)
+            && other != name
         {
-            let _ = reply.send(Err(Refusal {
+            return Err(Refusal {
                 code: ErrorCode::BadRequest,
                 message: format!(
                     "address {addr} is already registered by node {other:?}; every node needs its own address (hello.addr)"
                 ),
-            }));
-            return;
-        }
-        if let Some(entry) = self.nodes.get_mut(&name) {
-            if entry.connection.is_some() {
-                let _ = reply.send(Err(Refusal {
-                    code: ErrorCode::DuplicateName,
-                    message: format!(
-                        "a node named {name:?} is already connected; give every node its own --name"
-                    ),
-                }));
-                return;
-            }
-            // Back within the reconnect grace: resume, with the full state.
-            let after_restart = entry.awaiting.is_some_and(|awaiting| awaiting.restart);
-            entry.connection = Some(Connection { id: conn, outbound });
-            entry.awaiting = None;
-            entry.connected_since_unix_ms = Some(unix_ms());
-            entry.last_seen.store(now, Ordering::Relaxed);
-            let last_seen = entry.last_seen.clone();
-            let moved_addr = entry.addr != addr;
-            entry.addr = addr;
-            let index = entry.index;
-            let _ = reply.send(Ok(Registered {
-                outbound: receiver,
-                last_seen,
-            }));
-            if after_restart {
-                info!(node = %name, %addr, "node reconnected after the daemon restart; its routes are unchanged");
-            } else {
-                info!(node = %name, %addr, "node reconnected within the grace time");
-            }
-            self.emit(WatchEvent::NodeReconnected {
-                node: name.clone(),
-                addr,
             });
-            if moved_addr {
-                self.dirty = true;
-            }
-            if moved_addr && let Some(slot) = self.cluster.slot_of(&name) {
+        }
+        match self.nodes.get(name) {
+            Some(entry) if entry.connection.is_some() => Err(Refusal {
+                code: ErrorCode::DuplicateName,
+                message: format!(
+                    "a node named {name:?} is already connected; give every node its own --name"
+                ),
+            }),
+            Some(_) => Ok(()),
+            None if self.nodes.len() >= self.settings.max_nodes as usize => Err(Refusal {
+                code: ErrorCode::Full,
+                message: format!(
+                    "the gateway already has {} nodes (nodes.max_nodes); try again later",
+                    self.nodes.len()
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A node back within its reconnect grace (or after a daemon restart):
+    /// it resumes with the full state, and no route changes.
+    async fn resume(
+        &mut self,
+        name: String,
+        addr: Ipv4Addr,
+        connection: Connection,
+        receiver: mpsc::Receiver<Outbound>,
+        reply: oneshot::Sender<Result<Registered, Refusal>>,
+    ) {
+        let now = self.clock.now_ms();
+        let moved_addr = self.nodes.set_addr(&name, addr);
+        let Some(entry) = self.nodes.get_mut(&name) else {
+            return;
+        };
+        let after_restart = entry.awaiting.is_some_and(|awaiting| awaiting.restart);
+        entry.connection = Some(connection);
+        entry.awaiting = None;
+        entry.connected_since_unix_ms = Some(unix_ms());
+        entry.last_seen.store(now, Ordering::Relaxed);
+        let last_seen = entry.last_seen.clone();
+        let index = entry.index();
+        let _ = reply.send(Ok(Registered {
+            outbound: receiver,
+            last_seen,
+        }));
+        if after_restart {
+            info!(node = %name, %addr, "node reconnected after the daemon restart; its routes are unchanged");
+        } else {
+            info!(node = %name, %addr, "node reconnected within the grace time");
+        }
+        self.emit(WatchEvent::NodeReconnected {
+            node: name.clone(),
+            addr,
+        });
+        if moved_addr {
+            self.dirty = true;
+            if let Some(slot) = self.cluster.slot_of(&name) {
                 // One slot write sends the node's routes to its new address.
                 let write = Write::Slot {
                     slot,
@@ -749,35 +735,25 @@ impl<T: TablePush> Manager<T> {
                     error!(node = %name, "data plane refused the new address: {err:#}");
                 }
             }
-            self.send_welcome(&name);
-            return;
         }
-        if self.nodes.len() >= self.settings.max_nodes as usize {
-            let _ = reply.send(Err(Refusal {
-                code: ErrorCode::Full,
-                message: format!(
-                    "the gateway already has {} nodes (nodes.max_nodes); try again later",
-                    self.nodes.len()
-                ),
-            }));
-            return;
-        }
-        let index = self.free_indexes.pop().unwrap_or_else(|| {
-            self.next_index += 1;
-            self.next_index - 1
-        });
-        let last_seen = Arc::new(AtomicU64::new(now));
-        self.nodes.insert(
-            name.clone(),
-            NodeEntry {
-                addr,
-                index,
-                connection: Some(Connection { id: conn, outbound }),
-                last_seen: last_seen.clone(),
-                awaiting: None,
-                connected_since_unix_ms: Some(unix_ms()),
-            },
-        );
+        self.send_welcome(&name);
+    }
+
+    /// A new node: the routing rules' join.
+    async fn join(
+        &mut self,
+        name: String,
+        addr: Ipv4Addr,
+        connection: Connection,
+        receiver: mpsc::Receiver<Outbound>,
+        reply: oneshot::Sender<Result<Registered, Refusal>>,
+    ) {
+        let now = self.clock.now_ms();
+        let last_seen = self
+            .nodes
+            .join(&name, addr, connection, now, unix_ms())
+            .last_seen
+            .clone();
         let plan = match self.cluster.apply(Event::Join(name.clone())) {
             Ok(plan) => plan,
             Err(err) => {
@@ -827,7 +803,7 @@ impl<T: TablePush> Manager<T> {
     }
 
     async fn fail(&mut self, name: String, cause: Cause) {
-        if !self.nodes.contains_key(&name) {
+        if !self.nodes.contains(&name) {
             return;
         }
         warn!(node = %name, %cause, "node failed");
@@ -869,9 +845,7 @@ impl<T: TablePush> Manager<T> {
     /// Drops a node's entry: closes its connection (after what is queued) and
     /// recycles its counter index.
     fn forget(&mut self, name: &str) {
-        if let Some(entry) = self.nodes.remove(name) {
-            self.free_indexes.push(entry.index);
-        }
+        self.nodes.remove(name);
         self.dirty = true;
     }
 
@@ -1012,8 +986,8 @@ impl<T: TablePush> Manager<T> {
                     Some(entry) => Some(Write::Slot {
                         slot: *slot,
                         node: Some(NodeTarget {
-                            addr: entry.addr,
-                            index: entry.index,
+                            addr: entry.addr(),
+                            index: entry.index(),
                         }),
                     }),
                     None => {
@@ -1031,7 +1005,7 @@ impl<T: TablePush> Manager<T> {
         let now = self.clock.now_ms();
         let dead = self.settings.dead_window().as_millis() as u64;
         let mut failed: Vec<(String, Cause)> = Vec::new();
-        for (name, entry) in &self.nodes {
+        for (name, entry) in self.nodes.iter() {
             match entry.awaiting {
                 Some(awaiting) => {
                     if now >= awaiting.until {
@@ -1044,10 +1018,7 @@ impl<T: TablePush> Manager<T> {
                     }
                 }
                 None => {
-                    let last = entry
-                        .last_seen
-                        .load(Ordering::Relaxed)
-                        .max(self.silence_floor);
+                    let last = entry.last_seen_ms().max(self.silence_floor);
                     let silent = now.saturating_sub(last);
                     if silent > dead {
                         failed.push((name.clone(), Cause::Heartbeat(silent)));
@@ -1074,14 +1045,7 @@ impl<T: TablePush> Manager<T> {
             .map(|entry| match entry.awaiting {
                 Some(awaiting) => awaiting.until,
                 // `sweep` fails a node once its silence exceeds the window.
-                None => {
-                    entry
-                        .last_seen
-                        .load(Ordering::Relaxed)
-                        .max(self.silence_floor)
-                        + dead
-                        + 1
-                }
+                None => entry.last_seen_ms().max(self.silence_floor) + dead + 1,
             })
             .min()
             .map(|at| Duration::from_millis(at.saturating_sub(now)))
@@ -1095,8 +1059,8 @@ impl<T: TablePush> Manager<T> {
             .iter()
             .map(|(name, entry)| NodeStatus {
                 name: name.clone(),
-                addr: entry.addr,
-                index: entry.index,
+                addr: entry.addr(),
+                index: entry.index(),
                 connected: entry.connection.is_some(),
                 routes: self.cluster.routes_of(name),
                 role: self.cluster.role(name),
@@ -1104,7 +1068,7 @@ impl<T: TablePush> Manager<T> {
                 last_heartbeat_ms: entry
                     .connection
                     .as_ref()
-                    .map(|_| now.saturating_sub(entry.last_seen.load(Ordering::Relaxed))),
+                    .map(|_| now.saturating_sub(entry.last_seen_ms())),
                 connected_since_unix_ms: entry.connected_since_unix_ms,
                 awaiting: entry
                     .awaiting

@@ -11,6 +11,7 @@
 pub mod connection;
 pub mod manager;
 pub mod metrics;
+mod nodes;
 pub mod socket;
 pub mod state;
 pub mod tables;
