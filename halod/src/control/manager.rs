@@ -297,6 +297,17 @@ impl Default for Clock {
     }
 }
 
+/// A checked `hello`, and what its connection task waits for.
+struct Greeting {
+    name: String,
+    addr: Ipv4Addr,
+    /// The node's entry waits for it (reconnect grace, daemon restart).
+    resumes: bool,
+    connection: Connection,
+    receiver: mpsc::Receiver<Outbound>,
+    reply: oneshot::Sender<Result<Registered, Refusal>>,
+}
+
 /// Why a node is failed, for the log.
 #[derive(Debug)]
 enum Cause {
@@ -648,11 +659,18 @@ impl<T: TablePush> Manager<T> {
             return;
         }
         let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
-        let connection = Connection { id: conn, outbound };
-        if self.nodes.contains(&name) {
-            self.resume(name, addr, connection, receiver, reply).await;
+        let greeting = Greeting {
+            resumes: self.nodes.contains(&name),
+            name,
+            addr,
+            connection: Connection { id: conn, outbound },
+            receiver,
+            reply,
+        };
+        if greeting.resumes {
+            self.resume(greeting).await;
         } else {
-            self.join(name, addr, connection, receiver, reply).await;
+            self.join(greeting).await;
         }
     }
 
@@ -690,28 +708,22 @@ impl<T: TablePush> Manager<T> {
 
     /// A node back within its reconnect grace (or after a daemon restart):
     /// it resumes with the full state, and no route changes.
-    async fn resume(
-        &mut self,
-        name: String,
-        addr: Ipv4Addr,
-        connection: Connection,
-        receiver: mpsc::Receiver<Outbound>,
-        reply: oneshot::Sender<Result<Registered, Refusal>>,
-    ) {
+    async fn resume(&mut self, greeting: Greeting) {
+        let (name, addr) = (greeting.name, greeting.addr);
         let now = self.clock.now_ms();
         let moved_addr = self.nodes.set_addr(&name, addr);
         let Some(entry) = self.nodes.get_mut(&name) else {
             return;
         };
         let after_restart = entry.awaiting.is_some_and(|awaiting| awaiting.restart);
-        entry.connection = Some(connection);
+        entry.connection = Some(greeting.connection);
         entry.awaiting = None;
         entry.connected_since_unix_ms = Some(unix_ms());
         entry.last_seen.store(now, Ordering::Relaxed);
         let last_seen = entry.last_seen.clone();
         let index = entry.index();
-        let _ = reply.send(Ok(Registered {
-            outbound: receiver,
+        let _ = greeting.reply.send(Ok(Registered {
+            outbound: greeting.receiver,
             last_seen,
         }));
         if after_restart {
@@ -740,18 +752,14 @@ impl<T: TablePush> Manager<T> {
     }
 
     /// A new node: the routing rules' join.
-    async fn join(
-        &mut self,
-        name: String,
-        addr: Ipv4Addr,
-        connection: Connection,
-        receiver: mpsc::Receiver<Outbound>,
-        reply: oneshot::Sender<Result<Registered, Refusal>>,
-    ) {
+    async fn join(&mut self, greeting: Greeting) {
+        let Greeting {
+            name, addr, reply, ..
+        } = greeting;
         let now = self.clock.now_ms();
         let last_seen = self
             .nodes
-            .join(&name, addr, connection, now, unix_ms())
+            .join(&name, addr, greeting.connection, now, unix_ms())
             .last_seen
             .clone();
         let plan = match self.cluster.apply(Event::Join(name.clone())) {
@@ -769,7 +777,7 @@ impl<T: TablePush> Manager<T> {
         };
         if reply
             .send(Ok(Registered {
-                outbound: receiver,
+                outbound: greeting.receiver,
                 last_seen,
             }))
             .is_err()

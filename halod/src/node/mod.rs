@@ -164,18 +164,11 @@ impl Agent {
         let mut backoff = BACKOFF_START;
         loop {
             let options = self.options.clone();
-            let connected = {
-                let connect = Client::connect(&options);
-                tokio::pin!(connect);
-                loop {
-                    tokio::select! {
-                        wanted = signals.next() => match wanted {
-                            Wanted::Leave => return ExitCode::SUCCESS,
-                            Wanted::Resync => self.resync(),
-                        },
-                        connected = &mut connect => break connected,
-                    }
-                }
+            let Some(connected) = self
+                .unless_asked_to_leave(signals, Client::connect(&options))
+                .await
+            else {
+                return ExitCode::SUCCESS;
             };
             match connected {
                 Ok((mut client, welcome)) => {
@@ -264,15 +257,27 @@ impl Agent {
             let delay = jitter(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
             let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    wanted = signals.next() => match wanted {
-                        Wanted::Leave => return ExitCode::SUCCESS,
-                        Wanted::Resync => self.resync(),
-                    },
-                    () = &mut sleep => break,
-                }
+            if self.unless_asked_to_leave(signals, sleep).await.is_none() {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+
+    /// `work`'s output, or `None` when SIGTERM or SIGINT came first (nothing to
+    /// say `bye` on: the agent is not registered). SIGUSR1 meanwhile runs the hook.
+    async fn unless_asked_to_leave<T>(
+        &mut self,
+        signals: &mut Signals,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                wanted = signals.next() => match wanted {
+                    Wanted::Leave => return None,
+                    Wanted::Resync => self.resync(),
+                },
+                done = &mut work => return Some(done),
             }
         }
     }
