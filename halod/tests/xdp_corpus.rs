@@ -1288,37 +1288,17 @@ impl Bed {
     }
 }
 
-fn set_up_namespace() -> Bed {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unshare(CLONE_NEWNET): the test needs root");
-    for (name, address, peer, net) in [
-        ("ext0", EXT_MAC, "extp", "198.18.0.1/24"),
-        ("int0", INT_MAC, "intp", "198.19.0.1/24"),
-    ] {
-        run(&[
-            "ip",
-            "link",
-            "add",
-            name,
-            "address",
-            &mac(address),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer,
-        ]);
-        run(&["ip", "addr", "add", net, "dev", name]);
-        run(&["ip", "link", "set", name, "up"]);
-        run(&["ip", "link", "set", peer, "up"]);
-    }
-    // The VIP is local, as the operations guide asks.
-    run(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "ext0"]);
-    run(&["ip", "link", "set", "lo", "up"]);
-    for (addr, neighbour, dev) in [(CLIENT, CLIENT_MAC, "ext0"), (NODE_A, NODE_A_MAC, "int0")] {
-        set_neighbour(addr, neighbour, dev);
-    }
-    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
+/// The corpus's gateway namespace (`support::in_gateway_netns`) with the VIP
+/// local, as the operations guide asks, and the program loaded with its table.
+fn in_corpus_netns(test: impl FnOnce(&Bed) + Send + 'static) {
+    const NEIGHBOURS: &[(Ipv4Addr, [u8; 6])] = &[(CLIENT, CLIENT_MAC), (NODE_A, NODE_A_MAC)];
+    in_gateway_netns(false, NEIGHBOURS, move |interfaces| {
+        run(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "ext0"]);
+        test(&load_corpus_table(interfaces));
+    });
+}
+
+fn load_corpus_table(interfaces: Interfaces) -> Bed {
     let config = dataplane_config("xdp-corpus", "int0");
     let mut dataplane = Dataplane::load_unattached(&config).unwrap_or_else(|e| panic!("{e}"));
     // Slot 1 = node A, slot 3 = a node without a neighbour entry; routes 1-8 ->
@@ -1346,12 +1326,11 @@ fn set_up_namespace() -> Bed {
         });
     }
     dataplane.apply(&writes).unwrap_or_else(|e| panic!("{e}"));
-    let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
     Bed {
         dataplane,
-        ext: index("ext0"),
-        int: index("int0"),
-        lo: index("lo"),
+        ext: interfaces.ext,
+        int: interfaces.int,
+        lo: nix::net::if_::if_nametoindex("lo").unwrap(),
     }
 }
 
@@ -1454,8 +1433,7 @@ fn diff(expected: &[u8], actual: &[u8]) -> String {
 #[test]
 fn every_frame_of_the_corpus_gets_its_expected_verdict_and_bytes() {
     let cases = corpus();
-    let thread = std::thread::spawn(move || {
-        let bed = set_up_namespace();
+    in_corpus_netns(move |bed| {
         let mut failures = Vec::new();
         let mut per_category: Vec<(&str, usize)> = Vec::new();
         for case in &cases {
@@ -1466,7 +1444,7 @@ fn every_frame_of_the_corpus_gets_its_expected_verdict_and_bytes() {
                 Some((_, count)) => *count += 1,
                 None => per_category.push((case.category, 1)),
             }
-            if let Err(problem) = check(&bed, case) {
+            if let Err(problem) = check(bed, case) {
                 failures.push(format!("[{}] {}: {problem}", case.category, case.name));
             }
         }
@@ -1501,9 +1479,6 @@ fn every_frame_of_the_corpus_gets_its_expected_verdict_and_bytes() {
             failures.join("\n")
         );
     });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// Frames larger than the test run's linear buffer: the kernel either refuses
@@ -1511,8 +1486,7 @@ fn every_frame_of_the_corpus_gets_its_expected_verdict_and_bytes() {
 /// out changed or forwarded.
 #[test]
 fn frames_larger_than_a_page_are_never_forwarded() {
-    let thread = std::thread::spawn(|| {
-        let bed = set_up_namespace();
+    in_corpus_netns(|bed| {
         for size in [MAX_TEST_RUN_FRAME + 1, 4096, 9014, 65535] {
             let mut spec = Spec::inbound(true);
             spec.payload = vec![0x5a; size.min(65535 - 28 + 14) - 42];
@@ -1533,7 +1507,4 @@ fn frames_larger_than_a_page_are_never_forwarded() {
             }
         }
     });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
 }

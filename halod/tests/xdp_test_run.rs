@@ -32,71 +32,24 @@ struct Bed {
     int: u32,
 }
 
-/// Runs `test` on a new thread in a fresh network namespace set up as described
-/// at the top; `shared` puts clients and nodes on one interface (XDP_TX).
+/// Runs `test` in a fresh gateway namespace (`support::in_gateway_netns`) with the
+/// program loaded; `shared` puts clients and nodes on one interface (XDP_TX).
 fn in_netns(shared: bool, test: impl FnOnce(&mut Bed) + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET): the test needs root");
-        let int_name = if shared { "ext0" } else { "int0" };
-        run(&[
-            "ip",
-            "link",
-            "add",
-            "ext0",
-            "address",
-            &mac(EXT_MAC),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "extp",
-        ]);
-        run(&["ip", "addr", "add", "198.18.0.1/24", "dev", "ext0"]);
-        if shared {
-            run(&["ip", "addr", "add", "198.19.0.1/24", "dev", "ext0"]);
-        } else {
-            run(&[
-                "ip",
-                "link",
-                "add",
-                "int0",
-                "address",
-                &mac(INT_MAC),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "intp",
-            ]);
-            run(&["ip", "addr", "add", "198.19.0.1/24", "dev", "int0"]);
-        }
-        for dev in ["ext0", "extp", "int0", "intp"] {
-            if !shared || dev.starts_with("ext") {
-                run(&["ip", "link", "set", dev, "up"]);
-            }
-        }
-        set_neighbour(CLIENT, CLIENT_MAC, "ext0");
-        for (node, node_mac) in [(NODE_A, NODE_A_MAC), (NODE_B, NODE_B_MAC)] {
-            set_neighbour(node, node_mac, int_name);
-        }
-        // bpf_fib_lookup answers FWD_DISABLED unless the ingress device forwards;
-        // /proc/sys/net shows the namespace of the thread that opens it.
-        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
-
-        let config = dataplane_config("xdp-test-run", int_name);
+    const NEIGHBOURS: &[(Ipv4Addr, [u8; 6])] = &[
+        (CLIENT, CLIENT_MAC),
+        (NODE_A, NODE_A_MAC),
+        (NODE_B, NODE_B_MAC),
+    ];
+    in_gateway_netns(shared, NEIGHBOURS, move |interfaces| {
+        let config = dataplane_config("xdp-test-run", interfaces.int_name);
         let dataplane = Dataplane::load_unattached(&config).unwrap_or_else(|e| panic!("{e}"));
-        let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
         let mut bed = Bed {
             dataplane,
-            ext: index("ext0"),
-            int: index(int_name),
+            ext: interfaces.ext,
+            int: interfaces.int,
         };
         test(&mut bed);
     });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 impl Bed {

@@ -1,7 +1,7 @@
 //! Shared by the BPF_PROG_TEST_RUN tests (`xdp_test_run.rs`, `xdp_corpus.rs`), each of which
-//! includes it with `mod support;`: the addresses and MACs of their private network
-//! namespace, the listener layout, XDP verdicts, and a command runner. Each test uses a
-//! subset, hence `dead_code`.
+//! includes it with `mod support;`: their private gateway namespace ([`in_gateway_netns`]),
+//! its addresses and MACs, the listener layout, XDP verdicts, and a command runner. Each
+//! test uses a subset, hence `dead_code`.
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
@@ -79,4 +79,82 @@ pub fn run(args: &[&str]) {
         "{args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The gateway's interfaces in a test namespace (see [`in_gateway_netns`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Interfaces {
+    pub ext: u32,
+    pub int: u32,
+    /// `int0`, or `ext0` when both sides share it.
+    pub int_name: &'static str,
+}
+
+/// Runs `test` on a new thread inside a fresh network namespace, set up as a
+/// gateway, and returns what it returns. `bpf_fib_lookup` answers from the
+/// namespace of the thread that runs the program, and `unshare(CLONE_NEWNET)`
+/// moves only the calling thread, so the namespace disappears with the thread,
+/// even when the test fails (its panic is the test's).
+///
+/// The namespace: veth `ext0` (`EXT_MAC`, 198.18.0.1/24, peer `extp`) and
+/// `int0` (`INT_MAC`, 198.19.0.1/24, peer `intp`), or with `shared` one `ext0`
+/// carrying both networks; `lo` up; forwarding on (`bpf_fib_lookup` answers
+/// FWD_DISABLED otherwise); a permanent neighbour entry for each of
+/// `neighbours`, on the interface of its network.
+pub fn in_gateway_netns<T: Send + 'static>(
+    shared: bool,
+    neighbours: &'static [(Ipv4Addr, [u8; 6])],
+    test: impl FnOnce(Interfaces) -> T + Send + 'static,
+) -> T {
+    let thread = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET): the test needs root");
+        let int_name = if shared { "ext0" } else { "int0" };
+        let mut links = vec![("ext0", EXT_MAC, "extp", "198.18.0.1/24")];
+        if !shared {
+            links.push(("int0", INT_MAC, "intp", "198.19.0.1/24"));
+        }
+        for (name, address, peer, net) in links {
+            run(&[
+                "ip",
+                "link",
+                "add",
+                name,
+                "address",
+                &mac(address),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+            ]);
+            run(&["ip", "addr", "add", net, "dev", name]);
+            run(&["ip", "link", "set", name, "up"]);
+            run(&["ip", "link", "set", peer, "up"]);
+        }
+        if shared {
+            run(&["ip", "addr", "add", "198.19.0.1/24", "dev", "ext0"]);
+        }
+        run(&["ip", "link", "set", "lo", "up"]);
+        for (addr, lladdr) in neighbours {
+            let dev = if addr.octets()[1] == 18 {
+                "ext0"
+            } else {
+                int_name
+            };
+            set_neighbour(*addr, *lladdr, dev);
+        }
+        // /proc/sys/net shows the namespace of the thread that opens it.
+        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
+        let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
+        test(Interfaces {
+            ext: index("ext0"),
+            int: index(int_name),
+            int_name,
+        })
+    });
+    match thread.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
