@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::metrics::Metrics;
 use super::nodes::{Awaiting, Connection, NodeTable};
@@ -21,6 +21,9 @@ use super::state::{Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{NodeTarget, TablePush, Write};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, Role, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
+
+/// Why a node whose connection closed before its `hello` was answered is lost.
+const HELLO_UNANSWERED: &str = "the connection closed before the answer to hello";
 
 /// Messages queued for one node before it counts as stuck and is failed.
 pub const OUTBOUND_QUEUE: usize = 64;
@@ -575,31 +578,36 @@ impl<T: TablePush> Manager<T> {
                 let _ = reply.send(self.drain(name).await);
             }
             Request::Closed { conn, name, reason } => {
-                if !self.is_current(&name, conn) {
-                    return;
-                }
-                if self.settings.reconnect_grace.is_zero() {
-                    self.fail(name, Cause::Disconnected(reason)).await;
-                } else if let Some(entry) = self.nodes.get_mut(&name) {
-                    let grace_ms = self.settings.reconnect_grace.as_millis() as u64;
-                    info!(node = %name, %reason, grace_ms,
-                        "connection lost; waiting for the node to reconnect");
-                    entry.connection = None;
-                    entry.connected_since_unix_ms = None;
-                    entry.awaiting = Some(Awaiting {
-                        until: self.clock.now_ms() + grace_ms,
-                        restart: false,
-                    });
-                    self.emit(WatchEvent::NodeDisconnected {
-                        node: name,
-                        reason,
-                        grace_ms,
-                    });
+                if self.is_current(&name, conn) {
+                    self.connection_lost(name, reason).await;
                 }
             }
         }
         self.fail_overflowed().await;
         self.publish_state();
+    }
+
+    /// A registered node's connection is gone: the node fails, or, with
+    /// `nodes.reconnect_grace_ms`, waits that long for it to come back.
+    async fn connection_lost(&mut self, name: String, reason: String) {
+        if self.settings.reconnect_grace.is_zero() {
+            self.fail(name, Cause::Disconnected(reason)).await;
+        } else if let Some(entry) = self.nodes.get_mut(&name) {
+            let grace_ms = self.settings.reconnect_grace.as_millis() as u64;
+            info!(node = %name, %reason, grace_ms,
+                "connection lost; waiting for the node to reconnect");
+            entry.connection = None;
+            entry.connected_since_unix_ms = None;
+            entry.awaiting = Some(Awaiting {
+                until: self.clock.now_ms() + grace_ms,
+                restart: false,
+            });
+            self.emit(WatchEvent::NodeDisconnected {
+                node: name,
+                reason,
+                grace_ms,
+            });
+        }
     }
 
     /// `halod drain NAME`: the node leaves (it hears `moved` first), then it
@@ -722,10 +730,13 @@ impl<T: TablePush> Manager<T> {
         entry.last_seen.store(now, Ordering::Relaxed);
         let last_seen = entry.last_seen.clone();
         let index = entry.index();
-        let _ = greeting.reply.send(Ok(Registered {
-            outbound: greeting.receiver,
-            last_seen,
-        }));
+        let delivered = greeting
+            .reply
+            .send(Ok(Registered {
+                outbound: greeting.receiver,
+                last_seen,
+            }))
+            .is_ok();
         if after_restart {
             info!(node = %name, %addr, "node reconnected after the daemon restart; its routes are unchanged");
         } else {
@@ -749,6 +760,12 @@ impl<T: TablePush> Manager<T> {
             }
         }
         self.send_welcome(&name);
+        if !delivered {
+            // The connection task went away while the manager answered: it
+            // will never report the connection's end, so the manager does.
+            self.connection_lost(name, HELLO_UNANSWERED.to_string())
+                .await;
+        }
     }
 
     /// A new node: the routing rules' join.
@@ -775,15 +792,12 @@ impl<T: TablePush> Manager<T> {
                 return;
             }
         };
-        if reply
+        let delivered = reply
             .send(Ok(Registered {
                 outbound: greeting.receiver,
                 last_seen,
             }))
-            .is_err()
-        {
-            debug!(node = %name, "connection went away during hello");
-        }
+            .is_ok();
         info!(node = %name, %addr, role = ?self.cluster.role(&name), slot = ?self.cluster.slot_of(&name),
             routes = self.cluster.routes_of(&name).len(), "node joined");
         if let Some(role) = self.cluster.role(&name) {
@@ -796,6 +810,11 @@ impl<T: TablePush> Manager<T> {
             });
         }
         self.carry_out(plan).await;
+        if !delivered {
+            // As in `resume`: nobody else will report this connection's end.
+            self.connection_lost(name, HELLO_UNANSWERED.to_string())
+                .await;
+        }
     }
 
     /// Fails or removes a registered node (event `Fail` or `Leave`).

@@ -744,3 +744,38 @@ fn connections_past_the_limit_are_not_admitted() {
     drop(first);
     assert!(policy.admit().is_some(), "a freed slot is not reused");
 }
+
+/// A `hello` whose connection task went away before the manager answered: the
+/// node must not stay registered (nothing else would report its connection's
+/// end), and with a reconnect grace it waits for its reconnect instead.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_hello_cannot_be_answered_does_not_stay_registered() {
+    for grace_ms in [0, 5_000] {
+        let mut gateway = gateway(0, grace_ms, 100);
+        let mut n1 = gateway.join(1, "n1").await;
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        gateway
+            .requests
+            .send(Request::Hello {
+                conn: 999,
+                name: "n2".into(),
+                addr: addr(2),
+                reply,
+            })
+            .await
+            .unwrap();
+        let snapshot = gateway.snapshot().await;
+        let n2 = snapshot.nodes.iter().find(|node| node.name == "n2");
+        if grace_ms == 0 {
+            assert!(n2.is_none(), "n2 must be failed at once: {snapshot:?}");
+            assert_eq!(snapshot.active, ["n1"]);
+        } else {
+            let n2 = n2.expect("n2 waits for its reconnect");
+            assert!(!n2.connected);
+            assert_eq!(n2.awaiting, Some("reconnect"));
+        }
+        gateway.check(&mut [&mut n1]).await;
+        gateway.shutdown.cancel();
+    }
+}
