@@ -6,9 +6,11 @@
 //! table, and the data-plane actor that owns the BPF maps; beside them the
 //! operator's control socket ([`socket`]), the metrics endpoint
 //! ([`metrics`]) and the state-file writer ([`state`]). Shutdown goes
-//! through one cancellation token, set on SIGINT or SIGTERM.
+//! through one cancellation token, set on SIGINT or SIGTERM. The daemon
+//! holds its instance's lock ([`lock`]) for its whole life.
 
 pub mod connection;
+pub mod lock;
 pub mod manager;
 pub mod metrics;
 pub mod socket;
@@ -91,6 +93,19 @@ pub struct TeardownArgs {
 /// on the control socket.
 pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
+    // The daemon's lock, not its socket, says whether it runs: a socket
+    // file can be removed from under a live daemon.
+    let _lock = lock::InstanceLock::acquire(
+        &config.instance,
+        &format!("halod teardown (pid {})", std::process::id()),
+    )
+    .map_err(|err| match err {
+        lock::LockError::Held { holder, .. } => anyhow::anyhow!(
+            "a daemon is running for instance {:?}: {holder}. Stop it first (systemctl stop halod), then tear down",
+            config.instance
+        ),
+        other => anyhow::Error::new(other).context("taking the instance lock"),
+    })?;
     if std::os::unix::net::UnixStream::connect(&config.control.socket).is_ok() {
         anyhow::bail!(
             "a daemon is running on {}: stop it first (systemctl stop halod), then tear down",
@@ -98,17 +113,17 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if dataplane::Dataplane::remove_pins(&config.instance)? {
-        println!(
+        say(&format!(
             "detached the XDP program of instance {} and removed its pins",
             config.instance
-        );
+        ));
     } else {
-        println!("nothing pinned for instance {}", config.instance);
+        say(&format!("nothing pinned for instance {}", config.instance));
     }
     let state = config.state_file();
     if !args.keep_state {
         match std::fs::remove_file(&state) {
-            Ok(()) => println!("removed {}", state.display()),
+            Ok(()) => say(&format!("removed {}", state.display())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 return Err(err).with_context(|| format!("removing {}", state.display()));
@@ -118,12 +133,20 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line of `teardown`'s report on stdout; a closed stdout is no error.
+fn say(line: &str) {
+    let _ = crate::console::stdout(&format!("{line}\n"));
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HALOD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A closed stderr must not panic the task that logged (it once was
+        // the signal task, and SIGTERM went unheard): see `console`.
+        .with_writer(|| crate::console::Stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
@@ -131,6 +154,14 @@ fn init_logging() {
 /// Runs the daemon until SIGINT or SIGTERM. With `reset`, the state file is
 /// not read (and is overwritten with the new table).
 pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow::Result<()> {
+    // Before anything of the instance is read or touched: a second daemon
+    // would take the first one's pins for left-overs and remove them.
+    let holder = format!(
+        "halod pid {}, control socket {}",
+        std::process::id(),
+        config.control.socket.display()
+    );
+    let instance_lock = lock::InstanceLock::acquire(&config.instance, &holder)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 
@@ -183,9 +214,9 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
     };
-    // The control socket is bound: no other daemon of this socket runs, so
-    // whatever is pinned for this instance is a previous daemon's. With a
-    // saved table it is adopted (forwarding never stops); otherwise removed.
+    // The instance lock is held: no other daemon of this instance runs, so
+    // whatever is pinned for it is a previous daemon's. With a saved table
+    // it is adopted (forwarding never stops); otherwise removed.
     let adopted = match &saved {
         Some(_) => dataplane::Dataplane::adopt(&dataplane_config)
             .context("adopting the data plane the previous daemon left running")?,
@@ -267,6 +298,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     let control_task = tokio::spawn(socket::serve(
         control,
         config.control.socket.clone(),
+        group,
         services.clone(),
         shutdown.clone(),
     ));
@@ -299,6 +331,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
             open: Default::default(),
         },
     };
+    let lock_task = tokio::spawn(keep_lock(instance_lock, holder, shutdown.clone()));
     accept_loop(listener, context).await;
     manager.await.context("node manager task")?;
     writer_stop.cancel();
@@ -307,6 +340,8 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     // Leave the program attached and pinned: it forwards with the last table
     // until the next daemon adopts it (`halod teardown` removes it).
     tables.shutdown_keeping().await;
+    // Released last: the next daemon may adopt the pins from here on.
+    drop(lock_task.await);
     info!("gateway stopped");
     Ok(())
 }
@@ -352,15 +387,74 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
     }
 }
 
+/// Holds the instance lock until `shutdown` and returns it. A lock file
+/// removed meanwhile (`rm`, a clean-up of /run) would let a second daemon in:
+/// it is made and taken again, checked as often as the control socket.
+async fn keep_lock(
+    mut held: lock::InstanceLock,
+    holder: String,
+    shutdown: CancellationToken,
+) -> lock::InstanceLock {
+    let mut check = tokio::time::interval(socket::SOCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut complained = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return held,
+            _ = check.tick() => {}
+        }
+        if held.still_in_place() {
+            continue;
+        }
+        let instance = held
+            .path()
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match lock::InstanceLock::acquire(&instance, &holder) {
+            Ok(again) => {
+                warn!(path = %again.path().display(), "the instance lock file was removed while the daemon ran; made and took it again");
+                held = again;
+                complained = false;
+            }
+            Err(err) if !complained => {
+                complained = true;
+                tracing::error!(
+                    "the instance lock file was removed and cannot be taken again: {err}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// SIGINT and SIGTERM stop the daemon. SIGHUP, which many daemons take as
+/// "reload", is logged and ignored: halod's config shapes the table and the
+/// data plane, and a change is applied by a restart (which keeps
+/// forwarding, docs/operations.md). Its default action would kill the
+/// daemon without a word.
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT: shutting down"),
-            _ = terminate.recv() => info!("SIGTERM: shutting down"),
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {
+                    info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = hangup.recv() => warn!(
+                    "SIGHUP ignored: halod does not reload its config; to apply a change, \
+                     restart it (systemctl restart halod): forwarding goes on across a restart"
+                ),
+            }
         }
         shutdown.cancel();
     });

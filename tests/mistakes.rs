@@ -1,0 +1,483 @@
+//! End to end: an operator's mistakes against `halod run` in the test bed
+//! (issue #18): a second daemon of the same instance, a removed control
+//! socket, a closed stderr, SIGHUP, a stopped daemon, and `teardown` under a
+//! running daemon. None of them may take the gateway down. Needs root.
+//!
+//! Every test has its own test-bed prefix (`hd-m…-`), data-plane instance,
+//! control socket and state file, and kills what it started.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use xtask::testbed::{Testbed, TestbedOptions};
+
+mod support;
+use support::{Process, follow, keep_log};
+
+const HALOD: &str = env!("CARGO_BIN_EXE_halod");
+const ROUTES: u16 = 4;
+const BASE: u16 = 8000;
+const NODES_PORT: u16 = 7000;
+/// Generous: correctness deadlines, never performance checks.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn require_root() {
+    support::require_root(
+        "the mistakes tests build network namespaces and load XDP programs; run them as root",
+    );
+}
+
+struct Bed {
+    bed: Testbed,
+    dir: PathBuf,
+    config: PathBuf,
+    instance: String,
+    gateway: Option<Process>,
+    log: Arc<Mutex<Vec<String>>>,
+    prefix: String,
+}
+
+impl Bed {
+    /// The test bed and a config; the gateway is not started.
+    fn new(prefix: &str, nodes: usize) -> Bed {
+        require_root();
+        let bed = Testbed::up(TestbedOptions {
+            prefix: prefix.into(),
+            nodes,
+            clients: 1,
+        })
+        .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"));
+        let dir = std::env::temp_dir().join(format!("halod-{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let instance = prefix.trim_end_matches('-').replace('-', "_");
+        let bed = Bed {
+            bed,
+            config: dir.join("halod.yaml"),
+            dir,
+            instance,
+            gateway: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            prefix: prefix.into(),
+        };
+        let config = bed.config_text("halod", NODES_PORT);
+        std::fs::write(&bed.config, config).unwrap();
+        bed
+    }
+
+    fn start(prefix: &str, nodes: usize) -> Bed {
+        let mut bed = Bed::new(prefix, nodes);
+        bed.run_gateway();
+        bed
+    }
+
+    /// A config of this bed's instance whose socket, state file and node
+    /// port are its own (`name`, `port`).
+    fn config_text(&self, name: &str, port: u16) -> String {
+        format!(
+            "instance: {instance}\n\
+             interfaces: {{external: ext0, internal: int0}}\n\
+             vip: {vip}\n\
+             routes: {ROUTES}\n\
+             listeners:\n  - {{name: browser, base_port: {BASE}}}\n\
+             nodes:\n  listen: {gw}:{port}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 0\n\
+             control: {{socket: {dir}/{name}.sock}}\n\
+             state_file: {dir}/{name}.state.json\n",
+            instance = self.instance,
+            vip = self.bed.vip(),
+            gw = self.bed.gateway_internal_addr(),
+            dir = self.dir.display(),
+        )
+    }
+
+    /// `halod run --config CONFIG` in the gateway's namespace, stderr piped.
+    fn gateway_command(&self, config: &Path) -> Command {
+        let mut command = self.bed.command(&self.bed.gateway_ns(), HALOD);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .env("HALOD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts `halod run` and waits for "gateway running".
+    fn run_gateway(&mut self) {
+        let mut gateway = Process::spawn("gateway", self.gateway_command(&self.config));
+        let started = keep_log(
+            format!("{}gateway", self.prefix),
+            gateway.child.stderr.take().unwrap(),
+            self.log.clone(),
+            "gateway running",
+        );
+        if started.recv_timeout(DEADLINE).is_err() {
+            panic!(
+                "the gateway did not start; its log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+        self.gateway = Some(gateway);
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("halod.sock")
+    }
+
+    /// `halod ARGS --socket S` on the host.
+    fn halod(&self, args: &[&str]) -> Output {
+        Command::new(HALOD)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, command: &str) -> Value {
+        let output = self.halod(&[command, "--json"]);
+        assert!(
+            output.status.success(),
+            "halod {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Backend plus agent in node `i`, registered.
+    fn node(&self, i: usize, name: &str) -> (Process, Process) {
+        let mut command = self
+            .bed
+            .backend_command(i, name, (0..ROUTES).map(|route| BASE + route));
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut backend = Process::spawn(&format!("backend {name}"), command);
+        let lines = follow(
+            format!("backend {name}"),
+            backend.child.stdout.take().unwrap(),
+        );
+        expect_line(&lines, "backend ready", |line| line == "ready");
+        let mut command = self.bed.command(&self.bed.node_ns(i), HALOD);
+        let gateway = format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr());
+        command
+            .args(["node", "--gateway", &gateway, "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut agent = Process::spawn(&format!("agent {name}"), command);
+        let lines = follow(format!("agent {name}"), agent.child.stdout.take().unwrap());
+        expect_line(&lines, "welcome", |l| l.contains(r#""type":"welcome""#));
+        (agent, backend)
+    }
+
+    /// Waits until every route answers with node `name`.
+    fn wait_served_by(&self, name: &str) {
+        let start = Instant::now();
+        loop {
+            let answers: Vec<Option<String>> = (0..ROUTES)
+                .map(|route| {
+                    self.bed
+                        .answering_node(BASE + route, Duration::from_millis(500))
+                })
+                .collect();
+            if answers.iter().all(|a| a.as_deref() == Some(name)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "routes answer {answers:?}, expected {name} everywhere"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|line| line.contains(needle))
+    }
+
+    fn wait_logged(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.logged(needle) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the gateway did not log {needle:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().unwrap().child.id()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(gateway) = &mut self.gateway {
+            // A test may leave it stopped.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(gateway.child.id() as i32),
+                Signal::SIGCONT,
+            );
+            gateway.signal(Signal::SIGTERM);
+            let _ = gateway.wait(Duration::from_secs(10));
+        }
+        self.gateway = None;
+        let teardown = Command::new(HALOD)
+            .args(["teardown", "--config"])
+            .arg(&self.config)
+            .output();
+        if let Ok(output) = teardown
+            && !output.status.success()
+        {
+            eprintln!("teardown: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
+    support::expect_line_within(lines, what, DEADLINE, matches)
+}
+
+/// Waits for `child` to exit; kills it and panics after `within`.
+fn wait_exit(child: &mut Child, what: &str, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_all(stderr: Option<ChildStderr>) -> String {
+    let mut text = String::new();
+    if let Some(stderr) = stderr {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Item 1: a second `halod run` of the same instance, with its own socket,
+/// node port and state file, is refused before it touches the pins; the
+/// first daemon's routes keep answering.
+#[test]
+fn a_second_daemon_of_the_same_instance_is_refused() {
+    let bed = Bed::start("hd-m1-", 1);
+    let _n1 = bed.node(1, "n1");
+    bed.wait_served_by("n1");
+
+    let second = bed.dir.join("second.yaml");
+    std::fs::write(&second, bed.config_text("second", NODES_PORT + 1)).unwrap();
+    let mut command = bed.gateway_command(&second);
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take();
+    let status = wait_exit(&mut child, "the second daemon", DEADLINE);
+    let said = read_all(stderr);
+    assert_eq!(status.code(), Some(1), "{said}");
+    let expected = format!(
+        "instance \"{}\" is in use by halod pid {}, control socket {}",
+        bed.instance,
+        bed.gateway_pid(),
+        bed.socket().display()
+    );
+    assert!(said.contains(&expected), "{said}");
+    assert!(said.contains("one daemon per instance"), "{said}");
+    assert!(!said.contains("removed the XDP program"), "{said}");
+    assert!(
+        !bed.dir.join("second.sock").exists(),
+        "the refused daemon bound nothing"
+    );
+    bed.wait_served_by("n1");
+    assert_eq!(bed.json("nodes")["nodes"].as_array().unwrap().len(), 1);
+}
+
+/// Items 2 and 4: the control socket removed under a running daemon comes
+/// back; meanwhile `teardown` refuses, naming the daemon (it used to
+/// believe the daemon was gone and detach its program). A regular file at
+/// the socket's path is refused and kept.
+#[test]
+fn teardown_refuses_while_the_daemon_runs_even_without_its_socket() {
+    let mut bed = Bed::start("hd-m2-", 1);
+    let _n1 = bed.node(1, "n1");
+    bed.wait_served_by("n1");
+
+    std::fs::remove_file(bed.socket()).unwrap();
+    let teardown = Command::new(HALOD)
+        .args(["teardown", "--config"])
+        .arg(&bed.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&teardown.stderr).to_string();
+    assert_eq!(teardown.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "a daemon is running for instance \"{}\": halod pid {}",
+            bed.instance,
+            bed.gateway_pid()
+        )) && said.contains("Stop it first"),
+        "{said}"
+    );
+    assert!(teardown.stdout.is_empty(), "nothing was detached");
+    bed.wait_served_by("n1");
+
+    // The daemon makes its socket again.
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(bed.socket()).is_err() {
+        assert!(start.elapsed() < DEADLINE, "the socket did not come back");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bed.json("status")["counts"]["nodes"], 1);
+    bed.wait_logged("the control socket was removed while the daemon ran; made it again");
+
+    // Stopped, the daemon removes its socket; a regular file put there is
+    // then refused by the next start, and survives.
+    let mut gateway = bed.gateway.take().unwrap();
+    gateway.signal(Signal::SIGTERM);
+    assert!(gateway.wait(DEADLINE).success());
+    assert!(!bed.socket().exists());
+    std::fs::write(bed.socket(), "operator's notes\n").unwrap();
+    let mut child = bed.gateway_command(&bed.config).spawn().unwrap();
+    let stderr = child.stderr.take();
+    let status = wait_exit(&mut child, "the gateway", DEADLINE);
+    let said = read_all(stderr);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("a regular file is at this path, not a socket"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bed.socket()).unwrap(),
+        "operator's notes\n"
+    );
+    std::fs::remove_file(bed.socket()).unwrap();
+}
+
+/// Item 3: a gateway whose stderr reader went away (`2>&1 | head -5`) goes
+/// on logging into the void, and still stops on SIGTERM, cleanly. So does
+/// an operator command whose stdout is closed.
+#[test]
+fn a_closed_stderr_neither_panics_nor_stops_sigterm() {
+    let mut bed = Bed::new("hd-m3-", 1);
+    let mut gateway = Process::spawn("gateway", bed.gateway_command(&bed.config));
+    let mut stderr = BufReader::new(gateway.child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("gateway running") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the gateway exited"
+        );
+        eprint!("[hd-m3-gateway] {line}");
+    }
+    drop(stderr);
+    // Log lines now meet a closed pipe: a node joins, a SIGHUP is logged.
+    let _n1 = bed.node(1, "n1");
+    gateway.signal(Signal::SIGHUP);
+    bed.wait_served_by("n1");
+    let socket = bed.socket();
+    assert!(bed.json("status")["counts"]["nodes"] == 1);
+
+    // `halod routes | head -0`: stdout closed before it writes.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let routes = Command::new(HALOD)
+        .args(["routes", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::from(writer))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&routes.stderr);
+    assert_ne!(routes.status.code(), Some(101), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+
+    gateway.signal(Signal::SIGTERM);
+    let status = gateway.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the socket was removed on the way out");
+    bed.gateway = None;
+}
+
+/// Items 5 and 6: SIGHUP is logged and ignored; a stopped (SIGSTOP) daemon
+/// makes operator commands time out with a message, not hang; a drain sent
+/// then is carried out when the daemon resumes, as the message warns.
+#[test]
+fn sighup_is_ignored_and_a_stopped_daemon_times_out() {
+    let bed = Bed::start("hd-m5-", 2);
+    let _n1 = bed.node(1, "n1");
+    let _n2 = bed.node(2, "n2");
+
+    let gateway = bed.gateway.as_ref().unwrap();
+    gateway.signal(Signal::SIGHUP);
+    bed.wait_logged("SIGHUP ignored: halod does not reload its config");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(bed.json("status")["counts"]["nodes"], 2);
+
+    gateway.signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    let status = bed.halod(&["status", "--timeout", "1"]);
+    let said = String::from_utf8_lossy(&status.stderr).to_string();
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{said}");
+    assert!(
+        said.starts_with("halod: no reply from the daemon at")
+            && said.contains("within 1s (--timeout)")
+            && said.contains("the request changes nothing"),
+        "{said}"
+    );
+    let drain = bed.halod(&["drain", "n2", "--timeout", "0.5"]);
+    let said = String::from_utf8_lossy(&drain.stderr).to_string();
+    assert_eq!(drain.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "the drain of n2 was sent and may still be carried out when the daemon resumes"
+        ),
+        "{said}"
+    );
+    gateway.signal(Signal::SIGCONT);
+    // As the message warned: the daemon reads the drain when it resumes.
+    let start = Instant::now();
+    loop {
+        let nodes = bed.json("nodes");
+        let names: Vec<&str> = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        if names == ["n1"] {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "n2 was not drained: {nodes}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    bed.wait_served_by("n1");
+    let pid = nix::unistd::Pid::from_raw(bed.gateway_pid() as i32);
+    assert!(
+        nix::sys::signal::kill(pid, None).is_ok(),
+        "the gateway still runs"
+    );
+}
