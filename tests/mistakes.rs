@@ -481,3 +481,82 @@ fn sighup_is_ignored_and_a_stopped_daemon_times_out() {
         "the gateway still runs"
     );
 }
+
+/// Items 7 and 8: a `hello` with the internal subnet's broadcast address or
+/// the gateway's own node address is refused with `bad_request`; a state
+/// file edited to hold an address a `hello` would be refused for (here the
+/// VIP) stops the next start with a message, instead of routing to it.
+#[test]
+fn node_addresses_are_checked_in_hello_and_in_the_state_file() {
+    let mut bed = Bed::start("hd-m7-", 1);
+    let gateway_addr = bed.bed.gateway_internal_addr();
+    for (addr, says) in [
+        (
+            "198.19.0.255".to_string(),
+            "198.19.0.255 cannot be a node address: it is the broadcast address of 198.19.0.0/24",
+        ),
+        (
+            gateway_addr.to_string(),
+            "cannot be a node address: it is the gateway's own address",
+        ),
+    ] {
+        let mut command = bed.bed.command(&bed.bed.node_ns(1), HALOD);
+        command
+            .args(["node", "--gateway"])
+            .arg(format!("{gateway_addr}:{NODES_PORT}"))
+            .args(["--name", "bad", "--addr", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut agent = command.spawn().unwrap();
+        let stdout = agent.stdout.take().unwrap();
+        let stderr = agent.stderr.take();
+        let status = wait_exit(&mut agent, "the refused agent", DEADLINE);
+        let said = format!(
+            "{}{}",
+            std::io::read_to_string(stdout).unwrap(),
+            read_all(stderr)
+        );
+        assert_eq!(status.code(), Some(2), "{said}");
+        assert!(
+            said.contains("bad_request") && said.contains(says),
+            "{addr}: {said}"
+        );
+    }
+    assert!(bed.json("nodes")["nodes"].as_array().unwrap().is_empty());
+
+    let _n1 = bed.node(1, "n1");
+    bed.wait_served_by("n1");
+    let state_path = bed.dir.join("halod.state.json");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&state_path).is_ok_and(|s| s.contains(r#""name": "n1""#)) {
+        assert!(start.elapsed() < DEADLINE, "n1 was never saved");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut gateway = bed.gateway.take().unwrap();
+    gateway.signal(Signal::SIGTERM);
+    assert!(gateway.wait(DEADLINE).success());
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    let node_addr = bed.bed.node_addr(1).to_string();
+    assert!(state.contains(&node_addr), "{state}");
+    std::fs::write(
+        &state_path,
+        state.replace(&node_addr, &bed.bed.vip().to_string()),
+    )
+    .unwrap();
+    let mut child = bed.gateway_command(&bed.config).spawn().unwrap();
+    let stderr = child.stderr.take();
+    let status = wait_exit(&mut child, "the gateway", DEADLINE);
+    let said = read_all(stderr);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "state_file {}: node \"n1\": {} cannot be a node address (loopback or the gateway's VIP)",
+            state_path.display(),
+            bed.bed.vip()
+        )) && said.contains("--reset"),
+        "{said}"
+    );
+    // The refused start left the previous program forwarding to n1.
+    bed.wait_served_by("n1");
+}

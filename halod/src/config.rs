@@ -227,7 +227,8 @@ impl std::str::FromStr for Cidr {
     }
 }
 
-fn mask_of(prefix: u8) -> u32 {
+/// The netmask of a prefix length (0..=32).
+pub fn mask_of(prefix: u8) -> u32 {
     u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0)
 }
 

@@ -57,6 +57,10 @@ pub struct NodePolicy {
     pub allowed: Vec<Cidr>,
     /// The VIP: never a node's address.
     pub vip: Option<Ipv4Addr>,
+    /// The gateway's own addresses on the node side (`nodes.listen`, the
+    /// internal interface's) with their prefix length: neither they nor the
+    /// network and broadcast addresses of their subnets are a node.
+    pub own: Vec<(Ipv4Addr, u8)>,
     /// Most node connections open at once (`max_nodes` + [`EXTRA_CONNECTIONS`]).
     pub max_connections: usize,
     /// Node connections open now (shared by every clone).
@@ -69,6 +73,7 @@ impl Default for NodePolicy {
             hello_timeout: HELLO_TIMEOUT,
             allowed: Vec::new(),
             vip: None,
+            own: Vec::new(),
             max_connections: usize::MAX,
             open: Arc::default(),
         }
@@ -87,7 +92,9 @@ impl NodePolicy {
         Some(OpenConnection(self.open.clone()))
     }
 
-    /// Checks a node's address against `nodes.allowed_cidrs` and the VIP.
+    /// Checks a node's address against `nodes.allowed_cidrs`, the VIP and
+    /// the gateway's own addresses and subnets. The state file's addresses
+    /// go through the same check at start.
     pub fn check_address(&self, addr: Ipv4Addr) -> Result<(), Refusal> {
         let refuse = |message: String| {
             Err(Refusal {
@@ -95,10 +102,33 @@ impl NodePolicy {
                 message,
             })
         };
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return refuse(format!("{addr} cannot be a node address"));
+        }
         if addr.is_loopback() || Some(addr) == self.vip {
             return refuse(format!(
                 "{addr} cannot be a node address (loopback or the gateway's VIP)"
             ));
+        }
+        for &(own, prefix) in &self.own {
+            let mask = crate::config::mask_of(prefix);
+            let network = u32::from(own) & mask;
+            let subnet = format!("{}/{prefix}", Ipv4Addr::from(network));
+            let why = if addr == own {
+                Some("the gateway's own address".to_string())
+            } else if prefix <= 30 && u32::from(addr) == network {
+                Some(format!("the network address of {subnet}"))
+            } else if prefix <= 30 && u32::from(addr) == network | !mask {
+                Some(format!("the broadcast address of {subnet}"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return refuse(format!(
+                    "{addr} cannot be a node address: it is {why}; give the node's own \
+                     unicast address (hello.addr, `halod node --addr`)"
+                ));
+            }
         }
         if !self.allowed.is_empty() && !self.allowed.iter().any(|net| net.contains(addr)) {
             let allowed: Vec<String> = self.allowed.iter().map(Cidr::to_string).collect();
@@ -110,6 +140,22 @@ impl NodePolicy {
         }
         Ok(())
     }
+}
+
+/// The IPv4 addresses of `interface` with their prefix lengths (empty when
+/// it has none or cannot be read): for [`NodePolicy::own`].
+pub fn interface_addresses(interface: &str) -> Vec<(Ipv4Addr, u8)> {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addresses
+        .filter(|entry| entry.interface_name == interface)
+        .filter_map(|entry| {
+            let addr = entry.address?.as_sockaddr_in()?.ip();
+            let mask = entry.netmask?.as_sockaddr_in()?.ip();
+            Some((addr, u32::from(mask).leading_ones() as u8))
+        })
+        .collect()
 }
 
 /// An open node connection, counted in [`NodePolicy::open`] until dropped.
@@ -522,6 +568,46 @@ mod tests {
         );
         let v6: IpAddr = "fd00::1".parse().unwrap();
         assert!(check_hello(r#"{"type":"hello","version":1,"name":"n1"}"#, v6, None).is_err());
+    }
+
+    #[test]
+    fn the_gateways_own_addresses_and_subnet_ends_are_refused() {
+        let policy = NodePolicy {
+            vip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            own: vec![
+                (Ipv4Addr::new(198, 19, 0, 1), 24),
+                (Ipv4Addr::new(198, 19, 7, 5), 32),
+            ],
+            allowed: vec!["198.19.0.0/16".parse().unwrap()],
+            ..NodePolicy::default()
+        };
+        for (addr, says) in [
+            ("198.19.0.255", "the broadcast address of 198.19.0.0/24"),
+            ("198.19.0.0", "the network address of 198.19.0.0/24"),
+            ("198.19.0.1", "the gateway's own address"),
+            ("198.19.7.5", "the gateway's own address"),
+            ("198.18.0.1", "the gateway's VIP"),
+            ("127.0.0.1", "loopback"),
+            ("255.255.255.255", "cannot be a node address"),
+            ("224.0.0.1", "cannot be a node address"),
+            ("10.0.0.1", "outside nodes.allowed_cidrs"),
+        ] {
+            let refusal = policy.check_address(addr.parse().unwrap()).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::BadRequest);
+            assert!(
+                refusal.message.contains(says),
+                "{addr}: {}",
+                refusal.message
+            );
+        }
+        for addr in ["198.19.0.11", "198.19.0.254", "198.19.7.4", "198.19.7.6"] {
+            assert!(
+                policy.check_address(addr.parse().unwrap()).is_ok(),
+                "{addr}"
+            );
+        }
+        let loopback = interface_addresses("lo");
+        assert!(loopback.contains(&(Ipv4Addr::LOCALHOST, 8)), "{loopback:?}");
     }
 
     #[test]

@@ -173,8 +173,12 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     } else {
         SavedState::load(&state_path)?
     };
+    let policy = node_policy(&config);
     let restored_cluster = match &saved {
-        Some(saved) => Some(saved.cluster(&config, &state_path)?),
+        Some(saved) => {
+            saved.check_addresses(&policy, &state_path)?;
+            Some(saved.cluster(&config, &state_path)?)
+        }
         None => None,
     };
     let group = config.control_group()?;
@@ -323,13 +327,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         clock,
         shutdown: shutdown.clone(),
         metrics,
-        policy: connection::NodePolicy {
-            hello_timeout: std::time::Duration::from_millis(config.nodes.hello_timeout_ms),
-            allowed: config.nodes.allowed(),
-            vip: Some(config.vip),
-            max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
-            open: Default::default(),
-        },
+        policy,
     };
     let lock_task = tokio::spawn(keep_lock(instance_lock, holder, shutdown.clone()));
     accept_loop(listener, context).await;
@@ -344,6 +342,25 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     drop(lock_task.await);
     info!("gateway stopped");
     Ok(())
+}
+
+/// What the gateway accepts from nodes, from the config and the internal
+/// interface's addresses (read once, at start).
+fn node_policy(config: &Config) -> connection::NodePolicy {
+    let mut own = connection::interface_addresses(&config.interfaces.internal);
+    if let std::net::IpAddr::V4(listen) = config.nodes.listen.ip()
+        && !listen.is_unspecified()
+    {
+        own.push((listen, 32));
+    }
+    connection::NodePolicy {
+        hello_timeout: std::time::Duration::from_millis(config.nodes.hello_timeout_ms),
+        allowed: config.nodes.allowed(),
+        vip: Some(config.vip),
+        own,
+        max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
+        open: Default::default(),
+    }
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContext) {
