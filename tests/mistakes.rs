@@ -560,3 +560,36 @@ fn node_addresses_are_checked_in_hello_and_in_the_state_file() {
     // The refused start left the previous program forwarding to n1.
     bed.wait_served_by("n1");
 }
+
+/// Item 9: a gateway whose interface already runs an XDP program (here a
+/// second instance on the first one's interfaces) says which program is in
+/// the way and what to do, instead of two bare `bpf_link_create` errors; the
+/// program that was there goes on forwarding.
+#[test]
+fn an_interface_with_another_xdp_program_is_explained() {
+    let bed = Bed::start("hd-m9-", 1);
+    let _n1 = bed.node(1, "n1");
+    bed.wait_served_by("n1");
+
+    let other = bed.dir.join("other.yaml");
+    let text = bed.config_text("other", NODES_PORT + 1).replace(
+        &format!("instance: {}", bed.instance),
+        "instance: hd_m9_other",
+    );
+    std::fs::write(&other, text).unwrap();
+    let mut child = bed.gateway_command(&other).spawn().unwrap();
+    let stderr = child.stderr.take();
+    let status = wait_exit(&mut child, "the second instance", DEADLINE);
+    let said = read_all(stderr);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("interface ext0 already runs XDP program id ")
+            && said.contains(r#""halod" (native mode); halod needs the interface to itself"#)
+            && said.contains("It is a halod program: another gateway instance uses ext0"),
+        "{said}"
+    );
+    assert!(!said.contains("bpf_link_create"), "{said}");
+    // It removed its own (empty) pin directory and left nothing attached.
+    assert!(!Path::new("/sys/fs/bpf/halod/hd_m9_other").exists());
+    bed.wait_served_by("n1");
+}

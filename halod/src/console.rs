@@ -39,9 +39,39 @@ pub fn stderr_line(line: std::fmt::Arguments<'_>) {
 /// Writes `text` to stdout as it is. An error (EPIPE when the reader went
 /// away, as with `| head -1`) is returned for the caller to stop printing.
 pub fn stdout(text: &str) -> io::Result<()> {
-    let mut stdout = io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()
+    write_out(io::stdout().lock(), text)
+}
+
+fn write_out(mut out: impl Write, text: &str) -> io::Result<()> {
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// An error and its causes on one line, `outer: inner: innermost`, like
+/// anyhow's `{:#}`, but a cause whose text is already in the line is left
+/// out: many errors name their source in their own message too, which
+/// printed `No such file or directory (os error 2): No such file or
+/// directory (os error 2)`.
+pub fn error_chain<'a>(
+    causes: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in causes {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// [`error_chain`] of `error` and its `source()`s.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    error_chain(std::iter::successors(Some(error), |error| error.source()))
 }
 
 /// `eprintln!` that never panics: `halod::stderr_line!("halod: {err:#}")`.
@@ -56,7 +86,7 @@ macro_rules! stderr_line {
 mod tests {
     use super::*;
 
-    /// Points this process's fd 2 (or 1) at a pipe whose reader is closed
+    /// Points this process's fd 2 at a pipe whose reader is closed
     /// while `body` runs, then puts the old one back.
     fn with_closed(fd: i32, body: impl FnOnce()) {
         let (reader, writer) = nix::unistd::pipe().unwrap();
@@ -92,11 +122,43 @@ mod tests {
         });
     }
 
+    #[derive(Debug, thiserror::Error)]
+    enum Failure {
+        #[error("reading /etc/halod/x.yaml: {0}")]
+        Read(#[source] io::Error),
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let read = Failure::Read(io::Error::from_raw_os_error(libc::ENOENT));
+        let error = anyhow::Error::new(read).context("loading the config");
+        assert_eq!(
+            format!("{error:#}"),
+            "loading the config: reading /etc/halod/x.yaml: No such file or directory (os error 2): \
+             No such file or directory (os error 2)",
+            "what anyhow alone prints"
+        );
+        assert_eq!(
+            error_chain(error.chain()),
+            "loading the config: reading /etc/halod/x.yaml: No such file or directory (os error 2)"
+        );
+        // A source that adds something is kept.
+        let syscall = io::Error::other(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(libc::EBUSY),
+        });
+        assert_eq!(
+            causes(&syscall),
+            "`bpf_link_create` failed: Device or resource busy (os error 16)"
+        );
+    }
+
     #[test]
     fn a_closed_stdout_is_an_error_not_a_panic() {
-        with_closed(1, || {
-            let error = stdout("routes\n").unwrap_err();
-            assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
-        });
+        // Not this process's fd 1: the test harness prints its results there.
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let error = write_out(std::fs::File::from(writer), "routes\n").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
     }
 }

@@ -12,6 +12,7 @@
 //! taking over a failed node is one slot write.
 
 mod actor;
+pub mod attached;
 mod object;
 mod table;
 
@@ -163,13 +164,26 @@ pub enum DataplaneError {
         error: Box<ProgramError>,
     },
     #[error(
-        "attaching XDP program {program} to interface {interface} failed in native mode ({native}) and in generic mode ({generic})"
+        "attaching XDP program {program} to interface {interface} failed in native mode ({}) and in generic mode ({})",
+        crate::console::causes(&**.native),
+        crate::console::causes(&**.generic)
     )]
     Attach {
         program: &'static str,
         interface: String,
         native: Box<ProgramError>,
         generic: Box<ProgramError>,
+    },
+    #[error(
+        "interface {interface} already runs XDP program id {} {} ({} mode); halod needs the interface to itself. {}",
+        .program.id,
+        .program.name.as_deref().map_or("(name unknown)".to_string(), |name| format!("{name:?}")),
+        .program.mode,
+        occupied_advice(interface, program)
+    )]
+    Occupied {
+        interface: String,
+        program: attached::AttachedProgram,
     },
     #[error("map {map}: {action} failed: {error}")]
     Map {
@@ -189,6 +203,26 @@ pub enum DataplaneError {
     },
     #[error("the data plane task has stopped")]
     Stopped,
+}
+
+/// What to do about a program already on an interface.
+fn occupied_advice(interface: &str, program: &attached::AttachedProgram) -> String {
+    if program.name.as_deref() == Some(common::PROGRAM_NAME) {
+        return format!(
+            "It is a halod program: another gateway instance uses {interface} (see `ls {PIN_ROOT}`); \
+             stop it, or `halod teardown --config` its config if it is stopped"
+        );
+    }
+    let off = match program.mode {
+        "generic" => "xdpgeneric off",
+        "offloaded" => "xdpoffload off",
+        _ => "xdp off",
+    };
+    format!(
+        "If nothing needs it, detach it with `ip link set dev {interface} {off}` \
+         (if it was attached through a pinned link, remove the pin: `bpftool net show dev {interface}`); \
+         otherwise give halod other interfaces"
+    )
 }
 
 fn map_error(
@@ -751,12 +785,19 @@ impl Dataplane {
                 .program_mut(common::PROGRAM_NAME)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DataplaneError::Config("no XDP program loaded".to_owned()))?;
+            // Ask first: with a program in the way both attach modes fail
+            // with nothing but "`bpf_link_create` failed".
+            if let Ok(ifindex) = nix::net::if_::if_nametoindex(interface.as_str())
+                && let Ok(Some(program)) = attached::attached_program(ifindex)
+            {
+                return Err(DataplaneError::Occupied { interface, program });
+            }
             let (mode, link) = match program.attach(&interface, XdpMode::Driver) {
                 Ok(link) => (AttachMode::Native, link),
                 Err(native) => {
                     tracing::warn!(
                         interface = %interface,
-                        error = %native,
+                        error = %crate::console::causes(&native),
                         "native XDP attach failed; falling back to generic (skb) mode, which is much slower"
                     );
                     match program.attach(&interface, XdpMode::Skb) {
