@@ -593,3 +593,124 @@ fn an_interface_with_another_xdp_program_is_explained() {
     assert!(!Path::new("/sys/fs/bpf/halod/hd_m9_other").exists());
     bed.wait_served_by("n1");
 }
+
+/// Item 10: the metrics endpoint serves the format the scraper asks for
+/// (Prometheus text 0.0.4 unless `Accept` names OpenMetrics), which
+/// `promtool check metrics` accepts, with the series in the same order at
+/// every scrape.
+#[test]
+fn metrics_are_served_in_the_format_asked_for() {
+    let promtool = Command::new("promtool").arg("--version").output();
+    assert!(
+        promtool.is_ok_and(|o| o.status.success()),
+        "promtool is missing: install Debian's `prometheus` package (cargo xtask setup does)"
+    );
+    let mut bed = Bed::new("hd-m10-", 2);
+    let metrics = format!(
+        "metrics: {{listen: {}:9464}}\n",
+        bed.bed.gateway_internal_addr()
+    );
+    let mut config = std::fs::read_to_string(&bed.config).unwrap();
+    config.push_str(&metrics);
+    std::fs::write(&bed.config, config).unwrap();
+    bed.run_gateway();
+    let _n1 = bed.node(1, "n1");
+    let _n2 = bed.node(2, "n2");
+    for route in 0..ROUTES {
+        let _ = bed
+            .bed
+            .answering_node(BASE + route, Duration::from_millis(500));
+    }
+
+    let scrape = |accept: Option<&str>| -> (String, String) {
+        let target = std::net::SocketAddr::from((bed.bed.gateway_internal_addr(), 9464));
+        let accept = accept
+            .map(|a| format!("Accept: {a}\r\n"))
+            .unwrap_or_default();
+        let response = xtask::testbed::run_in_netns(&bed.bed.gateway_ns(), move || {
+            use std::io::{Read, Write};
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+            write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: halod\r\n{accept}\r\n"
+            )
+            .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap()
+            .to_string();
+        (content_type, body.to_string())
+    };
+
+    let (content_type, text) = scrape(Some("text/plain;version=0.0.4"));
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        text.contains("# TYPE halod_route_packets_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && said.is_empty(),
+        "promtool: {said}\n{text}"
+    );
+
+    // No Accept (curl's default is */*): the text format as well.
+    assert_eq!(scrape(None).0, content_type);
+    // Series order is fixed: the names of the samples, scrape after scrape.
+    let names = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+            .collect()
+    };
+    for _ in 0..5 {
+        assert_eq!(names(&scrape(Some("text/plain")).1), names(&text));
+    }
+    let routes: Vec<String> = names(&text)
+        .into_iter()
+        .filter(|n| n.starts_with("halod_route_packets_total"))
+        .collect();
+    assert_eq!(
+        routes,
+        (1..=ROUTES)
+            .map(|r| format!("halod_route_packets_total{{route=\"{r}\"}}"))
+            .collect::<Vec<_>>()
+    );
+
+    // What Prometheus asks for: OpenMetrics.
+    let (content_type, text) = scrape(Some(
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    ));
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(
+        text.contains("# TYPE halod_route_packets counter"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
