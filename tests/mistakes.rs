@@ -714,3 +714,164 @@ fn metrics_are_served_in_the_format_asked_for() {
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
+
+/// `halod ARGS` on the host (no namespace), waiting at most `within`.
+fn halod_within(args: &[&str], within: Duration, uid: Option<u32>) -> (Option<i32>, String) {
+    let mut command = Command::new(HALOD);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+        std::os::unix::process::CommandExt::gid(&mut command, uid);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take();
+    let reading = thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let status = wait_exit(&mut child, &format!("halod {}", args.join(" ")), within);
+    (
+        status.code(),
+        format!("{}{}", reading.join().unwrap(), read_all(stderr)),
+    )
+}
+
+/// Items 11 and 12: `halod run --check` reports without changing anything;
+/// a VIP on int0 is refused and a VIP on no interface warned about; a FIFO
+/// as config, a user without privileges, a doubled cause, and `halod node
+/// --gateway` without a port each get one clear line.
+#[test]
+fn checks_and_messages_for_common_mistakes() {
+    let mut bed = Bed::new("hd-m11-", 1);
+    let config = bed.config.display().to_string();
+    // In the host's namespace ext0 and int0 do not exist: --check says so.
+    let (code, said) = halod_within(&["run", "--check", "--config", &config], DEADLINE, None);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("problem: config key `interfaces.external`: no interface named \"ext0\"")
+            && said.contains(&format!(
+                "ok: instance \"{}\": no daemon of it runs",
+                bed.instance
+            ))
+            && said.contains("; nothing was changed"),
+        "{said}"
+    );
+    // In the gateway's namespace every check passes.
+    let check_in_gateway = |bed: &Bed, config: &Path| -> (Option<i32>, String) {
+        let mut command = bed.bed.command(&bed.bed.gateway_ns(), HALOD);
+        command
+            .args(["run", "--check", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped());
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (code, said) = check_in_gateway(&bed, &bed.config);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("ok: interfaces ext0 and int0 exist"),
+        "{said}"
+    );
+    assert!(!bed.socket().exists(), "--check bound no socket");
+    assert!(!Path::new("/sys/fs/bpf/halod").join(&bed.instance).exists());
+    assert!(!bed.dir.join("halod.state.json").exists());
+
+    // The VIP on int0: refused by a start, a problem for --check.
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    let vip_line = format!("vip: {}", bed.bed.vip());
+    let on_int0 = bed.dir.join("vip-on-int0.yaml");
+    std::fs::write(
+        &on_int0,
+        text.replace(
+            &vip_line,
+            &format!("vip: {}", bed.bed.gateway_internal_addr()),
+        ),
+    )
+    .unwrap();
+    let mut child = bed.gateway_command(&on_int0).spawn().unwrap();
+    let stderr = child.stderr.take();
+    let status = wait_exit(&mut child, "the gateway", DEADLINE);
+    let said = read_all(stderr);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("config key `vip`: 198.19.0.1 is the address of int0 (interfaces.internal"),
+        "{said}"
+    );
+    let (code, said) = check_in_gateway(&bed, &on_int0);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("problem: config key `vip`"), "{said}");
+    // A VIP on no interface: a warning, the start goes ahead.
+    let nowhere = bed.dir.join("vip-nowhere.yaml");
+    std::fs::write(&nowhere, text.replace(&vip_line, "vip: 198.18.0.99")).unwrap();
+    let (code, said) = check_in_gateway(&bed, &nowhere);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("warning: vip 198.18.0.99 is on no interface of this host"),
+        "{said}"
+    );
+
+    // A FIFO as config: refused at once instead of waiting for a writer.
+    let fifo = bed.dir.join("fifo.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let (code, said) = halod_within(
+        &["run", "--config", &fifo.display().to_string()],
+        Duration::from_secs(10),
+        None,
+    );
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("is a FIFO, not a regular file"), "{said}");
+
+    // No such config: the cause once.
+    let (code, said) = halod_within(
+        &["run", "--config", "/nonexistent/halod.yaml"],
+        Duration::from_secs(10),
+        None,
+    );
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(
+        said,
+        "halod: error: cannot read config file /nonexistent/halod.yaml: No such file or directory (os error 2)\n"
+    );
+
+    // Not root: told so, before any file it cannot write.
+    let (code, said) = halod_within(&["run", "--config", &config], DEADLINE, Some(65534));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.starts_with("halod: error: halod run needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"),
+        "{said}"
+    );
+
+    // `halod node --gateway` without a port: a usage error, exit 2.
+    let (code, said) = halod_within(
+        &["node", "--gateway", "198.19.0.1", "--name", "n1"],
+        Duration::from_secs(10),
+        None,
+    );
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("\"198.19.0.1\" has no port"), "{said}");
+
+    // With the daemon running, --check says so and still changes nothing.
+    bed.run_gateway();
+    let (code, said) = check_in_gateway(&bed, &bed.config);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "warning: instance \"{}\" is in use by halod pid {}",
+            bed.instance,
+            bed.gateway_pid()
+        )) && said.contains("ok: ext0 runs this instance's XDP program"),
+        "{said}"
+    );
+    assert_eq!(bed.json("status")["instance"], bed.instance.as_str());
+}

@@ -9,10 +9,12 @@
 //! through one cancellation token, set on SIGINT or SIGTERM. The daemon
 //! holds its instance's lock ([`lock`]) for its whole life.
 
+mod check;
 pub mod connection;
 pub mod lock;
 pub mod manager;
 pub mod metrics;
+mod privileges;
 pub mod socket;
 pub mod state;
 pub mod tables;
@@ -51,6 +53,13 @@ pub struct RunArgs {
     /// `routes`, `listeners`, `vip` or `interfaces`.
     #[arg(long)]
     pub reset: bool,
+    /// Check the config and this host as a start would (interfaces, VIP,
+    /// privileges, bpffs, instance lock, state file, XDP programs already
+    /// attached, control socket, ports), print one line per check, and exit:
+    /// 0 when a start would go ahead, 1 when not. Attaches, binds and writes
+    /// nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// How long a runtime thread that ran out of work waits before it sleeps on
@@ -65,7 +74,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     // Every check before any change to the system.
     let config = Config::load(&args.config)?;
+    if args.check {
+        return Ok(check::run(&config, args.reset));
+    }
+    privileges::missing().map_err(anyhow::Error::msg)?;
     let token = config.check_system()?;
+    if let Some(warning) = config.vip_warning() {
+        warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("halod")

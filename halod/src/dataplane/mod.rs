@@ -978,6 +978,18 @@ fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
     Ok((index(&config.external)?, index(&config.internal)?))
 }
 
+/// Why pins cannot be made under [`BPF_FS`], if they cannot (for `halod run
+/// --check`).
+pub fn bpffs_problem() -> Option<String> {
+    match nix::sys::statfs::statfs(BPF_FS) {
+        Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => None,
+        Ok(_) => Some(format!(
+            "{BPF_FS} is not a BPF filesystem; mount it with `mount -t bpf bpf {BPF_FS}`"
+        )),
+        Err(error) => Some(format!("statfs {BPF_FS}: {error}")),
+    }
+}
+
 /// Makes sure bpffs is mounted and `dir` is free for this instance.
 fn prepare_pin_dir(dir: &Path, instance: &str) -> Result<(), DataplaneError> {
     let pin_error = |message: String| DataplaneError::Pin {
