@@ -313,6 +313,37 @@ fn a_second_daemon_of_the_same_instance_is_refused() {
     );
     bed.wait_served_by("n1");
     assert_eq!(bed.json("nodes")["nodes"].as_array().unwrap().len(), 1);
+
+    // Item 12: a burst of bad node connections is logged at most 20 times
+    // per 10 s (every one is refused and counted).
+    let target = std::net::SocketAddr::from((bed.bed.gateway_internal_addr(), NODES_PORT));
+    let refused = xtask::testbed::run_in_netns(&bed.bed.node_ns(1), move || {
+        (0..40)
+            .filter(|_| {
+                use std::io::{Read, Write};
+                let mut stream =
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+                stream.write_all(b"not a hello\n").unwrap();
+                let mut reply = String::new();
+                let _ = stream.read_to_string(&mut reply);
+                reply.contains(r#""code":"bad_request""#)
+            })
+            .count()
+    })
+    .unwrap();
+    assert_eq!(refused, 40);
+    thread::sleep(Duration::from_millis(300));
+    let logged = bed
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("hello refused"))
+        .count();
+    assert!(
+        (1..=20).contains(&logged),
+        "{logged} refusals logged for 40 refused connections"
+    );
 }
 
 /// Items 2 and 4: the control socket removed under a running daemon comes
@@ -874,4 +905,23 @@ fn checks_and_messages_for_common_mistakes() {
         "{said}"
     );
     assert_eq!(bed.json("status")["instance"], bed.instance.as_str());
+    // Item 12: status says how the state file's writes go: the first table
+    // is pending for a moment after the start, then written.
+    let start = Instant::now();
+    loop {
+        let status = bed.json("status");
+        assert_eq!(status["state_file"]["write_failures"], 0, "{status}");
+        if status["state_file"]["up_to_date"] == true {
+            assert!(status["state_file"]["written_unix_ms"].is_u64(), "{status}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "{status}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let human = String::from_utf8(bed.halod(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains("State saved:   last written ")
+            && human.contains("ago, holds the current table"),
+        "{human}"
+    );
 }

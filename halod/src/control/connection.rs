@@ -65,7 +65,63 @@ pub struct NodePolicy {
     pub max_connections: usize,
     /// Node connections open now (shared by every clone).
     pub open: Arc<AtomicUsize>,
+    /// Log lines of refused connections, rate-limited (shared by every clone).
+    pub refusal_log: Arc<RefusalLog>,
 }
+
+/// Refused node connections logged per [`REFUSAL_LOG_WINDOW`]; the rest
+/// are counted and summed up in the next line logged. A flood of bad
+/// connections (a misconfigured fleet, a scan) must not flood the log; the
+/// metrics (`halod_node_refusals_total`) still count every one.
+pub const REFUSAL_LOG_BURST: u32 = 20;
+pub const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The rate limit of refusal log lines.
+#[derive(Debug)]
+pub struct RefusalLog {
+    /// Start of the window, lines logged in it, lines left out since the last logged one.
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> RefusalLog {
+        RefusalLog {
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Whether a refusal at `now` may be logged: `Some(left out before it)`,
+    /// or `None` when the window's lines are used up (it is counted).
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, left_out) = &mut *state;
+        if now.duration_since(*start) >= REFUSAL_LOG_WINDOW {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged >= REFUSAL_LOG_BURST {
+            *left_out += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(left_out))
+    }
+}
+
+/// Logs one refused connection through the rate limit of `policy`.
+macro_rules! refusal {
+    ($policy:expr, $($field:tt)*) => {
+        if let Some(left_out) = $policy.refusal_log.admit(std::time::Instant::now()) {
+            if left_out > 0 {
+                tracing::warn!(left_out, "node connections refused meanwhile and not logged (rate limit; halod_node_refusals_total counts all)");
+            }
+            tracing::warn!($($field)*);
+        }
+    };
+}
+pub(crate) use refusal;
 
 impl Default for NodePolicy {
     fn default() -> NodePolicy {
@@ -76,6 +132,7 @@ impl Default for NodePolicy {
             own: Vec::new(),
             max_connections: usize::MAX,
             open: Arc::default(),
+            refusal_log: Arc::default(),
         }
     }
 }
@@ -351,7 +408,7 @@ where
                     "no hello within {} ms (nodes.hello_timeout_ms)",
                     context.policy.hello_timeout.as_millis()
                 );
-                warn!(%peer, "node connection refused: {message}");
+                refusal!(context.policy, %peer, "node connection refused: {message}");
                 context.metrics.node_refused("hello_timeout");
                 refuse(writer, ErrorCode::BadRequest, message).await;
                 return None;
@@ -359,7 +416,7 @@ where
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => return None,
             Ok(Err(err)) => {
-                warn!(%peer, "node connection refused: {err}");
+                refusal!(context.policy, %peer, "node connection refused: {err}");
                 context.metrics.node_refused(line_error_label(&err));
                 refuse(writer, ErrorCode::BadRequest, err.to_string()).await;
                 return None;
@@ -376,7 +433,7 @@ where
     let (name, addr) = match checked {
         Ok(hello) => hello,
         Err((label, refusal)) => {
-            warn!(%peer, code = %refusal.code, message = %refusal.message, "hello refused");
+            refusal!(context.policy, %peer, code = %refusal.code, message = %refusal.message, "hello refused");
             context.metrics.node_refused(label);
             refuse(writer, refusal.code, refusal.message).await;
             return None;
@@ -393,7 +450,7 @@ where
     match answer.await {
         Ok(Ok(registered)) => Some((name, registered)),
         Ok(Err(refusal)) => {
-            warn!(%peer, node = %name, code = %refusal.code, message = %refusal.message, "hello refused");
+            refusal!(context.policy, %peer, node = %name, code = %refusal.code, message = %refusal.message, "hello refused");
             context.metrics.node_refused(refusal_label(refusal.code));
             refuse(writer, refusal.code, refusal.message).await;
             None
@@ -608,6 +665,22 @@ mod tests {
         }
         let loopback = interface_addresses("lo");
         assert!(loopback.contains(&(Ipv4Addr::LOCALHOST, 8)), "{loopback:?}");
+    }
+
+    #[test]
+    fn refusal_lines_are_rate_limited() {
+        let log = RefusalLog::default();
+        let start = std::time::Instant::now();
+        for _ in 0..REFUSAL_LOG_BURST {
+            assert_eq!(log.admit(start), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(log.admit(start + Duration::from_secs(1)), None);
+        }
+        // A new window: the first line says how many were left out.
+        let later = start + REFUSAL_LOG_WINDOW;
+        assert_eq!(log.admit(later), Some(5));
+        assert_eq!(log.admit(later), Some(0));
     }
 
     #[test]

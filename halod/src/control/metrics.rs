@@ -59,6 +59,20 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// How the state file's writes go, for `halod status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateFileHealth {
+    /// When the last write landed (Unix ms); null: none since the start.
+    pub written_unix_ms: Option<u64>,
+    /// Whether the file holds the table as it is now (false while a write
+    /// is pending or failing).
+    pub up_to_date: bool,
+    /// Writes that failed since the start (each is retried).
+    pub write_failures: u64,
+    /// The last failure, while writes fail; null once one landed.
+    pub last_error: Option<String>,
+}
+
 /// What the daemon counts as events happen. Cloning shares the counters.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -77,6 +91,8 @@ pub struct Metrics {
     /// Node connections refused or cut for misbehaving, by reason
     /// (`bad_request`, `line_too_long`, `hello_timeout`, `bad_token`, ...).
     pub node_refusals: Family<CauseLabel, Counter>,
+    /// The state file's writes (the writer updates it, `status` reads it).
+    pub state_file: std::sync::Arc<std::sync::Mutex<StateFileHealth>>,
 }
 
 impl Metrics {
@@ -91,7 +107,16 @@ impl Metrics {
             plan_push: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             state_write_failures: Counter::default(),
             node_refusals: Family::default(),
+            state_file: std::sync::Arc::new(std::sync::Mutex::new(StateFileHealth {
+                up_to_date: true,
+                ..StateFileHealth::default()
+            })),
         }
+    }
+
+    /// Changes the state-file health in place.
+    pub fn state_file(&self, change: impl FnOnce(&mut StateFileHealth)) {
+        change(&mut self.state_file.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// A node connection was refused or cut for `reason`.

@@ -376,6 +376,7 @@ fn node_policy(config: &Config) -> connection::NodePolicy {
         own,
         max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
         open: Default::default(),
+        refusal_log: Default::default(),
     }
 }
 
@@ -395,7 +396,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
                 let _ = stream.set_nodelay(true);
                 let context = context.clone();
                 let Some(open) = context.policy.admit() else {
-                    warn!(%peer, "node connection refused: too many connections");
+                    connection::refusal!(context.policy, %peer, "node connection refused: too many connections");
                     context.metrics.node_refused("too_many_connections");
                     tokio::spawn(connection::refuse_connection(
                         stream,

@@ -102,6 +102,9 @@ pub struct StatusReply {
     pub last_failover: Option<Failover>,
     /// Nodes taken over from the state file at start (null: fresh start).
     pub restored_nodes: Option<usize>,
+    /// How the state file's writes go (absent from daemons before 0.1.1).
+    #[serde(default)]
+    pub state_file: Option<super::metrics::StateFileHealth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +369,13 @@ impl<D: DataplaneView> Services<D> {
             dataplane,
             last_failover: snapshot.last_failover,
             restored_nodes: self.info.restored_nodes,
+            state_file: Some(
+                self.metrics
+                    .state_file
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ),
         })
     }
 

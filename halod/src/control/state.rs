@@ -305,6 +305,7 @@ pub async fn run_writer(
             if written.as_ref() == Some(&state) {
                 break;
             }
+            metrics.state_file(|health| health.up_to_date = false);
             let target = path.clone();
             let attempt = state.clone();
             let started = std::time::Instant::now();
@@ -325,11 +326,22 @@ pub async fn run_writer(
                     if retry > retry_start {
                         info!(path = %path.display(), "state file written again after failures");
                     }
+                    metrics.state_file(|health| {
+                        health.written_unix_ms = Some(super::manager::unix_ms());
+                        health.last_error = None;
+                        // A newer table may have come meanwhile: the loop
+                        // writes it next, and marks it so.
+                        health.up_to_date = true;
+                    });
                     written = Some(state);
                     break;
                 }
                 Err(err) => {
                     metrics.state_write_failures.inc();
+                    metrics.state_file(|health| {
+                        health.write_failures += 1;
+                        health.last_error = Some(err.to_string());
+                    });
                     warn!(path = %path.display(), retry_ms = retry.as_millis() as u64,
                         "writing the state file failed: {err}; forwarding goes on, retrying");
                     if stopping {
@@ -524,6 +536,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(SavedState::load(&path).ok().flatten(), None);
+        {
+            // What `halod status` shows meanwhile.
+            let health = metrics.state_file.lock().unwrap().clone();
+            assert!(!health.up_to_date);
+            assert!(health.write_failures >= 3);
+            assert_eq!(health.written_unix_ms, None);
+            assert!(
+                health
+                    .last_error
+                    .as_deref()
+                    .unwrap()
+                    .contains("File exists"),
+                "{health:?}"
+            );
+        }
         // The disk comes back: the latest state is written.
         std::fs::remove_file(&blocker).unwrap();
         let latest = state(&["n1", "n2"], &["n3"]);
@@ -531,6 +558,17 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while SavedState::load(&path).unwrap() != Some(latest.clone()) {
             assert!(std::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The health is updated just after the rename.
+        loop {
+            let health = metrics.state_file.lock().unwrap().clone();
+            if health.up_to_date {
+                assert!(health.written_unix_ms.is_some());
+                assert_eq!(health.last_error, None);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{health:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // A state published just before shutdown still reaches the disk.

@@ -372,6 +372,28 @@ fn render_nodes(reply: &NodesReply, now_unix_ms: u64) -> String {
     )
 }
 
+/// The state file's health in words: how old the saved table is, and
+/// whether writes fail.
+fn state_saved(health: &crate::control::metrics::StateFileHealth, now_unix_ms: u64) -> String {
+    let written = match health.written_unix_ms {
+        Some(at) => format!("last written {}", ms_ago(now_unix_ms.saturating_sub(at))),
+        None => "not written since the start".to_string(),
+    };
+    let current = if health.up_to_date {
+        "holds the current table"
+    } else {
+        "BEHIND the current table (a restart now would bring back the older one)"
+    };
+    let mut text = format!("{written}, {current}");
+    if health.write_failures > 0 {
+        text.push_str(&format!("; {} failed writes", health.write_failures));
+    }
+    if let Some(error) = &health.last_error {
+        text.push_str(&format!(", failing now: {error} (retrying)"));
+    }
+    text
+}
+
 fn render_status(status: &StatusReply) -> String {
     let config = &status.config;
     let listeners: Vec<String> = config
@@ -469,6 +491,12 @@ fn render_status(status: &StatusReply) -> String {
             ))
         ),
     );
+    if let Some(health) = &status.state_file {
+        line(
+            "State saved:",
+            state_saved(health, crate::control::manager::unix_ms()),
+        );
+    }
     line(
         "Control:",
         format!(

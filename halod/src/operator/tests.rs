@@ -249,6 +249,8 @@ async fn routes_nodes_status_and_stats_replies() {
         "{text}"
     );
     assert!(text.contains("Last failover: none"), "{text}");
+    assert!(text.contains("State saved:   "), "{text}");
+    assert!(status.state_file.is_some());
 
     let stats: StatsReply =
         serde_json::from_str(&daemon.ask(OperatorRequest::Stats).await.unwrap()).unwrap();
@@ -704,4 +706,31 @@ fn a_daemon_that_does_not_answer_times_out() {
     assert_eq!(parse_timeout("2.5").unwrap(), Duration::from_millis(2500));
     assert_eq!(parse_timeout("5s").unwrap(), Duration::from_secs(5));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_state_files_health_is_said_in_words() {
+    use crate::control::metrics::StateFileHealth;
+    let now = 1_000_000;
+    let fine = StateFileHealth {
+        written_unix_ms: Some(now - 3_000),
+        up_to_date: true,
+        write_failures: 0,
+        last_error: None,
+    };
+    assert_eq!(
+        state_saved(&fine, now),
+        "last written 3.0s ago, holds the current table"
+    );
+    let failing = StateFileHealth {
+        up_to_date: false,
+        write_failures: 7,
+        last_error: Some("No space left on device (os error 28)".into()),
+        ..fine
+    };
+    assert_eq!(
+        state_saved(&failing, now),
+        "last written 3.0s ago, BEHIND the current table (a restart now would bring back the older one); \
+         7 failed writes, failing now: No space left on device (os error 28) (retrying)"
+    );
 }
