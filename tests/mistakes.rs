@@ -314,6 +314,21 @@ fn a_second_daemon_of_the_same_instance_is_refused() {
     bed.wait_served_by("n1");
     assert_eq!(bed.json("nodes")["nodes"].as_array().unwrap().len(), 1);
 
+    // The lock file removed by hand (a clean-up of /run): the daemon takes a
+    // new one, and a second daemon is still refused.
+    let lock_file = Path::new("/run/halod").join(format!("{}.lock", bed.instance));
+    std::fs::remove_file(&lock_file).unwrap();
+    bed.wait_logged(
+        "the instance lock file was removed while the daemon ran; made and took it again",
+    );
+    assert!(lock_file.exists());
+    let mut child = bed.gateway_command(&second).spawn().unwrap();
+    let stderr = child.stderr.take();
+    let status = wait_exit(&mut child, "the second daemon", DEADLINE);
+    let said = read_all(stderr);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains(&expected), "{said}");
+
     // Item 12: a burst of bad node connections is logged at most 20 times
     // per 10 s (every one is refused and counted).
     let target = std::net::SocketAddr::from((bed.bed.gateway_internal_addr(), NODES_PORT));

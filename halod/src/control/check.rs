@@ -62,7 +62,7 @@ fn check(config: &Config, reset: bool) -> Vec<Finding> {
         config.base_ports(),
         config.nodes.listen
     ))];
-    findings.push(match privileges::missing() {
+    findings.push(match privileges::missing("halod run") {
         Ok(()) => Fine("privileges: enough to load and attach XDP programs".into()),
         Err(message) => Problem(message),
     });

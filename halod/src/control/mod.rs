@@ -77,7 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.check {
         return Ok(check::run(&config, args.reset));
     }
-    privileges::missing().map_err(anyhow::Error::msg)?;
+    privileges::missing("halod run").map_err(anyhow::Error::msg)?;
     let token = config.check_system()?;
     if let Some(warning) = config.vip_warning() {
         warn!("{warning}");
@@ -109,6 +109,7 @@ pub struct TeardownArgs {
 /// on the control socket.
 pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
+    privileges::missing("halod teardown").map_err(anyhow::Error::msg)?;
     // The daemon's lock, not its socket, says whether it runs: a socket
     // file can be removed from under a live daemon.
     let _lock = lock::InstanceLock::acquire(
@@ -345,7 +346,12 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         metrics,
         policy,
     };
-    let lock_task = tokio::spawn(keep_lock(instance_lock, holder, shutdown.clone()));
+    let lock_task = tokio::spawn(keep_lock(
+        instance_lock,
+        config.instance.clone(),
+        holder,
+        shutdown.clone(),
+    ));
     accept_loop(listener, context).await;
     manager.await.context("node manager task")?;
     writer_stop.cancel();
@@ -426,6 +432,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
 /// it is made and taken again, checked as often as the control socket.
 async fn keep_lock(
     mut held: lock::InstanceLock,
+    instance: String,
     holder: String,
     shutdown: CancellationToken,
 ) -> lock::InstanceLock {
@@ -440,11 +447,6 @@ async fn keep_lock(
         if held.still_in_place() {
             continue;
         }
-        let instance = held
-            .path()
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned())
-            .unwrap_or_default();
         match lock::InstanceLock::acquire(&instance, &holder) {
             Ok(again) => {
                 warn!(path = %again.path().display(), "the instance lock file was removed while the daemon ran; made and took it again");

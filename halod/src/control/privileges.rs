@@ -9,8 +9,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// `Err` with what to do when the effective capabilities fall short.
-pub fn missing() -> Result<(), String> {
+/// `Err` with what to do when the effective capabilities fall short for
+/// `command` (`halod run`, `halod teardown`).
+pub fn missing(command: &str) -> Result<(), String> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|error| format!("reading /proc/self/status for the capabilities: {error}"))?;
     let effective = status
@@ -21,7 +22,7 @@ pub fn missing() -> Result<(), String> {
     match missing_from(effective) {
         missing if missing.is_empty() => Ok(()),
         missing => Err(format!(
-            "halod run needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+            "{command} needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
              (deploy/halod.service grants them); this process lacks {}: run it as root (sudo) \
              or under that unit",
             missing.join(", ")

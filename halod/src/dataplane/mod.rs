@@ -155,9 +155,10 @@ pub enum DataplaneError {
         "this halod was built with HALOD_SKIP_EBPF, so it has no XDP program: rebuild without it"
     )]
     NoObject,
-    #[error("loading the XDP object failed: {error}")]
+    // aya's errors keep the errno in their source: say it (console::causes).
+    #[error("loading the XDP object failed: {}", crate::console::causes(&**.error))]
     Object { error: Box<aya::EbpfError> },
-    #[error("program {program}: {action} failed: {error}")]
+    #[error("program {program}: {action} failed: {}", crate::console::causes(&**.error))]
     Program {
         program: &'static str,
         action: &'static str,
@@ -185,7 +186,7 @@ pub enum DataplaneError {
         interface: String,
         program: attached::AttachedProgram,
     },
-    #[error("map {map}: {action} failed: {error}")]
+    #[error("map {map}: {action} failed: {}", crate::console::causes(&**.error))]
     Map {
         map: &'static str,
         action: String,
