@@ -138,7 +138,7 @@ fn check(config: &Config, reset: bool) -> Vec<Finding> {
                     .and_then(|()| saved.cluster(config, &state_path).map(drop));
                 findings.push(match checked {
                     Ok(()) => Fine(format!(
-                        "state_file {}: {} nodes are taken over",
+                        "state_file {}: its table is taken over ({} nodes)",
                         state_path.display(),
                         saved.nodes().count()
                     )),
