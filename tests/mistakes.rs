@@ -384,7 +384,7 @@ fn teardown_refuses_while_the_daemon_runs_even_without_its_socket() {
             "a daemon is running for instance \"{}\": halod pid {}",
             bed.instance,
             bed.gateway_pid()
-        )) && said.contains("Stop it first"),
+        )) && said.contains("; stop it first (systemctl stop halod)"),
         "{said}"
     );
     assert!(teardown.stdout.is_empty(), "nothing was detached");

@@ -118,7 +118,7 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     )
     .map_err(|err| match err {
         lock::LockError::Held { holder, .. } => anyhow::anyhow!(
-            "a daemon is running for instance {:?}: {holder}. Stop it first (systemctl stop halod), then tear down",
+            "a daemon is running for instance {:?}: {holder}; stop it first (systemctl stop halod), then tear down",
             config.instance
         ),
         other => anyhow::Error::new(other).context("taking the instance lock"),
