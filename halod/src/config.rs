@@ -38,6 +38,11 @@ pub enum ConfigError {
     },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error(
+        "config {path} is {kind}, not a regular file: reading it could wait forever (a FIFO) \
+         or read something else; give the path of the YAML file"
+    )]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -227,7 +232,8 @@ impl std::str::FromStr for Cidr {
     }
 }
 
-fn mask_of(prefix: u8) -> u32 {
+/// The netmask of a prefix length (0..=32).
+pub fn mask_of(prefix: u8) -> u32 {
     u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0)
 }
 
@@ -258,6 +264,28 @@ impl Config {
     /// Reads, parses and checks a config file. Touches nothing on the system
     /// (see [`Config::check_system`] for the checks against the host).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        use std::os::unix::fs::FileTypeExt;
+        // Opening a FIFO blocks until someone writes to it: look first.
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let kind = metadata.file_type();
+            let what = if kind.is_fifo() {
+                Some("a FIFO")
+            } else if kind.is_dir() {
+                Some("a directory")
+            } else if kind.is_socket() {
+                Some("a socket")
+            } else if kind.is_char_device() || kind.is_block_device() {
+                Some("a device")
+            } else {
+                None
+            };
+            if let Some(kind) = what {
+                return Err(ConfigError::NotAFile {
+                    path: path.to_path_buf(),
+                    kind,
+                });
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -539,6 +567,18 @@ impl Config {
                 ));
             }
         }
+        if self.interfaces.internal != self.interfaces.external
+            && addresses_of(&self.interfaces.internal).contains(&self.vip)
+        {
+            return Err(invalid(
+                "vip",
+                format!(
+                    "{} is the address of {} (interfaces.internal, the node side); the VIP is \
+                     the address clients connect to, on {} (interfaces.external): give that address",
+                    self.vip, self.interfaces.internal, self.interfaces.external
+                ),
+            ));
+        }
         match &self.nodes.token_file {
             None => Ok(None),
             Some(path) => read_token(path)
@@ -549,6 +589,25 @@ impl Config {
 }
 
 impl Config {
+    /// A warning when no interface of this network namespace has the VIP:
+    /// then nothing answers the clients' ARP for it, and unless a router
+    /// sends the VIP's traffic here no client reaches the gateway.
+    pub fn vip_warning(&self) -> Option<String> {
+        let addresses = nix::ifaddrs::getifaddrs().ok()?;
+        let present = addresses
+            .filter_map(|entry| Some(entry.address?.as_sockaddr_in()?.ip()))
+            .any(|addr| addr == self.vip);
+        (!present).then(|| {
+            format!(
+                "vip {vip} is on no interface of this host: clients' ARP for it gets no answer, so \
+                 only traffic a router sends here reaches the gateway. If that is not the plan, add it: \
+                 `ip addr add {vip}/32 dev {external}`",
+                vip = self.vip,
+                external = self.interfaces.external
+            )
+        })
+    }
+
     /// The group of `control.group`, looked up without changing anything.
     pub fn control_group(&self) -> Result<Option<nix::unistd::Gid>, ConfigError> {
         let Some(name) = &self.control.group else {
@@ -566,6 +625,17 @@ impl Config {
             )),
         }
     }
+}
+
+/// The IPv4 addresses of `interface` (none when it has none or they cannot be read).
+fn addresses_of(interface: &str) -> Vec<Ipv4Addr> {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addresses
+        .filter(|entry| entry.interface_name == interface)
+        .filter_map(|entry| Some(entry.address?.as_sockaddr_in()?.ip()))
+        .collect()
 }
 
 fn valid_instance(name: &str) -> bool {
@@ -848,6 +918,54 @@ nodes:
         assert!(
             message.starts_with("config key `interfaces.external`: no interface named \"nosuch9\""),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_config_that_is_not_a_file_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("halod-config-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("halod.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Before: `read_to_string` waited for a writer forever.
+        let (done, result) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(Config::load(&path).map(drop).map_err(|e| e.to_string()));
+        });
+        let message = result
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("Config::load of a FIFO did not return")
+            .unwrap_err();
+        assert!(
+            message.contains("is a FIFO, not a regular file"),
+            "{message}"
+        );
+        let message = Config::load(&dir).unwrap_err().to_string();
+        assert!(
+            message.contains("is a directory, not a regular file"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_vip_on_no_interface_is_warned_about() {
+        let mut config = Config::parse(
+            "interfaces: {external: lo, internal: lo}\nvip: 127.0.0.1\nroutes: 4\n\
+             listeners: [{name: b, base_port: 8000}]\nnodes: {listen: 127.0.0.1:7000}\n",
+        )
+        .unwrap();
+        // One interface for both sides: the VIP is on it, as it should be.
+        assert!(config.check_system().is_ok());
+        assert_eq!(config.vip_warning(), None);
+        config.vip = Ipv4Addr::new(198, 18, 255, 254);
+        let warning = config.vip_warning().unwrap();
+        assert!(
+            warning.starts_with("vip 198.18.255.254 is on no interface of this host")
+                && warning.contains("ip addr add 198.18.255.254/32 dev lo"),
+            "{warning}"
         );
     }
 

@@ -4,6 +4,7 @@
 //! its own module here so tests and benchmarks can drive the same code.
 
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod dataplane;
 pub mod node;

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("halod: error: {err:#}");
+            halod::stderr_line!("halod: error: {}", halod::console::error_chain(err.chain()));
             ExitCode::FAILURE
         }
     }

@@ -83,7 +83,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn usage_error(message: &str) -> ExitCode {
-    eprintln!("halod: error: {message}");
+    crate::stderr_line!("halod: error: {message}");
     ExitCode::from(USAGE_ERROR)
 }
 

@@ -29,6 +29,7 @@ pub const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "python3",
+    "prometheus", // promtool: the metrics tests check the exposition format with it
 ];
 
 /// Tools only `cargo xtask bench` needs: the baselines it compares halod with (HAProxy,

@@ -57,11 +57,71 @@ pub struct NodePolicy {
     pub allowed: Vec<Cidr>,
     /// The VIP: never a node's address.
     pub vip: Option<Ipv4Addr>,
+    /// The gateway's own addresses on the node side (`nodes.listen`, the
+    /// internal interface's) with their prefix length: neither they nor the
+    /// network and broadcast addresses of their subnets are a node.
+    pub own: Vec<(Ipv4Addr, u8)>,
     /// Most node connections open at once (`max_nodes` + [`EXTRA_CONNECTIONS`]).
     pub max_connections: usize,
     /// Node connections open now (shared by every clone).
     pub open: Arc<AtomicUsize>,
+    /// Log lines of refused connections, rate-limited (shared by every clone).
+    pub refusal_log: Arc<RefusalLog>,
 }
+
+/// Refused node connections logged per [`REFUSAL_LOG_WINDOW`]; the rest
+/// are counted and summed up in the next line logged. A flood of bad
+/// connections (a misconfigured fleet, a scan) must not flood the log; the
+/// metrics (`halod_node_refusals_total`) still count every one.
+pub const REFUSAL_LOG_BURST: u32 = 20;
+pub const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The rate limit of refusal log lines.
+#[derive(Debug)]
+pub struct RefusalLog {
+    /// Start of the window, lines logged in it, lines left out since the last logged one.
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> RefusalLog {
+        RefusalLog {
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Whether a refusal at `now` may be logged: `Some(left out before it)`,
+    /// or `None` when the window's lines are used up (it is counted).
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, left_out) = &mut *state;
+        if now.duration_since(*start) >= REFUSAL_LOG_WINDOW {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged >= REFUSAL_LOG_BURST {
+            *left_out += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(left_out))
+    }
+}
+
+/// Logs one refused connection through the rate limit of `policy`.
+macro_rules! refusal {
+    ($policy:expr, $($field:tt)*) => {
+        if let Some(left_out) = $policy.refusal_log.admit(std::time::Instant::now()) {
+            if left_out > 0 {
+                tracing::warn!(left_out, "node connections refused meanwhile and not logged (rate limit; halod_node_refusals_total counts all)");
+            }
+            tracing::warn!($($field)*);
+        }
+    };
+}
+pub(crate) use refusal;
 
 impl Default for NodePolicy {
     fn default() -> NodePolicy {
@@ -69,8 +129,10 @@ impl Default for NodePolicy {
             hello_timeout: HELLO_TIMEOUT,
             allowed: Vec::new(),
             vip: None,
+            own: Vec::new(),
             max_connections: usize::MAX,
             open: Arc::default(),
+            refusal_log: Arc::default(),
         }
     }
 }
@@ -87,7 +149,9 @@ impl NodePolicy {
         Some(OpenConnection(self.open.clone()))
     }
 
-    /// Checks a node's address against `nodes.allowed_cidrs` and the VIP.
+    /// Checks a node's address against `nodes.allowed_cidrs`, the VIP and
+    /// the gateway's own addresses and subnets. The state file's addresses
+    /// go through the same check at start.
     pub fn check_address(&self, addr: Ipv4Addr) -> Result<(), Refusal> {
         let refuse = |message: String| {
             Err(Refusal {
@@ -95,10 +159,33 @@ impl NodePolicy {
                 message,
             })
         };
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return refuse(format!("{addr} cannot be a node address"));
+        }
         if addr.is_loopback() || Some(addr) == self.vip {
             return refuse(format!(
                 "{addr} cannot be a node address (loopback or the gateway's VIP)"
             ));
+        }
+        for &(own, prefix) in &self.own {
+            let mask = crate::config::mask_of(prefix);
+            let network = u32::from(own) & mask;
+            let subnet = format!("{}/{prefix}", Ipv4Addr::from(network));
+            let why = if addr == own {
+                Some("the gateway's own address".to_string())
+            } else if prefix <= 30 && u32::from(addr) == network {
+                Some(format!("the network address of {subnet}"))
+            } else if prefix <= 30 && u32::from(addr) == network | !mask {
+                Some(format!("the broadcast address of {subnet}"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return refuse(format!(
+                    "{addr} cannot be a node address: it is {why}; give the node's own \
+                     unicast address (hello.addr, `halod node --addr`)"
+                ));
+            }
         }
         if !self.allowed.is_empty() && !self.allowed.iter().any(|net| net.contains(addr)) {
             let allowed: Vec<String> = self.allowed.iter().map(Cidr::to_string).collect();
@@ -110,6 +197,22 @@ impl NodePolicy {
         }
         Ok(())
     }
+}
+
+/// The IPv4 addresses of `interface` with their prefix lengths (empty when
+/// it has none or cannot be read): for [`NodePolicy::own`].
+pub fn interface_addresses(interface: &str) -> Vec<(Ipv4Addr, u8)> {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addresses
+        .filter(|entry| entry.interface_name == interface)
+        .filter_map(|entry| {
+            let addr = entry.address?.as_sockaddr_in()?.ip();
+            let mask = entry.netmask?.as_sockaddr_in()?.ip();
+            Some((addr, u32::from(mask).leading_ones() as u8))
+        })
+        .collect()
 }
 
 /// An open node connection, counted in [`NodePolicy::open`] until dropped.
@@ -305,7 +408,7 @@ where
                     "no hello within {} ms (nodes.hello_timeout_ms)",
                     context.policy.hello_timeout.as_millis()
                 );
-                warn!(%peer, "node connection refused: {message}");
+                refusal!(context.policy, %peer, "node connection refused: {message}");
                 context.metrics.node_refused("hello_timeout");
                 refuse(writer, ErrorCode::BadRequest, message).await;
                 return None;
@@ -313,7 +416,7 @@ where
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => return None,
             Ok(Err(err)) => {
-                warn!(%peer, "node connection refused: {err}");
+                refusal!(context.policy, %peer, "node connection refused: {err}");
                 context.metrics.node_refused(line_error_label(&err));
                 refuse(writer, ErrorCode::BadRequest, err.to_string()).await;
                 return None;
@@ -330,7 +433,7 @@ where
     let (name, addr) = match checked {
         Ok(hello) => hello,
         Err((label, refusal)) => {
-            warn!(%peer, code = %refusal.code, message = %refusal.message, "hello refused");
+            refusal!(context.policy, %peer, code = %refusal.code, message = %refusal.message, "hello refused");
             context.metrics.node_refused(label);
             refuse(writer, refusal.code, refusal.message).await;
             return None;
@@ -347,7 +450,7 @@ where
     match answer.await {
         Ok(Ok(registered)) => Some((name, registered)),
         Ok(Err(refusal)) => {
-            warn!(%peer, node = %name, code = %refusal.code, message = %refusal.message, "hello refused");
+            refusal!(context.policy, %peer, node = %name, code = %refusal.code, message = %refusal.message, "hello refused");
             context.metrics.node_refused(refusal_label(refusal.code));
             refuse(writer, refusal.code, refusal.message).await;
             None
@@ -522,6 +625,62 @@ mod tests {
         );
         let v6: IpAddr = "fd00::1".parse().unwrap();
         assert!(check_hello(r#"{"type":"hello","version":1,"name":"n1"}"#, v6, None).is_err());
+    }
+
+    #[test]
+    fn the_gateways_own_addresses_and_subnet_ends_are_refused() {
+        let policy = NodePolicy {
+            vip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            own: vec![
+                (Ipv4Addr::new(198, 19, 0, 1), 24),
+                (Ipv4Addr::new(198, 19, 7, 5), 32),
+            ],
+            allowed: vec!["198.19.0.0/16".parse().unwrap()],
+            ..NodePolicy::default()
+        };
+        for (addr, says) in [
+            ("198.19.0.255", "the broadcast address of 198.19.0.0/24"),
+            ("198.19.0.0", "the network address of 198.19.0.0/24"),
+            ("198.19.0.1", "the gateway's own address"),
+            ("198.19.7.5", "the gateway's own address"),
+            ("198.18.0.1", "the gateway's VIP"),
+            ("127.0.0.1", "loopback"),
+            ("255.255.255.255", "cannot be a node address"),
+            ("224.0.0.1", "cannot be a node address"),
+            ("10.0.0.1", "outside nodes.allowed_cidrs"),
+        ] {
+            let refusal = policy.check_address(addr.parse().unwrap()).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::BadRequest);
+            assert!(
+                refusal.message.contains(says),
+                "{addr}: {}",
+                refusal.message
+            );
+        }
+        for addr in ["198.19.0.11", "198.19.0.254", "198.19.7.4", "198.19.7.6"] {
+            assert!(
+                policy.check_address(addr.parse().unwrap()).is_ok(),
+                "{addr}"
+            );
+        }
+        let loopback = interface_addresses("lo");
+        assert!(loopback.contains(&(Ipv4Addr::LOCALHOST, 8)), "{loopback:?}");
+    }
+
+    #[test]
+    fn refusal_lines_are_rate_limited() {
+        let log = RefusalLog::default();
+        let start = std::time::Instant::now();
+        for _ in 0..REFUSAL_LOG_BURST {
+            assert_eq!(log.admit(start), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(log.admit(start + Duration::from_secs(1)), None);
+        }
+        // A new window: the first line says how many were left out.
+        let later = start + REFUSAL_LOG_WINDOW;
+        assert_eq!(log.admit(later), Some(5));
+        assert_eq!(log.admit(later), Some(0));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Prometheus metrics (`metrics.listen`): what the daemon counts as it goes
 //! ([`Metrics`]) plus what is read at scrape time (the data plane's counters,
-//! the node table), served as OpenMetrics text on `GET /metrics`.
+//! the node table), served on `GET /metrics` in the format the scraper asks
+//! for: OpenMetrics 1.0 when its `Accept` names `application/openmetrics-text`
+//! (Prometheus does), the Prometheus text format 0.0.4 otherwise (curl,
+//! `promtool check metrics`, older scrapers). Series come in a fixed order
+//! (label values in natural order), the same at every scrape.
 //!
 //! The HTTP side is deliberately tiny: one request per connection, `GET
 //! /metrics` or 404, a size and time limit on the request head. It listens on
@@ -55,6 +59,20 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// How the state file's writes go, for `halod status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateFileHealth {
+    /// When the last write landed (Unix ms); null: none since the start.
+    pub written_unix_ms: Option<u64>,
+    /// Whether the file holds the table as it is now (false while a write
+    /// is pending or failing).
+    pub up_to_date: bool,
+    /// Writes that failed since the start (each is retried).
+    pub write_failures: u64,
+    /// The last failure, while writes fail; null once one landed.
+    pub last_error: Option<String>,
+}
+
 /// What the daemon counts as events happen. Cloning shares the counters.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -73,6 +91,8 @@ pub struct Metrics {
     /// Node connections refused or cut for misbehaving, by reason
     /// (`bad_request`, `line_too_long`, `hello_timeout`, `bad_token`, ...).
     pub node_refusals: Family<CauseLabel, Counter>,
+    /// The state file's writes (the writer updates it, `status` reads it).
+    pub state_file: std::sync::Arc<std::sync::Mutex<StateFileHealth>>,
 }
 
 impl Metrics {
@@ -87,7 +107,16 @@ impl Metrics {
             plan_push: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             state_write_failures: Counter::default(),
             node_refusals: Family::default(),
+            state_file: std::sync::Arc::new(std::sync::Mutex::new(StateFileHealth {
+                up_to_date: true,
+                ..StateFileHealth::default()
+            })),
         }
+    }
+
+    /// Changes the state-file health in place.
+    pub fn state_file(&self, change: impl FnOnce(&mut StateFileHealth)) {
+        change(&mut self.state_file.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// A node connection was refused or cut for `reason`.
@@ -231,7 +260,145 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
 
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
-    Ok(text)
+    Ok(in_stable_order(&text))
+}
+
+/// The exposition formats served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// The Prometheus text format, version 0.0.4.
+    Text,
+}
+
+impl Format {
+    /// From the request's `Accept` header (absent: the plain text format).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let wants_openmetrics = accept.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|parameter| {
+                parameter
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f64>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// `openmetrics` (what [`render`] makes) in this format.
+    pub fn encode(self, openmetrics: &str) -> String {
+        match self {
+            Format::OpenMetrics => openmetrics.to_string(),
+            Format::Text => to_text_format(openmetrics),
+        }
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: there a counter's
+/// HELP and TYPE name the sample (`halod_failovers_total`), not the family
+/// (`halod_failovers`), and there is no `# EOF` or `# UNIT`.
+fn to_text_format(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|prefix| line.starts_with(prefix));
+        match comment {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    text.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    text.push_str(line);
+                }
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// `text` with the samples of every counter and gauge family sorted by their
+/// labels in natural order (`route="2"` before `route="10"`). Families are
+/// hash maps: their order changed from one scrape to the next. Histogram
+/// lines keep their (already fixed) bucket order.
+fn in_stable_order(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let mut sortable = false;
+    let flush = |samples: &mut Vec<&str>, sortable: bool, out: &mut String| {
+        if sortable {
+            samples.sort_by_cached_key(|line| natural_key(line));
+        }
+        for line in samples.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, sortable, &mut out);
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                sortable = rest.ends_with(" counter") || rest.ends_with(" gauge");
+            }
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, sortable, &mut out);
+    out
+}
+
+/// A sort key that orders digit runs by their value.
+fn natural_key(line: &str) -> Vec<(u8, u64, String)> {
+    let mut key = Vec::new();
+    let mut rest = line;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            let (number, tail) = rest.split_at(digits);
+            key.push((0, number.parse().unwrap_or(u64::MAX), number.to_string()));
+            rest = tail;
+        } else {
+            let text = rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+            let (word, tail) = rest.split_at(text);
+            key.push((1, 0, word.to_string()));
+            rest = tail;
+        }
+    }
+    key
 }
 
 /// Binds `listen` (before the data plane starts, so a busy port fails early).
@@ -276,13 +443,10 @@ async fn answer<D: DataplaneView>(
     let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
         .await
         .context("no request within 5 s")??;
+    let format = Format::negotiate(header(&head, "accept"));
     let response = match request_target(&head) {
         Some(("GET", "/metrics")) => match render(services).await {
-            Ok(body) => response(
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &body,
-            ),
+            Ok(body) => response("200 OK", format.content_type(), &format.encode(&body)),
             Err(err) => response(
                 "500 Internal Server Error",
                 "text/plain",
@@ -312,6 +476,16 @@ async fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
         anyhow::ensure!(head.len() <= MAX_REQUEST, "request head over 8 KiB");
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The value of header `name` (case-insensitive) in a request head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(value.trim())
+    })
 }
 
 /// Method and path of an HTTP/1.x request line.
@@ -347,6 +521,170 @@ mod tests {
         );
         assert_eq!(request_target("GET /metrics\r\n\r\n"), None);
         assert_eq!(request_target(""), None);
+    }
+
+    #[test]
+    fn the_format_is_the_one_asked_for() {
+        // What Prometheus 2.x sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4")),
+            Format::Text
+        );
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0, text/plain")),
+            Format::Text
+        );
+        let head = "GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: text/plain\r\n\r\n";
+        assert_eq!(header(head, "accept"), Some("text/plain"));
+        assert_eq!(header(head, "user-agent"), None);
+    }
+
+    fn sample_registry(order: &[u16]) -> String {
+        let metrics = Metrics::default();
+        metrics.node_failed("heartbeat");
+        metrics.node_failed("disconnected");
+        let routes: Family<RouteLabel, Counter> = Family::default();
+        for &route in order {
+            routes
+                .get_or_create(&RouteLabel { route })
+                .inc_by(route.into());
+        }
+        let mut registry = Registry::with_prefix("halod");
+        registry.register(
+            "node_failures",
+            "Nodes failed",
+            metrics.node_failures.clone(),
+        );
+        registry.register("route_packets", "Packets per route", routes);
+        registry.register("plan_push_seconds", "Plan push", metrics.plan_push.clone());
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        in_stable_order(&text)
+    }
+
+    #[test]
+    fn series_come_in_natural_order_every_time() {
+        let one = sample_registry(&[10, 2, 1, 11, 3]);
+        let other = sample_registry(&[3, 11, 1, 2, 10]);
+        assert_eq!(one, other);
+        let routes: Vec<&str> = one
+            .lines()
+            .filter(|l| l.starts_with("halod_route_packets_total"))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                r#"halod_route_packets_total{route="1"} 1"#,
+                r#"halod_route_packets_total{route="2"} 2"#,
+                r#"halod_route_packets_total{route="3"} 3"#,
+                r#"halod_route_packets_total{route="10"} 10"#,
+                r#"halod_route_packets_total{route="11"} 11"#,
+            ]
+        );
+        let buckets: Vec<&str> = one
+            .lines()
+            .filter(|l| l.starts_with("halod_plan_push_seconds_bucket"))
+            .collect();
+        assert!(buckets.last().unwrap().contains(r#"le="+Inf""#), "{one}");
+    }
+
+    /// Checks text in the Prometheus 0.0.4 format the way `promtool check
+    /// metrics` does what matters here: every sample belongs to the family
+    /// the last HELP/TYPE named (a counter's HELP/TYPE name ends in
+    /// `_total`), each family is described once, and nothing else is there.
+    fn check_text_format(text: &str) {
+        let mut described = std::collections::HashSet::new();
+        let mut family: Option<(String, String)> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(described.insert(name.to_string()), "{name} described twice");
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(described.contains(name), "TYPE {name} without HELP");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "counter {name} without _total");
+                }
+                family = Some((name.to_string(), kind.to_string()));
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment {line:?}");
+            let (name, kind) = family.as_ref().expect("a sample before any TYPE");
+            let sample = line.split(['{', ' ']).next().unwrap();
+            let belongs = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| sample == format!("{name}{suffix}")),
+                _ => sample == name,
+            };
+            assert!(belongs, "sample {sample} is not of family {name} ({kind})");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok() || value == "+Inf", "{line}");
+        }
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples() {
+        let openmetrics = sample_registry(&[2, 1]);
+        assert!(openmetrics.contains("# TYPE halod_node_failures counter"));
+        assert!(openmetrics.ends_with("# EOF\n"));
+        let text = Format::Text.encode(&openmetrics);
+        assert!(
+            text.contains("# HELP halod_node_failures_total Nodes failed.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE halod_node_failures_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE halod_plan_push_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        check_text_format(&text);
+        assert_eq!(Format::OpenMetrics.encode(&openmetrics), openmetrics);
+        // The real checker too, where installed (`cargo xtask setup` installs
+        // it; tests/mistakes.rs requires it against a running daemon).
+        if let Some(problems) = promtool_check(&text) {
+            assert_eq!(problems, "", "promtool check metrics:\n{text}");
+        }
+    }
+
+    /// What `promtool check metrics` says about `text` (empty: nothing);
+    /// `None` without promtool.
+    fn promtool_check(text: &str) -> Option<String> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(if output.status.success() {
+            said
+        } else {
+            format!("failed: {said}")
+        })
     }
 
     #[test]

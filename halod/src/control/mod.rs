@@ -6,12 +6,16 @@
 //! table, and the data-plane actor that owns the BPF maps; beside them the
 //! operator's control socket ([`socket`]), the metrics endpoint
 //! ([`metrics`]) and the state-file writer ([`state`]). Shutdown goes
-//! through one cancellation token, set on SIGINT or SIGTERM.
+//! through one cancellation token, set on SIGINT or SIGTERM. The daemon
+//! holds its instance's lock ([`lock`]) for its whole life.
 
+mod check;
 pub mod connection;
+pub mod lock;
 pub mod manager;
 pub mod metrics;
 mod nodes;
+mod privileges;
 pub mod socket;
 pub mod state;
 pub mod tables;
@@ -50,6 +54,13 @@ pub struct RunArgs {
     /// `routes`, `listeners`, `vip` or `interfaces`.
     #[arg(long)]
     pub reset: bool,
+    /// Check the config and this host as a start would (interfaces, VIP,
+    /// privileges, bpffs, instance lock, state file, XDP programs already
+    /// attached, control socket, ports), print one line per check, and exit:
+    /// 0 when a start would go ahead, 1 when not. Attaches, binds and writes
+    /// nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// How long a runtime thread that ran out of work waits before it sleeps on
@@ -64,7 +75,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     // Every check before any change to the system.
     let config = Config::load(&args.config)?;
+    if args.check {
+        return Ok(check::run(&config, args.reset));
+    }
+    privileges::missing("halod run").map_err(anyhow::Error::msg)?;
     let token = config.check_system()?;
+    if let Some(warning) = config.vip_warning() {
+        warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("halod")
@@ -92,6 +110,20 @@ pub struct TeardownArgs {
 /// on the control socket.
 pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
+    privileges::missing("halod teardown").map_err(anyhow::Error::msg)?;
+    // The daemon's lock, not its socket, says whether it runs: a socket
+    // file can be removed from under a live daemon.
+    let _lock = lock::InstanceLock::acquire(
+        &config.instance,
+        &format!("halod teardown (pid {})", std::process::id()),
+    )
+    .map_err(|err| match err {
+        lock::LockError::Held { holder, .. } => anyhow::anyhow!(
+            "a daemon is running for instance {:?}: {holder}; stop it first (systemctl stop halod), then tear down",
+            config.instance
+        ),
+        other => anyhow::Error::new(other).context("taking the instance lock"),
+    })?;
     if std::os::unix::net::UnixStream::connect(&config.control.socket).is_ok() {
         anyhow::bail!(
             "a daemon is running on {}: stop it first (systemctl stop halod), then tear down",
@@ -99,17 +131,17 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if dataplane::Dataplane::remove_pins(&config.instance)? {
-        println!(
+        say(&format!(
             "detached the XDP program of instance {} and removed its pins",
             config.instance
-        );
+        ));
     } else {
-        println!("nothing pinned for instance {}", config.instance);
+        say(&format!("nothing pinned for instance {}", config.instance));
     }
     let state = config.state_file();
     if !args.keep_state {
         match std::fs::remove_file(&state) {
-            Ok(()) => println!("removed {}", state.display()),
+            Ok(()) => say(&format!("removed {}", state.display())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 return Err(err).with_context(|| format!("removing {}", state.display()));
@@ -117,6 +149,11 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `teardown`'s report on stdout; a closed stdout is no error.
+fn say(line: &str) {
+    let _ = crate::console::stdout(&format!("{line}\n"));
 }
 
 /// Logs to stderr (`HALOD_LOG` filters, default `info`). A closed or full
@@ -128,7 +165,9 @@ pub(crate) fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A closed stderr must not panic the task that logged (it once was
+        // the signal task, and SIGTERM went unheard): see `console`.
+        .with_writer(|| crate::console::Stderr)
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
@@ -137,6 +176,14 @@ pub(crate) fn init_logging() {
 /// Runs the daemon until SIGINT or SIGTERM. With `reset`, the state file is
 /// not read (and is overwritten with the new table).
 pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow::Result<()> {
+    // Before anything of the instance is read or touched: a second daemon
+    // would take the first one's pins for left-overs and remove them.
+    let holder = format!(
+        "halod pid {}, control socket {}",
+        std::process::id(),
+        config.control.socket.display()
+    );
+    let instance_lock = lock::InstanceLock::acquire(&config.instance, &holder)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 
@@ -148,8 +195,12 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     } else {
         SavedState::load(&state_path)?
     };
+    let policy = node_policy(&config);
     let restored_cluster = match &saved {
-        Some(saved) => Some(saved.cluster(&config, &state_path)?),
+        Some(saved) => {
+            saved.check_addresses(&policy, &state_path)?;
+            Some(saved.cluster(&config, &state_path)?)
+        }
         None => None,
     };
     let group = config.control_group()?;
@@ -189,9 +240,9 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
     };
-    // The control socket is bound: no other daemon of this socket runs, so
-    // whatever is pinned for this instance is a previous daemon's. With a
-    // saved table it is adopted (forwarding never stops); otherwise removed.
+    // The instance lock is held: no other daemon of this instance runs, so
+    // whatever is pinned for it is a previous daemon's. With a saved table
+    // it is adopted (forwarding never stops); otherwise removed.
     let adopted = match &saved {
         Some(_) => dataplane::Dataplane::adopt(&dataplane_config)
             .context("adopting the data plane the previous daemon left running")?,
@@ -273,6 +324,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     let control_task = tokio::spawn(socket::serve(
         control,
         config.control.socket.clone(),
+        group,
         services.clone(),
         shutdown.clone(),
     ));
@@ -297,14 +349,14 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         clock,
         shutdown: shutdown.clone(),
         metrics,
-        policy: connection::NodePolicy {
-            hello_timeout: std::time::Duration::from_millis(config.nodes.hello_timeout_ms),
-            allowed: config.nodes.allowed(),
-            vip: Some(config.vip),
-            max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
-            open: Default::default(),
-        },
+        policy,
     };
+    let lock_task = tokio::spawn(keep_lock(
+        instance_lock,
+        config.instance.clone(),
+        holder,
+        shutdown.clone(),
+    ));
     accept_loop(listener, context).await;
     manager.await.context("node manager task")?;
     writer_stop.cancel();
@@ -313,8 +365,30 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     // Leave the program attached and pinned: it forwards with the last table
     // until the next daemon adopts it (`halod teardown` removes it).
     tables.shutdown_keeping().await;
+    // Released last: the next daemon may adopt the pins from here on.
+    drop(lock_task.await);
     info!("gateway stopped");
     Ok(())
+}
+
+/// What the gateway accepts from nodes, from the config and the internal
+/// interface's addresses (read once, at start).
+fn node_policy(config: &Config) -> connection::NodePolicy {
+    let mut own = connection::interface_addresses(&config.interfaces.internal);
+    if let std::net::IpAddr::V4(listen) = config.nodes.listen.ip()
+        && !listen.is_unspecified()
+    {
+        own.push((listen, 32));
+    }
+    connection::NodePolicy {
+        hello_timeout: std::time::Duration::from_millis(config.nodes.hello_timeout_ms),
+        allowed: config.nodes.allowed(),
+        vip: Some(config.vip),
+        own,
+        max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
+        open: Default::default(),
+        refusal_log: Default::default(),
+    }
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContext) {
@@ -333,7 +407,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
                 let _ = stream.set_nodelay(true);
                 let context = context.clone();
                 let Some(open) = context.policy.admit() else {
-                    warn!(%peer, "node connection refused: too many connections");
+                    connection::refusal!(context.policy, %peer, "node connection refused: too many connections");
                     context.metrics.node_refused("too_many_connections");
                     tokio::spawn(connection::refuse_connection(
                         stream,
@@ -358,15 +432,70 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
     }
 }
 
+/// Holds the instance lock until `shutdown` and returns it. A lock file
+/// removed meanwhile (`rm`, a clean-up of /run) would let a second daemon in:
+/// it is made and taken again, checked as often as the control socket.
+async fn keep_lock(
+    mut held: lock::InstanceLock,
+    instance: String,
+    holder: String,
+    shutdown: CancellationToken,
+) -> lock::InstanceLock {
+    let mut check = tokio::time::interval(socket::SOCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut complained = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return held,
+            _ = check.tick() => {}
+        }
+        if held.still_in_place() {
+            continue;
+        }
+        match lock::InstanceLock::acquire(&instance, &holder) {
+            Ok(again) => {
+                warn!(path = %again.path().display(), "the instance lock file was removed while the daemon ran; made and took it again");
+                held = again;
+                complained = false;
+            }
+            Err(err) if !complained => {
+                complained = true;
+                tracing::error!(
+                    "the instance lock file was removed and cannot be taken again: {err}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// SIGINT and SIGTERM stop the daemon. SIGHUP, which many daemons take as
+/// "reload", is logged and ignored: halod's config shapes the table and the
+/// data plane, and a change is applied by a restart (which keeps
+/// forwarding, docs/operations.md). Its default action would kill the
+/// daemon without a word.
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT: shutting down"),
-            _ = terminate.recv() => info!("SIGTERM: shutting down"),
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {
+                    info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = hangup.recv() => warn!(
+                    "SIGHUP ignored: halod does not reload its config; to apply a change, \
+                     restart it (systemctl restart halod): forwarding goes on across a restart"
+                ),
+            }
         }
         shutdown.cancel();
     });

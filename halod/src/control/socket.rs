@@ -102,6 +102,9 @@ pub struct StatusReply {
     pub last_failover: Option<Failover>,
     /// Nodes taken over from the state file at start (null: fresh start).
     pub restored_nodes: Option<usize>,
+    /// How the state file's writes go (absent from daemons before 0.1.1).
+    #[serde(default)]
+    pub state_file: Option<super::metrics::StateFileHealth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,6 +373,13 @@ impl<D: DataplaneView> Services<D> {
             dataplane,
             last_failover: snapshot.last_failover,
             restored_nodes: self.info.restored_nodes,
+            state_file: Some(
+                self.metrics
+                    .state_file
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ),
         })
     }
 
@@ -440,13 +450,35 @@ fn error_line(message: &str) -> String {
 }
 
 /// Creates the socket at `path` with mode 0600, or 0660 and group `group`.
-/// A stale socket (no daemon answers on it) is replaced; a live one is not.
+/// A stale socket (no daemon answers on it) is replaced; a live one is not,
+/// and neither is anything that is not a socket (a file the operator put
+/// there is theirs).
 pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
     let context = |what: &str| format!("control.socket {}: {what}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| context("creating its directory"))?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        let kind = metadata.file_type();
+        if !kind.is_socket() {
+            let what = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_file() {
+                "a regular file"
+            } else {
+                "a special file"
+            };
+            anyhow::bail!(
+                "{}",
+                context(&format!(
+                    "{what} is at this path, not a socket; halod removes only a stale socket of its own. \
+                     Move it away, or set control.socket to another path"
+                ))
+            );
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
                 "{}",
@@ -474,23 +506,91 @@ pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<Unix
     UnixListener::from_std(listener).with_context(|| context("registering with tokio"))
 }
 
-/// Serves operator connections until `shutdown`, then removes the socket.
+/// How often the daemon checks that its socket is still at its path.
+pub const SOCKET_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most operator connections served at once; more are told so and closed
+/// (a script that opens connections in a loop must not exhaust the
+/// daemon's files).
+pub const MAX_OPERATOR_CONNECTIONS: usize = 64;
+
+/// Which file a path names (device, inode); `None` when there is none.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|metadata| (metadata.dev(), metadata.ino()))
+}
+
+/// Serves operator connections until `shutdown`, then removes the socket
+/// (only if it is still the one this daemon made). A socket removed from
+/// under the running daemon (`rm`, a tmpfiles clean-up) is made again within
+/// [`SOCKET_CHECK`]; something else put at its path is left alone and logged.
 pub async fn serve<D: DataplaneView>(
     listener: UnixListener,
     path: PathBuf,
+    group: Option<nix::unistd::Gid>,
     services: Services<D>,
     shutdown: CancellationToken,
 ) {
+    let mut listener = listener;
+    let mut ours = identity(&path);
+    let mut check = tokio::time::interval(SOCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once per change of what is at the path, not every second.
+    let mut complained = false;
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_OPERATOR_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = check.tick() => {
+                let now = identity(&path);
+                if now.is_some() && now == ours {
+                    complained = false;
+                } else if now.is_none() {
+                    match bind(&path, group) {
+                        Ok(again) => {
+                            listener = again;
+                            ours = identity(&path);
+                            complained = false;
+                            warn!(path = %path.display(), "the control socket was removed while the daemon ran; made it again");
+                        }
+                        Err(err) if !complained => {
+                            complained = true;
+                            warn!("the control socket was removed and cannot be made again: {err:#}; operator commands cannot reach this daemon");
+                        }
+                        Err(_) => {}
+                    }
+                } else if !complained {
+                    complained = true;
+                    warn!(path = %path.display(), "something else replaced the control socket; operator commands cannot reach this daemon until it is removed (the daemon then makes its socket again)");
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, _)) => {
                 let services = services.clone();
                 let shutdown = shutdown.clone();
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    debug!("operator connection refused: {MAX_OPERATOR_CONNECTIONS} open");
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let message = format!(
+                            "too many operator connections open ({MAX_OPERATOR_CONNECTIONS}); \
+                             close some (e.g. `halod watch`) and try again"
+                        );
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(1),
+                            send(&mut stream, &error_line(&message)),
+                        )
+                        .await;
+                    });
+                    continue;
+                };
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let (reader, writer) = stream.into_split();
                     connection(reader, writer, services, shutdown).await;
                 });
@@ -501,7 +601,9 @@ pub async fn serve<D: DataplaneView>(
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    if ours.is_some() && identity(&path) == ours {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// Serves one operator connection: requests and replies, line by line.

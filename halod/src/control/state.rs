@@ -154,7 +154,18 @@ impl SavedState {
         }
         let mut names = std::collections::HashSet::new();
         let mut addrs = std::collections::HashSet::new();
+        let mut indexes = std::collections::HashSet::new();
         for node in self.nodes() {
+            // Two nodes on one counter index would share the data plane's
+            // per-node entry: the maps and the table would disagree.
+            anyhow::ensure!(
+                indexes.insert(node.index),
+                "state_file {}: counter index {} is saved for two nodes (the second is {:?}); \
+                 the file was edited or damaged: start with --reset",
+                path.display(),
+                node.index,
+                node.name
+            );
             anyhow::ensure!(
                 crate::protocol::valid_name(&node.name) && names.insert(node.name.as_str()),
                 "state_file {}: node name {:?} is invalid or repeated; start with --reset",
@@ -200,6 +211,30 @@ impl SavedState {
                 path.display()
             )
         })
+    }
+}
+
+impl SavedState {
+    /// Checks every saved address as strictly as a node's `hello` is
+    /// checked (`policy`): a hand-edited file must not route traffic to the
+    /// VIP, loopback, the gateway itself or outside `nodes.allowed_cidrs`.
+    pub fn check_addresses(
+        &self,
+        policy: &super::connection::NodePolicy,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        for node in self.nodes() {
+            if let Err(refusal) = policy.check_address(node.addr) {
+                anyhow::bail!(
+                    "state_file {}: node {:?}: {}; a node would refuse to register with it, \
+                     so the saved table is not taken over. Fix the file, or start with --reset",
+                    path.display(),
+                    node.name,
+                    refusal.message
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +305,7 @@ pub async fn run_writer(
             if written.as_ref() == Some(&state) {
                 break;
             }
+            metrics.state_file(|health| health.up_to_date = false);
             let target = path.clone();
             let attempt = state.clone();
             let started = std::time::Instant::now();
@@ -290,11 +326,22 @@ pub async fn run_writer(
                     if retry > retry_start {
                         info!(path = %path.display(), "state file written again after failures");
                     }
+                    metrics.state_file(|health| {
+                        health.written_unix_ms = Some(super::manager::unix_ms());
+                        health.last_error = None;
+                        // A newer table may have come meanwhile: the loop
+                        // writes it next, and marks it so.
+                        health.up_to_date = true;
+                    });
                     written = Some(state);
                     break;
                 }
                 Err(err) => {
                     metrics.state_write_failures.inc();
+                    metrics.state_file(|health| {
+                        health.write_failures += 1;
+                        health.last_error = Some(err.to_string());
+                    });
                     warn!(path = %path.display(), retry_ms = retry.as_millis() as u64,
                         "writing the state file failed: {err}; forwarding goes on, retrying");
                     if stopping {
@@ -423,6 +470,46 @@ mod tests {
         let mut twice = saved.clone();
         twice.spares[0].addr = twice.active[0].addr;
         assert!(twice.cluster(&config(), path).is_err());
+
+        // Two nodes on one counter index: the maps would not match the table.
+        let mut shared = saved.clone();
+        shared.spares[0].index = shared.active[1].index;
+        let message = shared.cluster(&config(), path).unwrap_err().to_string();
+        assert!(
+            message.contains("counter index 1 is saved for two nodes (the second is \"n3\")"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn saved_addresses_are_checked_like_a_hello() {
+        use crate::control::connection::NodePolicy;
+        let path = Path::new("/x/state.json");
+        let policy = NodePolicy {
+            vip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            allowed: vec!["198.19.0.0/24".parse().unwrap()],
+            own: vec![(Ipv4Addr::new(198, 19, 0, 1), 24)],
+            ..NodePolicy::default()
+        };
+        let saved = state(&["n1", "n2"], &["n3"]);
+        saved.check_addresses(&policy, path).unwrap();
+        for (addr, says) in [
+            ("198.18.0.1", "the gateway's VIP"),
+            ("127.0.0.1", "loopback"),
+            ("10.9.9.9", "outside nodes.allowed_cidrs"),
+            ("198.19.0.255", "the broadcast address of 198.19.0.0/24"),
+            ("198.19.0.1", "the gateway's own address"),
+        ] {
+            let mut bad = saved.clone();
+            bad.spares[0].addr = addr.parse().unwrap();
+            let message = bad.check_addresses(&policy, path).unwrap_err().to_string();
+            assert!(
+                message.starts_with("state_file /x/state.json: node \"n3\": ")
+                    && message.contains(says)
+                    && message.contains("--reset"),
+                "{addr}: {message}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -449,6 +536,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(SavedState::load(&path).ok().flatten(), None);
+        {
+            // What `halod status` shows meanwhile.
+            let health = metrics.state_file.lock().unwrap().clone();
+            assert!(!health.up_to_date);
+            assert!(health.write_failures >= 3);
+            assert_eq!(health.written_unix_ms, None);
+            assert!(
+                health
+                    .last_error
+                    .as_deref()
+                    .unwrap()
+                    .contains("File exists"),
+                "{health:?}"
+            );
+        }
         // The disk comes back: the latest state is written.
         std::fs::remove_file(&blocker).unwrap();
         let latest = state(&["n1", "n2"], &["n3"]);
@@ -456,6 +558,17 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while SavedState::load(&path).unwrap() != Some(latest.clone()) {
             assert!(std::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The health is updated just after the rename.
+        loop {
+            let health = metrics.state_file.lock().unwrap().clone();
+            if health.up_to_date {
+                assert!(health.written_unix_ms.is_some());
+                assert_eq!(health.last_error, None);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{health:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // A state published just before shutdown still reaches the disk.

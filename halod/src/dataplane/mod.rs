@@ -12,6 +12,7 @@
 //! taking over a failed node is one slot write.
 
 mod actor;
+pub mod attached;
 mod object;
 mod table;
 
@@ -154,16 +155,19 @@ pub enum DataplaneError {
         "this halod was built with HALOD_SKIP_EBPF, so it has no XDP program: rebuild without it"
     )]
     NoObject,
-    #[error("loading the XDP object failed: {error}")]
+    // aya's errors keep the errno in their source: say it (console::causes).
+    #[error("loading the XDP object failed: {}", crate::console::causes(&**.error))]
     Object { error: Box<aya::EbpfError> },
-    #[error("program {program}: {action} failed: {error}")]
+    #[error("program {program}: {action} failed: {}", crate::console::causes(&**.error))]
     Program {
         program: &'static str,
         action: &'static str,
         error: Box<ProgramError>,
     },
     #[error(
-        "attaching XDP program {program} to interface {interface} failed in native mode ({native}) and in generic mode ({generic})"
+        "attaching XDP program {program} to interface {interface} failed in native mode ({}) and in generic mode ({})",
+        crate::console::causes(&**.native),
+        crate::console::causes(&**.generic)
     )]
     Attach {
         program: &'static str,
@@ -171,7 +175,18 @@ pub enum DataplaneError {
         native: Box<ProgramError>,
         generic: Box<ProgramError>,
     },
-    #[error("map {map}: {action} failed: {error}")]
+    #[error(
+        "interface {interface} already runs XDP program id {} {} ({} mode); halod needs the interface to itself. {}",
+        .program.id,
+        .program.name.as_deref().map_or("(name unknown)".to_string(), |name| format!("{name:?}")),
+        .program.mode,
+        occupied_advice(interface, program)
+    )]
+    Occupied {
+        interface: String,
+        program: attached::AttachedProgram,
+    },
+    #[error("map {map}: {action} failed: {}", crate::console::causes(&**.error))]
     Map {
         map: &'static str,
         action: String,
@@ -189,6 +204,26 @@ pub enum DataplaneError {
     },
     #[error("the data plane task has stopped")]
     Stopped,
+}
+
+/// What to do about a program already on an interface.
+fn occupied_advice(interface: &str, program: &attached::AttachedProgram) -> String {
+    if program.name.as_deref() == Some(common::PROGRAM_NAME) {
+        return format!(
+            "It is a halod program: another gateway instance uses {interface} (see `ls {PIN_ROOT}`); \
+             stop it, or `halod teardown --config` its config if it is stopped"
+        );
+    }
+    let off = match program.mode {
+        "generic" => "xdpgeneric off",
+        "offloaded" => "xdpoffload off",
+        _ => "xdp off",
+    };
+    format!(
+        "If nothing needs it, detach it with `ip link set dev {interface} {off}` \
+         (if it was attached through a pinned link, remove the pin: `bpftool net show dev {interface}`); \
+         otherwise give halod other interfaces"
+    )
 }
 
 fn map_error(
@@ -761,12 +796,19 @@ impl Dataplane {
                 .program_mut(common::PROGRAM_NAME)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DataplaneError::Config("no XDP program loaded".to_owned()))?;
+            // Ask first: with a program in the way both attach modes fail
+            // with nothing but "`bpf_link_create` failed".
+            if let Ok(ifindex) = nix::net::if_::if_nametoindex(interface.as_str())
+                && let Ok(Some(program)) = attached::attached_program(ifindex)
+            {
+                return Err(DataplaneError::Occupied { interface, program });
+            }
             let (mode, link) = match program.attach(&interface, XdpMode::Driver) {
                 Ok(link) => (AttachMode::Native, link),
                 Err(native) => {
                     tracing::warn!(
                         interface = %interface,
-                        error = %native,
+                        error = %crate::console::causes(&native),
                         "native XDP attach failed; falling back to generic (skb) mode, which is much slower"
                     );
                     match program.attach(&interface, XdpMode::Skb) {
@@ -945,6 +987,18 @@ fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
         })
     };
     Ok((index(&config.external)?, index(&config.internal)?))
+}
+
+/// Why pins cannot be made under [`BPF_FS`], if they cannot (for `halod run
+/// --check`).
+pub fn bpffs_problem() -> Option<String> {
+    match nix::sys::statfs::statfs(BPF_FS) {
+        Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => None,
+        Ok(_) => Some(format!(
+            "{BPF_FS} is not a BPF filesystem; mount it with `mount -t bpf bpf {BPF_FS}`"
+        )),
+        Err(error) => Some(format!("statfs {BPF_FS}: {error}")),
+    }
 }
 
 /// Makes sure bpffs is mounted and `dir` is free for this instance.

@@ -35,7 +35,7 @@ pub const EXIT_REFUSED: u8 = 2;
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
     /// Gateway address (its `nodes.listen`), IP:PORT.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::protocol::parse_gateway)]
     pub gateway: String,
     /// This node's unique name: 1 to 64 of A-Z a-z 0-9 . _ -
     #[arg(long)]

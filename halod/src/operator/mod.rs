@@ -22,8 +22,10 @@ use crate::control::socket::{
 };
 use table::{Table, clock_time, duration, ms_ago};
 
-/// How long to wait for a reply (the node manager answers between events).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the daemon by default (`--timeout`): it answers
+/// within milliseconds unless it is stopped (SIGSTOP, a debugger), stuck or
+/// swamped, and a script must not hang on it.
+pub const DEFAULT_TIMEOUT: &str = "5";
 
 /// Where the daemon is and how to print.
 #[derive(clap::Args, Debug, Clone)]
@@ -34,6 +36,28 @@ pub struct Target {
     /// Print the daemon's JSON reply (one line) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Give up when the daemon has not answered within this many seconds
+    /// (e.g. 5, 0.5, 300ms); exit status 1, saying what became of the request.
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_TIMEOUT, value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+/// `--timeout`: seconds (`5`, `0.5`, `5s`) or milliseconds (`300ms`), more than 0.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(number) => (number, 0.001),
+        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
+    };
+    let seconds = number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .ok_or_else(|| {
+            format!("{text:?} is not a timeout: give seconds (5, 0.5) or milliseconds (300ms), more than 0 and at most a day")
+        })?;
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -53,19 +77,31 @@ pub fn run(request: OperatorRequest, target: Target) -> anyhow::Result<ExitCode>
     match execute(&request, &target) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(Failure(message)) => {
-            eprintln!("halod: {message}");
+            crate::stderr_line!("halod: {message}");
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
 fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
-    let mut connection = Connection::open(&target.socket)?;
+    let mut connection = Connection::open_within(&target.socket, target.timeout)?;
     connection.send(request)?;
-    let line = connection.reply()?;
+    let line = connection.reply().map_err(|failure| match failure {
+        Failure(message) if connection.timed_out => Failure(format!(
+            "{message}; {}",
+            match request {
+                OperatorRequest::Drain { node } => format!(
+                    "the drain of {node} was sent and may still be carried out when the daemon resumes: \
+                     check with `halod nodes` before you drain again"
+                ),
+                _ => "the request changes nothing; try again when the daemon answers".to_string(),
+            }
+        )),
+        other => other,
+    })?;
     if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
         if target.json {
-            println!("{line}");
+            print_out(&format!("{line}\n"));
         }
         return Err(Failure(error.error));
     }
@@ -73,7 +109,7 @@ fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
         return watch(connection, target);
     }
     if target.json {
-        println!("{line}");
+        print_out(&format!("{line}\n"));
         return Ok(());
     }
     let text = match request {
@@ -87,8 +123,14 @@ fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
         }
         OperatorRequest::Watch => unreachable!("handled above"),
     };
-    print!("{text}");
+    print_out(&text);
     Ok(())
+}
+
+/// Prints a reply. A closed stdout (`halod routes | head -3`) ends the
+/// output quietly: the reader has what it wanted.
+fn print_out(text: &str) {
+    let _ = crate::console::stdout(text);
 }
 
 fn parse<T: DeserializeOwned>(line: &str) -> Result<T, Failure> {
@@ -103,11 +145,22 @@ struct Connection {
     path: PathBuf,
     stream: UnixStream,
     reader: BufReader<UnixStream>,
+    /// How long to wait for the daemon.
+    timeout: Duration,
+    /// The last read gave up after `timeout`.
+    timed_out: bool,
 }
 
 impl Connection {
+    #[cfg(test)]
     fn open(path: &Path) -> Result<Connection, Failure> {
-        let stream = UnixStream::connect(path).map_err(|err| {
+        Connection::open_within(path, Duration::from_secs(30))
+    }
+
+    /// Connects, waiting at most `timeout`: a stopped daemon's full listen
+    /// queue would block `connect` itself.
+    fn open_within(path: &Path, timeout: Duration) -> Result<Connection, Failure> {
+        let stream = connect(path, timeout).map_err(|err| {
             let reason = err
                 .raw_os_error()
                 .map(|code| nix::errno::Errno::from_raw(code).desc().to_string())
@@ -115,6 +168,9 @@ impl Connection {
             let hint = match err.kind() {
                 std::io::ErrorKind::PermissionDenied => {
                     "the socket is root's (mode 0600) or control.group's: run as root or as a member of that group"
+                }
+                std::io::ErrorKind::TimedOut => {
+                    "the daemon accepts no connections: it is stopped (SIGSTOP), stuck or swamped; nothing was sent"
                 }
                 _ => "is `halod run` running? use --socket",
             };
@@ -131,6 +187,8 @@ impl Connection {
             path: path.to_path_buf(),
             stream,
             reader,
+            timeout,
+            timed_out: false,
         })
     }
 
@@ -145,7 +203,7 @@ impl Connection {
     /// The next line from the daemon, without its newline.
     fn reply(&mut self) -> Result<String, Failure> {
         self.stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .set_read_timeout(Some(self.timeout))
             .map_err(|err| self.lost(err))?;
         self.line()
     }
@@ -158,6 +216,19 @@ impl Connection {
                 self.path.display()
             ))),
             Ok(_) => Ok(line.trim_end().to_string()),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.timed_out = true;
+                Err(Failure(format!(
+                    "no reply from the daemon at {} within {:?} (--timeout): it is stopped (SIGSTOP), stuck or swamped",
+                    self.path.display(),
+                    self.timeout
+                )))
+            }
             Err(err) => Err(self.lost(err)),
         }
     }
@@ -170,6 +241,35 @@ impl Connection {
     }
 }
 
+/// `UnixStream::connect` with a deadline. A Unix socket's connect blocks
+/// while the listener's queue is full (a stopped daemon stops accepting);
+/// non-blocking, it fails with EAGAIN instead, and is tried again.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let deadline = std::time::Instant::now() + timeout;
+    let address = SockAddr::unix(path)?;
+    loop {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&address) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connection timed out",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Prints events until the daemon goes away (or the user interrupts).
 fn watch(mut connection: Connection, target: &Target) -> Result<(), Failure> {
     connection
@@ -177,7 +277,7 @@ fn watch(mut connection: Connection, target: &Target) -> Result<(), Failure> {
         .set_read_timeout(None)
         .map_err(|err| connection.lost(err))?;
     if !target.json {
-        eprintln!(
+        crate::stderr_line!(
             "watching the daemon at {} (Ctrl-C to stop)",
             connection.path.display()
         );
@@ -267,6 +367,28 @@ fn render_nodes(reply: &NodesReply, now_unix_ms: u64) -> String {
         reply.nodes.len() - active,
         table.render()
     )
+}
+
+/// The state file's health in words: how old the saved table is, and
+/// whether writes fail.
+fn state_saved(health: &crate::control::metrics::StateFileHealth, now_unix_ms: u64) -> String {
+    let written = match health.written_unix_ms {
+        Some(at) => format!("last written {}", ms_ago(now_unix_ms.saturating_sub(at))),
+        None => "not written since the start".to_string(),
+    };
+    let current = if health.up_to_date {
+        "holds the current table"
+    } else {
+        "BEHIND the current table (a restart now would bring back the older one)"
+    };
+    let mut text = format!("{written}, {current}");
+    if health.write_failures > 0 {
+        text.push_str(&format!("; {} failed writes", health.write_failures));
+    }
+    if let Some(error) = &health.last_error {
+        text.push_str(&format!(", failing now: {error} (retrying)"));
+    }
+    text
 }
 
 fn render_status(status: &StatusReply) -> String {
@@ -366,6 +488,12 @@ fn render_status(status: &StatusReply) -> String {
             ))
         ),
     );
+    if let Some(health) = &status.state_file {
+        line(
+            "State saved:",
+            state_saved(health, crate::control::manager::unix_ms()),
+        );
+    }
     line(
         "Control:",
         format!(

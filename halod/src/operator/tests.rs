@@ -131,6 +131,7 @@ impl Daemon {
         tokio::spawn(socket::serve(
             listener,
             socket_path.clone(),
+            None,
             services.clone(),
             shutdown.clone(),
         ));
@@ -248,6 +249,8 @@ async fn routes_nodes_status_and_stats_replies() {
         "{text}"
     );
     assert!(text.contains("Last failover: none"), "{text}");
+    assert!(text.contains("State saved:   "), "{text}");
+    assert!(status.state_file.is_some());
 
     let stats: StatsReply =
         serde_json::from_str(&daemon.ask(OperatorRequest::Stats).await.unwrap()).unwrap();
@@ -362,6 +365,22 @@ async fn the_socket_is_private_and_a_live_one_is_not_replaced() {
     let meta = std::fs::metadata(&stale).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), gid.as_raw());
+
+    // Anything that is not a socket is the operator's: refused, kept.
+    let file = daemon.dir.join("notes.txt");
+    std::fs::write(&file, "keep me\n").unwrap();
+    let error = format!("{:#}", socket::bind(&file, None).unwrap_err());
+    assert!(
+        error.contains("a regular file is at this path, not a socket")
+            && error.contains("set control.socket to another path"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me\n");
+    let directory = daemon.dir.join("a-directory");
+    std::fs::create_dir(&directory).unwrap();
+    let error = format!("{:#}", socket::bind(&directory, None).unwrap_err());
+    assert!(error.contains("a directory is at this path"), "{error}");
+    assert!(directory.is_dir());
 
     // Nobody there: one line that says what to do.
     let missing = daemon.dir.join("missing.sock");
@@ -553,6 +572,166 @@ async fn malformed_requests_get_an_error_reply_and_the_connection_goes_on() {
     assert!(
         !matches!(replies.next_line().await, Ok(Some(_))),
         "nothing more after the error"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_socket_is_made_again_and_a_replaced_one_left_alone() {
+    let daemon = Daemon::start("removed", None).await;
+    std::fs::remove_file(&daemon.socket).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(&daemon.socket).is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < socket::SOCKET_CHECK * 5,
+            "the socket did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let socket = daemon.socket.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut connection = Connection::open(&socket).unwrap();
+        connection.send(&OperatorRequest::Status).unwrap();
+        connection.reply().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(reply.contains(r#""instance""#), "{reply}");
+
+    // Something else at the path is not the daemon's to replace or remove.
+    std::fs::remove_file(&daemon.socket).unwrap();
+    std::fs::write(&daemon.socket, "operator's file\n").unwrap();
+    tokio::time::sleep(socket::SOCKET_CHECK * 2).await;
+    assert_eq!(
+        std::fs::read_to_string(&daemon.socket).unwrap(),
+        "operator's file\n"
+    );
+    daemon.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        daemon.socket.exists(),
+        "shutdown removed only its own socket"
+    );
+}
+
+#[tokio::test]
+async fn operator_connections_are_limited() {
+    let daemon = Daemon::start("limit", None).await;
+    let socket = daemon.socket.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        // Each one is served (status answered) and then stays open.
+        let held: Vec<Connection> = (0..socket::MAX_OPERATOR_CONNECTIONS)
+            .map(|_| {
+                let mut connection = Connection::open(&socket).unwrap();
+                connection.send(&OperatorRequest::Status).unwrap();
+                connection.reply().unwrap();
+                connection
+            })
+            .collect();
+        let mut extra = Connection::open(&socket).unwrap();
+        let line = extra.reply().unwrap();
+        drop(held);
+        line
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.contains("too many operator connections open (64)"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_daemon_that_does_not_answer_times_out() {
+    let dir = std::env::temp_dir().join(format!("halod-op-timeout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Listening, never accepting: what a SIGSTOPped daemon looks like.
+    let path = dir.join("stopped.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let target = Target {
+        socket: path.clone(),
+        json: false,
+        timeout: parse_timeout("300ms").unwrap(),
+    };
+    let started = std::time::Instant::now();
+    let Failure(message) = execute(&OperatorRequest::Status, &target).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "no reply from the daemon at {} within 300ms (--timeout)",
+            path.display()
+        )) && message.ends_with("the request changes nothing; try again when the daemon answers"),
+        "{message}"
+    );
+    let Failure(message) =
+        execute(&OperatorRequest::Drain { node: "n1".into() }, &target).unwrap_err();
+    assert!(
+        message.contains(
+            "the drain of n1 was sent and may still be carried out when the daemon resumes"
+        ),
+        "{message}"
+    );
+
+    // A full listen queue blocks connect itself: that times out too.
+    let full = dir.join("full.sock");
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&socket2::SockAddr::unix(&full).unwrap())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let mut queued = Vec::new();
+    let refused = loop {
+        match connect(&full, Duration::from_millis(200)) {
+            Ok(stream) => queued.push(stream),
+            Err(err) => break err,
+        }
+        assert!(queued.len() < 16, "the listen queue never filled");
+    };
+    assert_eq!(refused.kind(), std::io::ErrorKind::TimedOut);
+    let target = Target {
+        socket: full,
+        ..target
+    };
+    let Failure(message) = execute(&OperatorRequest::Routes, &target).unwrap_err();
+    assert!(
+        message.contains("the daemon accepts no connections")
+            && message.contains("nothing was sent"),
+        "{message}"
+    );
+    assert!(parse_timeout("0").is_err());
+    assert!(parse_timeout("soon").is_err());
+    assert_eq!(parse_timeout("2.5").unwrap(), Duration::from_millis(2500));
+    assert_eq!(parse_timeout("5s").unwrap(), Duration::from_secs(5));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_state_files_health_is_said_in_words() {
+    use crate::control::metrics::StateFileHealth;
+    let now = 1_000_000;
+    let fine = StateFileHealth {
+        written_unix_ms: Some(now - 3_000),
+        up_to_date: true,
+        write_failures: 0,
+        last_error: None,
+    };
+    assert_eq!(
+        state_saved(&fine, now),
+        "last written 3.0s ago, holds the current table"
+    );
+    let failing = StateFileHealth {
+        up_to_date: false,
+        write_failures: 7,
+        last_error: Some("No space left on device (os error 28)".into()),
+        ..fine
+    };
+    assert_eq!(
+        state_saved(&failing, now),
+        "last written 3.0s ago, BEHIND the current table (a restart now would bring back the older one); \
+         7 failed writes, failing now: No space left on device (os error 28) (retrying)"
     );
 }
 

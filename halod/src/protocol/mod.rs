@@ -346,6 +346,39 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// `halod node --gateway`: `HOST:PORT` (an IPv4 address or a host name, or
+/// `[IPv6]`, and a port 1..=65535), checked before the first connection so
+/// that a missing port is a usage error (exit 2) and not an endless retry.
+pub fn parse_gateway(text: &str) -> Result<String, String> {
+    let usage = |what: &str| {
+        format!(
+            "{text:?} {what}: give the gateway's nodes.listen as HOST:PORT, e.g. 198.19.0.1:7000"
+        )
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(usage("has no port"));
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && !host.contains(':')
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+    };
+    if !host_ok {
+        return Err(usage(&format!(
+            "has no valid host before the port ({host:?})"
+        )));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(text.to_string()),
+        _ => Err(usage(&format!("has no valid port ({port:?}, 1..=65535)"))),
+    }
+}
+
 /// Why no line could be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LineError {
@@ -434,6 +467,33 @@ mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_addresses_need_a_host_and_a_port() {
+        for good in [
+            "198.19.0.1:7000",
+            "gw.example:7000",
+            "[fd00::1]:7000",
+            "localhost:1",
+        ] {
+            assert_eq!(parse_gateway(good).as_deref(), Ok(good));
+        }
+        for (bad, says) in [
+            ("198.19.0.1", "has no port"),
+            ("198.19.0.1:", "has no valid port"),
+            ("198.19.0.1:0", "has no valid port"),
+            ("198.19.0.1:70000", "has no valid port"),
+            (":7000", "has no valid host"),
+            ("fd00::1:7000", "has no valid host"),
+            ("gw example:7000", "has no valid host"),
+        ] {
+            let message = parse_gateway(bad).unwrap_err();
+            assert!(
+                message.contains(says) && message.contains("HOST:PORT"),
+                "{bad}: {message}"
+            );
+        }
+    }
 
     #[test]
     fn hello_decodes_with_and_without_options() {
