@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin clap entry; each subcommand lives in
 //! its own module here so tests and benchmarks can drive the same code.
 
+pub mod api;
 pub mod config;
 pub mod console;
 pub mod control;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use halod::control::socket::OperatorRequest;
+use halod::api::OperatorRequest;
 
 /// halod: route each port of a gateway to the comet/push node that owns it, at XDP speed.
 #[derive(Parser)]

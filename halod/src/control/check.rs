@@ -6,8 +6,9 @@
 use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 
+use super::policy::NodePolicy;
 use super::state::SavedState;
-use super::{lock, node_policy, privileges};
+use super::{lock, privileges};
 use crate::config::Config;
 use crate::dataplane;
 
@@ -115,7 +116,7 @@ fn check(config: &Config, reset: bool) -> Vec<Finding> {
 
     let pins = std::path::Path::new(dataplane::PIN_ROOT).join(&config.instance);
     let pinned = pins.exists();
-    let policy = node_policy(config);
+    let policy = NodePolicy::of(config);
     let state_path = config.state_file();
     let saved = if reset {
         findings.push(Fine(format!(

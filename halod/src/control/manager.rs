@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -17,8 +17,11 @@ use tracing::{error, info, warn};
 
 use super::metrics::Metrics;
 use super::nodes::{Awaiting, Connection, NodeTable};
+pub use super::nodes::{ConnId, Outbound};
+pub use super::policy::Refusal;
 use super::state::{Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{NodeTarget, TablePush, Write};
+use crate::api::{Failover, Stamped, WatchEvent, unix_ms};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, Role, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
 
@@ -61,9 +64,6 @@ impl Settings {
     }
 }
 
-/// A message queued for a node's connection.
-pub type Outbound = Box<GatewayMessage>;
-
 /// Least time between two states published for the state file. Building one
 /// walks every node; a burst of joins (thousands of nodes starting at once)
 /// builds one per interval instead of one per join. The writer coalesces
@@ -77,9 +77,6 @@ async fn sleep_until_some(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
-/// Identifies one connection (a node name may reconnect on a new one).
-pub type ConnId = u64;
 
 /// What connection tasks ask of the manager.
 #[derive(Debug)]
@@ -117,103 +114,6 @@ pub struct Drained {
     pub moved: usize,
     /// The nodes that took them, ascending by name (empty: no node is left).
     pub to: Vec<String>,
-}
-
-/// Something the daemon did, for `halod watch` (one JSON line each).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum WatchEvent {
-    NodeJoined {
-        node: String,
-        addr: Ipv4Addr,
-        role: routing::Role,
-        slot: Option<Slot>,
-        routes: usize,
-    },
-    /// The node's connection closed; it may reconnect within `grace_ms`.
-    NodeDisconnected {
-        node: String,
-        reason: String,
-        grace_ms: u64,
-    },
-    NodeReconnected {
-        node: String,
-        addr: Ipv4Addr,
-    },
-    NodeFailed {
-        node: String,
-        cause: String,
-    },
-    /// `by` is `bye` (the node asked) or `drain` (an operator asked).
-    NodeLeft {
-        node: String,
-        by: String,
-    },
-    /// A failed active node's routes went elsewhere. Written without the
-    /// failover's own `time_unix_ms`: the event's stamp is that moment, and a
-    /// JSON object must not name a field twice.
-    #[serde(serialize_with = "failover_fields")]
-    Failover(Failover),
-    RoutesMoved {
-        cause: String,
-        moved: usize,
-        active: usize,
-        spares: usize,
-    },
-}
-
-/// One event with its time, as `halod watch` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamped {
-    pub time_unix_ms: u64,
-    #[serde(flatten)]
-    pub event: WatchEvent,
-}
-
-/// A [`Failover`]'s fields but its time, for [`WatchEvent::Failover`].
-fn failover_fields<S: serde::Serializer>(
-    failover: &Failover,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Fields<'a> {
-        node: &'a str,
-        cause: &'a str,
-        replacement: &'a Option<String>,
-        moved: usize,
-        plan_us: u64,
-    }
-    Fields {
-        node: &failover.node,
-        cause: &failover.cause,
-        replacement: &failover.replacement,
-        moved: failover.moved,
-        plan_us: failover.plan_us,
-    }
-    .serialize(serializer)
-}
-
-/// The last failure of an active node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failover {
-    pub node: String,
-    pub cause: String,
-    /// Absent from a `halod watch` event, which carries it as its stamp.
-    #[serde(default)]
-    pub time_unix_ms: u64,
-    /// The spare that took the slot, if one waited.
-    pub replacement: Option<String>,
-    /// Routes that changed node.
-    pub moved: usize,
-    /// Time to carry the plan out (messages and data-plane writes), in microseconds.
-    pub plan_us: u64,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the manager reports to, besides the nodes and the data plane: the
@@ -267,13 +167,6 @@ pub struct Registered {
     /// Liveness: the connection task stores [`Clock::now_ms`] at every
     /// message from the node.
     pub last_seen: Arc<AtomicU64>,
-}
-
-/// Why a `hello` was refused: sent to the node as an `error` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: String,
 }
 
 /// Milliseconds since the daemon started, shared with connection tasks.

@@ -3,18 +3,27 @@
 //!
 //! Tasks: one accept loop, one task per node connection ([`connection`]),
 //! one node manager ([`manager`]) that owns the routing cluster and the node
-//! table, and the data-plane actor that owns the BPF maps; beside them the
-//! operator's control socket ([`socket`]), the metrics endpoint
-//! ([`metrics`]) and the state-file writer ([`state`]). Shutdown goes
-//! through one cancellation token, set on SIGINT or SIGTERM. The daemon
-//! holds its instance's lock ([`lock`]) for its whole life.
+//! table ([`nodes`]), and the data-plane actor that owns the BPF maps; beside
+//! them the operator's control socket ([`socket`], speaking [`crate::api`]),
+//! the metrics endpoint ([`exporter`]) and the state-file writer ([`state`]).
+//! Shutdown goes through one cancellation token, set on SIGINT or SIGTERM. The
+//! daemon holds its instance's lock ([`lock`]) for its whole life.
+//!
+//! The modules' imports form a tree, leaves first: [`policy`] (what nodes may
+//! do before they register), [`metrics`] (counters), [`tables`] (the data-plane
+//! interfaces), [`nodes`], [`lock`]; then [`state`] (policy, metrics),
+//! [`manager`] (nodes, policy, metrics, state, tables), [`connection`]
+//! (manager, nodes, policy, metrics), [`socket`] (manager, metrics, tables),
+//! [`exporter`] (socket, metrics, tables); this file wires them.
 
 mod check;
 pub mod connection;
+pub mod exporter;
 pub mod lock;
 pub mod manager;
 pub mod metrics;
 mod nodes;
+pub mod policy;
 mod privileges;
 pub mod socket;
 pub mod state;
@@ -195,7 +204,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     } else {
         SavedState::load(&state_path)?
     };
-    let policy = node_policy(&config);
+    let policy = policy::NodePolicy::of(&config);
     let restored_cluster = match &saved {
         Some(saved) => {
             saved.check_addresses(&policy, &state_path)?;
@@ -217,7 +226,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
 
     let control = socket::bind(&config.control.socket, group)?;
     let metrics_listener = match config.metrics.listen {
-        Some(listen) => Some(metrics::bind(listen).await?),
+        Some(listen) => Some(exporter::bind(listen).await?),
         None => None,
     };
 
@@ -329,7 +338,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         shutdown.clone(),
     ));
     if let Some(listener) = metrics_listener {
-        tokio::spawn(metrics::serve(listener, services, shutdown.clone()));
+        tokio::spawn(exporter::serve(listener, services, shutdown.clone()));
     }
 
     info!(
@@ -373,24 +382,6 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
 
 /// What the gateway accepts from nodes, from the config and the internal
 /// interface's addresses (read once, at start).
-fn node_policy(config: &Config) -> connection::NodePolicy {
-    let mut own = connection::interface_addresses(&config.interfaces.internal);
-    if let std::net::IpAddr::V4(listen) = config.nodes.listen.ip()
-        && !listen.is_unspecified()
-    {
-        own.push((listen, 32));
-    }
-    connection::NodePolicy {
-        hello_timeout: std::time::Duration::from_millis(config.nodes.hello_timeout_ms),
-        allowed: config.nodes.allowed(),
-        vip: Some(config.vip),
-        own,
-        max_connections: config.nodes.max_nodes as usize + connection::EXTRA_CONNECTIONS,
-        open: Default::default(),
-        refusal_log: Default::default(),
-    }
-}
-
 pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContext) {
     // One copy shared by every connection task (each holds a pointer, not a copy).
     let context = Arc::new(context);
@@ -407,7 +398,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
                 let _ = stream.set_nodelay(true);
                 let context = context.clone();
                 let Some(open) = context.policy.admit() else {
-                    connection::refusal!(context.policy, %peer, "node connection refused: too many connections");
+                    policy::refusal!(context.policy, %peer, "node connection refused: too many connections");
                     context.metrics.node_refused("too_many_connections");
                     tokio::spawn(connection::refuse_connection(
                         stream,

@@ -9,7 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::manager::{ConnId, Outbound};
+use crate::protocol::GatewayMessage;
+
+/// Identifies one connection (a node name may reconnect on a new one).
+pub type ConnId = u64;
+
+/// A message queued for a node's connection.
+pub type Outbound = Box<GatewayMessage>;
 
 /// A registered node's open connection.
 pub(super) struct Connection {

@@ -12,182 +12,31 @@
 //! `control.group`; it is never a network port.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::manager::{Drained, Failover, Request, Snapshot, Stamped};
+use super::manager::{Drained, Request, Snapshot};
 use super::metrics::Metrics;
 use super::tables::DataplaneView;
+use crate::api::{
+    ConfigSummary, Counts, DrainReply, ErrorReply, InterfaceMode, ListenerSummary, NodeRow,
+    NodeStats, NodesReply, OperatorRequest, RouteRow, RouteStats, RoutesReply, Stamped, StatsReply,
+    StatusReply, WatchingReply, unix_ms,
+};
 use crate::config::Config;
 use crate::protocol::{LineError, LineReader};
 use crate::routing::{Role, Route, Slot};
-
-/// One operator request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OperatorRequest {
-    Routes,
-    Nodes,
-    Status,
-    Stats,
-    Drain { node: String },
-    Watch,
-}
-
-/// `{"error": "..."}`: the request failed; the text is for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorReply {
-    pub error: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoutesReply {
-    pub routes: Vec<RouteRow>,
-}
-
-/// One route; `node`, `slot` and `addr` are null for an unserved route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteRow {
-    pub route: Route,
-    pub ports: Vec<u16>,
-    pub node: Option<String>,
-    pub slot: Option<Slot>,
-    pub addr: Option<Ipv4Addr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodesReply {
-    pub nodes: Vec<NodeRow>,
-}
-
-/// One registered node: active ones in slot order, then the spare queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRow {
-    pub name: String,
-    pub role: Role,
-    pub slot: Option<Slot>,
-    /// Number of routes it serves.
-    pub routes: usize,
-    pub addr: Ipv4Addr,
-    /// Milliseconds since its last message; null while disconnected.
-    pub last_heartbeat_ms: Option<u64>,
-    pub connected: bool,
-    /// When its connection was made (Unix ms); null while disconnected.
-    pub connected_since_unix_ms: Option<u64>,
-    /// `reconnect` or `restart` while the gateway waits for it to come back.
-    pub awaiting: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReply {
-    pub version: String,
-    pub instance: String,
-    pub started_unix_ms: u64,
-    pub uptime_ms: u64,
-    pub config: ConfigSummary,
-    pub counts: Counts,
-    /// How the XDP program is attached, per interface.
-    pub dataplane: Vec<InterfaceMode>,
-    pub last_failover: Option<Failover>,
-    /// Nodes taken over from the state file at start (null: fresh start).
-    pub restored_nodes: Option<usize>,
-    /// How the state file's writes go (absent from daemons before 0.1.1).
-    #[serde(default)]
-    pub state_file: Option<super::metrics::StateFileHealth>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigSummary {
-    pub vip: Ipv4Addr,
-    pub external: String,
-    pub internal: String,
-    pub routes: u32,
-    pub listeners: Vec<ListenerSummary>,
-    pub nodes_listen: SocketAddr,
-    pub heartbeat_ms: u64,
-    pub dead_after: u32,
-    pub spares: u32,
-    pub max_active: u32,
-    pub max_nodes: u32,
-    pub restart_grace_ms: u64,
-    pub state_file: PathBuf,
-    pub control_socket: PathBuf,
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListenerSummary {
-    pub name: String,
-    pub base_port: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub nodes: usize,
-    pub active: usize,
-    pub spares: usize,
-    /// Nodes the gateway waits for (lost connection, or after a restart).
-    pub awaiting: usize,
-    /// Routes that reach a node.
-    pub routes_served: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterfaceMode {
-    pub interface: String,
-    /// `native` (driver) or `generic` (skb, slower).
-    pub mode: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsReply {
-    pub routes: Vec<RouteStats>,
-    pub nodes: Vec<NodeStats>,
-    /// Packets per verdict of the XDP program (forwarded, passed, dropped).
-    pub reasons: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteStats {
-    pub route: Route,
-    pub node: Option<String>,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStats {
-    pub name: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainReply {
-    pub drained: String,
-    /// Routes that moved to other nodes.
-    pub moved: usize,
-    /// The nodes that took them, ascending by name (empty: no node is left).
-    #[serde(default)]
-    pub to: Vec<String>,
-}
-
-/// `watch`'s first line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchingReply {
-    pub watching: bool,
-}
 
 /// What `status` reports about the daemon itself.
 #[derive(Debug, Clone)]
@@ -204,7 +53,7 @@ impl DaemonInfo {
         DaemonInfo {
             instance: config.instance.clone(),
             started: Instant::now(),
-            started_unix_ms: super::manager::unix_ms(),
+            started_unix_ms: unix_ms(),
             config: ConfigSummary {
                 vip: config.vip,
                 external: config.interfaces.external.clone(),

@@ -220,7 +220,7 @@ impl SavedState {
     /// VIP, loopback, the gateway itself or outside `nodes.allowed_cidrs`.
     pub fn check_addresses(
         &self,
-        policy: &super::connection::NodePolicy,
+        policy: &super::policy::NodePolicy,
         path: &Path,
     ) -> anyhow::Result<()> {
         for node in self.nodes() {
@@ -327,7 +327,7 @@ pub async fn run_writer(
                         info!(path = %path.display(), "state file written again after failures");
                     }
                     metrics.state_file(|health| {
-                        health.written_unix_ms = Some(super::manager::unix_ms());
+                        health.written_unix_ms = Some(crate::api::unix_ms());
                         health.last_error = None;
                         // A newer table may have come meanwhile: the loop
                         // writes it next, and marks it so.
@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn saved_addresses_are_checked_like_a_hello() {
-        use crate::control::connection::NodePolicy;
+        use crate::control::policy::NodePolicy;
         let path = Path::new("/x/state.json");
         let policy = NodePolicy {
             vip: Some(Ipv4Addr::new(198, 18, 0, 1)),

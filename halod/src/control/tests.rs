@@ -87,7 +87,7 @@ struct Gateway {
     shutdown: CancellationToken,
     token: Option<String>,
     next_conn: u64,
-    policy: super::connection::NodePolicy,
+    policy: super::policy::NodePolicy,
     metrics: super::metrics::Metrics,
 }
 
@@ -734,7 +734,7 @@ async fn hostile_nodes_are_refused_counted_and_leave_others_alone() {
 
 #[test]
 fn connections_past_the_limit_are_not_admitted() {
-    let policy = super::connection::NodePolicy {
+    let policy = super::policy::NodePolicy {
         max_connections: 2,
         ..Default::default()
     };

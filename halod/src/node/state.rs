@@ -151,7 +151,7 @@ impl StatePublisher {
                 })
                 .collect(),
             ports: state.ports(),
-            updated_unix_ms: crate::control::manager::unix_ms(),
+            updated_unix_ms: crate::api::unix_ms(),
         };
         let mut text = serde_json::to_string(&file).map_err(std::io::Error::other)?;
         text.push('\n');

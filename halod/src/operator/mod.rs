@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::config::DEFAULT_CONTROL_SOCKET;
-use crate::control::socket::{
-    DrainReply, ErrorReply, NodesReply, OperatorRequest, RoutesReply, StatsReply, StatusReply,
+use crate::api::{
+    DrainReply, ErrorReply, NodesReply, OperatorRequest, RoutesReply, StateFileHealth, StatsReply,
+    StatusReply, unix_ms,
 };
+use crate::config::DEFAULT_CONTROL_SOCKET;
 use table::{Table, clock_time, duration, ms_ago};
 
 /// How long to wait for the daemon by default (`--timeout`): it answers
@@ -114,7 +115,7 @@ fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
     }
     let text = match request {
         OperatorRequest::Routes => render_routes(&parse(&line)?),
-        OperatorRequest::Nodes => render_nodes(&parse(&line)?, crate::control::manager::unix_ms()),
+        OperatorRequest::Nodes => render_nodes(&parse(&line)?, unix_ms()),
         OperatorRequest::Status => render_status(&parse(&line)?),
         OperatorRequest::Stats => render_stats(&parse(&line)?),
         OperatorRequest::Drain { .. } => {
@@ -371,7 +372,7 @@ fn render_nodes(reply: &NodesReply, now_unix_ms: u64) -> String {
 
 /// The state file's health in words: how old the saved table is, and
 /// whether writes fail.
-fn state_saved(health: &crate::control::metrics::StateFileHealth, now_unix_ms: u64) -> String {
+fn state_saved(health: &StateFileHealth, now_unix_ms: u64) -> String {
     let written = match health.written_unix_ms {
         Some(at) => format!("last written {}", ms_ago(now_unix_ms.saturating_sub(at))),
         None => "not written since the start".to_string(),
@@ -489,10 +490,7 @@ fn render_status(status: &StatusReply) -> String {
         ),
     );
     if let Some(health) = &status.state_file {
-        line(
-            "State saved:",
-            state_saved(health, crate::control::manager::unix_ms()),
-        );
+        line("State saved:", state_saved(health, unix_ms()));
     }
     line(
         "Control:",

@@ -10,10 +10,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::api::Stamped;
 use crate::config::Config;
-use crate::control::manager::{
-    Clock, Manager, Observers, Outbound, Registered, Request, Settings, Stamped,
-};
+use crate::control::manager::{Clock, Manager, Observers, Outbound, Registered, Request, Settings};
 use crate::control::metrics::Metrics;
 use crate::control::socket::{self, DaemonInfo, Services};
 use crate::control::state::{Fingerprint, SavedState};
@@ -506,7 +505,7 @@ async fn metrics_show_nodes_counters_and_failovers() {
     let _n2 = daemon.hello("n2", 12).await;
     let _n3 = daemon.hello("n3", 13).await;
     daemon.services.metrics.heartbeat_gap(1150);
-    let text = crate::control::metrics::render(&daemon.services)
+    let text = crate::control::exporter::render(&daemon.services)
         .await
         .unwrap();
     for line in [
@@ -710,7 +709,7 @@ fn a_daemon_that_does_not_answer_times_out() {
 
 #[test]
 fn the_state_files_health_is_said_in_words() {
-    use crate::control::metrics::StateFileHealth;
+    use crate::api::StateFileHealth;
     let now = 1_000_000;
     let fine = StateFileHealth {
         written_unix_ms: Some(now - 3_000),
@@ -737,7 +736,7 @@ fn the_state_files_health_is_said_in_words() {
 
 #[test]
 fn a_failover_event_names_its_time_once() {
-    use crate::control::manager::{Failover, WatchEvent};
+    use crate::api::{Failover, WatchEvent};
     let stamped = Stamped {
         time_unix_ms: 1_700_000_000_123,
         event: WatchEvent::Failover(Failover {
