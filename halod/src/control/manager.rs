@@ -258,6 +258,8 @@ pub struct Manager<T> {
     overflowed: Vec<String>,
     observers: Observers,
     last_failover: Option<Failover>,
+    /// Set when the data plane refused a change twice: `run` stops.
+    fatal: Option<String>,
     /// The table changed since the state was last published.
     dirty: bool,
     /// When the state was last published, and when the next may be (see
@@ -278,6 +280,7 @@ impl<T: TablePush> Manager<T> {
             overflowed: Vec::new(),
             observers: Observers::default(),
             last_failover: None,
+            fatal: None,
             dirty: false,
             state_published: None,
             state_due: None,
@@ -322,9 +325,7 @@ impl<T: TablePush> Manager<T> {
                 slot: self.cluster.slot_of_route(route),
             });
         }
-        if let Err(err) = self.tables.push(writes).await {
-            error!("data plane refused the restored table: {err:#}");
-        }
+        self.push(writes, "the restored table").await;
         info!(
             active = saved.active.len(),
             spares = saved.spares.len(),
@@ -404,10 +405,22 @@ impl<T: TablePush> Manager<T> {
     }
 
     /// Serves requests and sweeps for dead nodes until `shutdown`.
-    pub async fn run(mut self, mut requests: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+    /// Serves requests and sweeps for dead nodes until `shutdown`. An error:
+    /// the data plane refused a table change twice ([`Manager::push`]); the
+    /// daemon then stops, keeping the data plane attached.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let period = self.settings.sweep_period();
         let mut next_sweep = Instant::now() + period;
         loop {
+            if let Some(reason) = self.fatal.take() {
+                self.state_published = None;
+                self.publish_state();
+                return Err(anyhow::anyhow!(reason));
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -433,6 +446,31 @@ impl<T: TablePush> Manager<T> {
         self.state_published = None;
         self.publish_state();
         info!(nodes = self.nodes.len(), "node manager stopped");
+        Ok(())
+    }
+
+    /// Writes `writes` (`what`, for the log) into the data plane. A refused
+    /// write is tried once more; refused again, the table the daemon keeps
+    /// and the kernel's may differ, which must never go unnoticed: the manager
+    /// stops ([`Manager::run`] returns the error), so the daemon exits
+    /// non-zero, keeping the data plane attached, and the daemon that
+    /// systemd starts again writes its whole table from the state file.
+    async fn push(&mut self, writes: Vec<Write>, what: &str) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let Err(first) = self.tables.push(writes.clone()).await else {
+            return;
+        };
+        warn!("the data plane refused {what}: {first:#}; trying once more");
+        if let Err(again) = self.tables.push(writes).await {
+            error!("the data plane refused {what} again: {again:#}; stopping the daemon");
+            self.fatal = Some(format!(
+                "the data plane refused {what} twice ({again:#}): its table and the daemon's may \
+                 differ, so the daemon stops (the data plane keeps forwarding); a restart \
+                 writes the whole table again"
+            ));
+        }
     }
 
     /// The daemon did not run for `late`: heartbeats it could not read must
@@ -647,9 +685,8 @@ impl<T: TablePush> Manager<T> {
                     slot,
                     node: Some(NodeTarget { addr, index }),
                 };
-                if let Err(err) = self.tables.push(vec![write]).await {
-                    error!(node = %name, "data plane refused the new address: {err:#}");
-                }
+                self.push(vec![write], &format!("{name}'s new address"))
+                    .await;
             }
         }
         self.send_welcome(&name);
@@ -796,9 +833,8 @@ impl<T: TablePush> Manager<T> {
         if !writes.is_empty() {
             let count = writes.len();
             let started = std::time::Instant::now();
-            if let Err(err) = self.tables.push(writes).await {
-                error!(event = %plan.event, "data plane refused {count} writes: {err:#}");
-            }
+            self.push(writes, &format!("{count} writes of {}", plan.event))
+                .await;
             self.observers
                 .metrics
                 .plan_push

@@ -3,7 +3,7 @@
 //!
 //! Tasks: one accept loop, one task per node connection ([`connection`]),
 //! one node manager ([`manager`]) that owns the routing cluster and the node
-//! table ([`nodes`]), and the data-plane actor that owns the BPF maps; beside
+//! table (`nodes`), and the data-plane actor that owns the BPF maps; beside
 //! them the operator's control socket ([`socket`], speaking [`crate::api`]),
 //! the metrics endpoint ([`exporter`]) and the state-file writer ([`state`]).
 //! Shutdown goes through one cancellation token, set on SIGINT or SIGTERM. The
@@ -11,7 +11,7 @@
 //!
 //! The modules' imports form a tree, leaves first: [`policy`] (what nodes may
 //! do before they register), [`metrics`] (counters), [`tables`] (the data-plane
-//! interfaces), [`nodes`], [`lock`]; then [`state`] (policy, metrics),
+//! interfaces), `nodes`, [`lock`]; then [`state`] (policy, metrics),
 //! [`manager`] (nodes, policy, metrics, state, tables), [`connection`]
 //! (manager, nodes, policy, metrics), [`socket`] (manager, metrics, tables),
 //! [`exporter`] (socket, metrics, tables); this file wires them.
@@ -39,7 +39,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
 
 use self::connection::ConnectionContext;
 use self::manager::{Clock, Manager, Observers, Settings};
@@ -277,6 +278,10 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         }
     };
     let mut dataplane = dataplane;
+    // From here on no way out of the daemon detaches the program: an error,
+    // like a SIGKILL, leaves it forwarding with the last table for the next
+    // daemon to adopt (`halod teardown` removes it).
+    dataplane.keep_on_drop();
     dataplane
         .set_next_hop_ttl(std::time::Duration::from_millis(
             config.next_hop_ttl_ms.into(),
@@ -298,7 +303,9 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     let (states, saved_states) = watch::channel(None);
     // The writer outlives the manager: it writes the last table on the way out.
     let writer_stop = CancellationToken::new();
-    let writer = tokio::spawn(state::run_writer(
+    // Every task the daemon starts, so that it waits for all of them on the way out.
+    let tasks = TaskTracker::new();
+    let writer = tasks.spawn(state::run_writer(
         state_path.clone(),
         saved_states,
         metrics.clone(),
@@ -318,7 +325,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
             )
             .await;
     }
-    let manager = tokio::spawn(manager.run(inbox, shutdown.clone()));
+    let manager = tasks.spawn(manager.run(inbox, shutdown.clone()));
 
     let services = Services {
         requests: requests.clone(),
@@ -330,7 +337,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
             saved.as_ref().map(|s| s.nodes().count()),
         )),
     };
-    let control_task = tokio::spawn(socket::serve(
+    tasks.spawn(socket::serve(
         control,
         config.control.socket.clone(),
         group,
@@ -338,7 +345,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         shutdown.clone(),
     ));
     if let Some(listener) = metrics_listener {
-        tokio::spawn(exporter::serve(listener, services, shutdown.clone()));
+        tasks.spawn(exporter::serve(listener, services, shutdown.clone()));
     }
 
     info!(
@@ -360,31 +367,112 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         metrics,
         policy,
     };
-    let lock_task = tokio::spawn(keep_lock(
+    let lock_task = tasks.spawn(keep_lock(
         instance_lock,
         config.instance.clone(),
         holder,
         shutdown.clone(),
     ));
-    accept_loop(listener, context).await;
-    manager.await.context("node manager task")?;
+    tasks.spawn(accept_loop(listener, context));
+    let outcome = supervise(&shutdown, manager, tables.stopped()).await;
+    // Whatever ended it, every task stops now.
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(STOP_TIMEOUT, wait_except_writer(&tasks, &writer))
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout_ms = STOP_TIMEOUT.as_millis() as u64,
+            "tasks did not stop in time; exiting anyway"
+        );
+    }
     writer_stop.cancel();
     let _ = writer.await;
-    let _ = control_task.await;
     // Leave the program attached and pinned: it forwards with the last table
     // until the next daemon adopts it (`halod teardown` removes it).
     tables.shutdown_keeping().await;
     // Released last: the next daemon may adopt the pins from here on.
     drop(lock_task.await);
-    info!("gateway stopped");
-    Ok(())
+    match &outcome {
+        Ok(()) => info!("gateway stopped"),
+        Err(err) => error!("gateway stopped: {err:#}"),
+    }
+    outcome
 }
 
-/// What the gateway accepts from nodes, from the config and the internal
-/// interface's addresses (read once, at start).
+/// How long the tasks have to stop once the daemon stops.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for every tracked task but the state writer, which stops after them
+/// (it writes the manager's last table on the way out).
+async fn wait_except_writer(tasks: &TaskTracker, writer: &tokio::task::JoinHandle<()>) {
+    // The tracker counts the writer too: wait until it is the only one left.
+    while tasks.len() > usize::from(!writer.is_finished()) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits for the daemon's end: SIGTERM or SIGINT (the `shutdown` token), or
+/// the end of a task it cannot serve without, the node manager or the
+/// data-plane actor. Such an end is an error, so the daemon exits non-zero
+/// (and systemd starts it again) instead of serving a control socket with
+/// nothing behind it.
+async fn supervise(
+    shutdown: &CancellationToken,
+    manager: tokio::task::JoinHandle<anyhow::Result<()>>,
+    dataplane_stopped: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut manager = manager;
+    let ended = tokio::select! {
+        () = shutdown.cancelled() => None,
+        ended = &mut manager => Some(ended),
+        () = dataplane_stopped => {
+            return Err(anyhow::anyhow!(
+                "the data-plane task stopped unexpectedly (panicked?): the daemon can no longer change the table"
+            ));
+        }
+    };
+    match ended {
+        // A clean stop: the manager publishes its last table first.
+        None => match manager.await {
+            Ok(result) => result.context("node manager"),
+            Err(join) => Err(anyhow::anyhow!("the node manager task failed: {join}")),
+        },
+        Some(Ok(Ok(()))) => Err(anyhow::anyhow!("the node manager stopped unexpectedly")),
+        Some(Ok(Err(err))) => Err(err.context("node manager")),
+        Some(Err(join)) if join.is_panic() => Err(anyhow::anyhow!(
+            "the node manager panicked: {}",
+            panic_message(join.into_panic())
+        )),
+        Some(Err(join)) => Err(anyhow::anyhow!("the node manager task failed: {join}")),
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// Accepts node connections until the daemon stops; one task per connection.
 pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContext) {
     // One copy shared by every connection task (each holds a pointer, not a copy).
     let context = Arc::new(context);
+    // Every connection task, so that this loop ends only after them.
+    let connections = TaskTracker::new();
+    accept_connections(&listener, &context, &connections).await;
+    connections.close();
+    connections.wait().await;
+}
+
+async fn accept_connections(
+    listener: &TcpListener,
+    context: &Arc<ConnectionContext>,
+    connections: &TaskTracker,
+) {
     let mut next_conn: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -400,13 +488,13 @@ pub(crate) async fn accept_loop(listener: TcpListener, context: ConnectionContex
                 let Some(open) = context.policy.admit() else {
                     policy::refusal!(context.policy, %peer, "node connection refused: too many connections");
                     context.metrics.node_refused("too_many_connections");
-                    tokio::spawn(connection::refuse_connection(
+                    connections.spawn(connection::refuse_connection(
                         stream,
                         context.policy.max_connections,
                     ));
                     continue;
                 };
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _open = open;
                     let mut stream = stream;
                     let (reader, writer) = stream.split();

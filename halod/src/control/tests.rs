@@ -779,3 +779,97 @@ async fn a_node_whose_hello_cannot_be_answered_does_not_stay_registered() {
         gateway.shutdown.cancel();
     }
 }
+
+/// Refuses every write, as a data plane whose maps are gone would.
+#[derive(Clone, Default)]
+struct Refusing {
+    tries: Arc<Mutex<usize>>,
+}
+
+impl TablePush for Refusing {
+    async fn push(&self, _writes: Vec<Write>) -> anyhow::Result<()> {
+        *self.tries.lock().unwrap() += 1;
+        anyhow::bail!("EPERM (test)")
+    }
+}
+
+/// A table change the data plane refuses twice stops the manager with an
+/// error that says so, so the daemon cannot go on with a table the kernel
+/// does not hold.
+#[tokio::test(start_paused = true)]
+async fn a_change_the_data_plane_refuses_twice_stops_the_manager() {
+    let cluster = Cluster::new(ClusterConfig {
+        routes: ROUTES,
+        spares: 0,
+        max_active: None,
+    })
+    .unwrap();
+    let settings = Settings {
+        heartbeat: HEARTBEAT,
+        dead_after: 3,
+        reconnect_grace: Duration::ZERO,
+        max_nodes: 10,
+        base_ports: vec![8000, 9000],
+    };
+    let refusing = Refusing::default();
+    let (requests, inbox) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let manager = tokio::spawn(
+        Manager::new(cluster, settings, refusing.clone(), Clock::new()).run(inbox, shutdown),
+    );
+    let (reply, _answer) = oneshot::channel();
+    requests
+        .send(Request::Hello {
+            conn: 1,
+            name: "n1".into(),
+            addr: addr(1),
+            reply,
+        })
+        .await
+        .unwrap();
+    let error = manager.await.unwrap().expect_err("the manager must stop");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("refused 25 writes of join:n1 twice"),
+        "{text}"
+    );
+    assert!(text.contains("EPERM (test)"), "{text}");
+    assert_eq!(*refusing.tries.lock().unwrap(), 2, "one retry, no more");
+}
+
+#[tokio::test]
+async fn the_daemon_stops_with_an_error_when_a_task_it_needs_ends() {
+    use super::supervise;
+    let pending = std::future::pending::<()>;
+    // The manager fails.
+    let shutdown = CancellationToken::new();
+    let manager = tokio::spawn(async { Err(anyhow::anyhow!("refused twice")) });
+    let error = supervise(&shutdown, manager, pending()).await.unwrap_err();
+    assert!(format!("{error:#}").contains("refused twice"), "{error:#}");
+    // The manager panics.
+    let manager = tokio::spawn(async { panic!("boom") });
+    let error = supervise(&shutdown, manager, pending()).await.unwrap_err();
+    assert!(format!("{error:#}").contains("panicked: boom"), "{error:#}");
+    // The manager ends without being asked to.
+    let manager = tokio::spawn(async { Ok(()) });
+    let error = supervise(&shutdown, manager, pending()).await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("stopped unexpectedly"),
+        "{error:#}"
+    );
+    // The data-plane task ends.
+    let manager = tokio::spawn(async { std::future::pending::<anyhow::Result<()>>().await });
+    let error = supervise(&shutdown, manager, async {}).await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("data-plane task stopped"),
+        "{error:#}"
+    );
+    // SIGTERM: the manager stops when told, and that is no error.
+    let stop = shutdown.clone();
+    let manager = tokio::spawn(async move {
+        stop.cancelled().await;
+        Ok(())
+    });
+    shutdown.cancel();
+    supervise(&shutdown, manager, pending()).await.unwrap();
+}

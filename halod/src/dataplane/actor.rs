@@ -23,9 +23,11 @@ pub struct DataplaneHandle {
     requests: mpsc::Sender<Request>,
 }
 
-/// Moves `dataplane` into its own task. The task ends, detaching the program
-/// and removing the pins, on [`DataplaneHandle::shutdown`] or when every handle
-/// is dropped. Must be called inside a tokio runtime.
+/// Moves `dataplane` into its own task. The task ends on
+/// [`DataplaneHandle::shutdown`] (detaching the program and removing the
+/// pins), on [`DataplaneHandle::shutdown_keeping`] (leaving both), or when
+/// every handle is dropped (as the dataplane's `keep_on_drop` says). Must be
+/// called inside a tokio runtime.
 pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
     let (requests, mut inbox) = mpsc::channel::<Request>(64);
     // Map updates are short syscalls; a blocking thread keeps them off the
@@ -57,6 +59,7 @@ pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
                     return;
                 }
                 Request::Shutdown(reply) => {
+                    dataplane.keep = false;
                     drop(dataplane);
                     let _ = reply.send(());
                     return;
@@ -103,6 +106,12 @@ impl DataplaneHandle {
     /// handles get [`DataplaneError::Stopped`] afterwards.
     pub async fn shutdown(&self) {
         let _ = self.ask(Request::Shutdown).await;
+    }
+
+    /// Resolves when the task has ended (stopped, or panicked): nothing
+    /// answers on this handle any more.
+    pub async fn stopped(&self) {
+        self.requests.closed().await;
     }
 
     /// Stops the task but leaves the program attached and the maps and links
