@@ -11,8 +11,24 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Highest number of routes (one port per route and listener).
-pub const MAX_ROUTES: u32 = 65_535;
+pub use crate::routing::MAX_ROUTES;
+
+impl Config {
+    /// `routes` as the data plane counts them. A loaded config has been
+    /// checked to hold 1..=65535 ([`MAX_ROUTES`]); anything else is refused
+    /// here too rather than cut to 16 bits.
+    pub fn route_count(&self) -> anyhow::Result<u16> {
+        u16::try_from(self.routes)
+            .ok()
+            .filter(|routes| *routes > 0)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "config key `routes`: {} is out of range: use 1..={MAX_ROUTES}",
+                    self.routes
+                )
+            })
+    }
+}
 /// Most listener groups (every route message lists one port per group and
 /// must fit a 4 KiB protocol line).
 pub const MAX_LISTENERS: usize = halod_common::listener::MAX_LISTENERS;
@@ -335,7 +351,7 @@ impl Config {
 
     /// Checks that do not need the system.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !valid_instance(&self.instance) {
+        if !crate::dataplane::valid_instance_name(&self.instance) {
             return Err(invalid(
                 "instance",
                 format!(
@@ -636,13 +652,6 @@ fn addresses_of(interface: &str) -> Vec<Ipv4Addr> {
         .filter(|entry| entry.interface_name == interface)
         .filter_map(|entry| Some(entry.address?.as_sockaddr_in()?.ip()))
         .collect()
-}
-
-fn valid_instance(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Reads a token file: its content with surrounding white space removed. The

@@ -22,8 +22,9 @@ pub use super::policy::Refusal;
 use super::state::{Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{NodeTarget, TablePush, Write};
 use crate::api::{Failover, Stamped, WatchEvent, unix_ms};
-use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, Role, RoutePorts};
+use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
+use halod_common::listener::port_for_route;
 
 /// Why a node whose connection closed before its `hello` was answered is lost.
 const HELLO_UNANSWERED: &str = "the connection closed before the answer to hello";
@@ -59,7 +60,7 @@ impl Settings {
     pub fn ports(&self, route: Route) -> Vec<u16> {
         self.base_ports
             .iter()
-            .map(|base| base + route - 1)
+            .filter_map(|base| port_for_route(*base, route))
             .collect()
     }
 }
@@ -847,7 +848,7 @@ impl<T: TablePush> Manager<T> {
                 Notification::Role { node, .. } | Notification::Assigned { node, .. }
                     if joined.as_deref() == Some(node.as_str()) => {}
                 Notification::Role { node, role } => {
-                    let role = protocol_role(*role);
+                    let role = *role;
                     self.send(node, GatewayMessage::Role { role });
                 }
                 Notification::Assigned { node, routes } => {
@@ -887,7 +888,7 @@ impl<T: TablePush> Manager<T> {
         };
         let routes = self.route_ports(&self.cluster.routes_of(name));
         let message = GatewayMessage::Welcome {
-            role: protocol_role(role),
+            role,
             heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
             routes,
         };
@@ -1053,12 +1054,5 @@ impl<T: TablePush> Manager<T> {
     /// Number of registered nodes.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
-    }
-}
-
-fn protocol_role(role: routing::Role) -> Role {
-    match role {
-        routing::Role::Active => Role::Active,
-        routing::Role::Spare => Role::Spare,
     }
 }

@@ -246,7 +246,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         external: config.interfaces.external.clone(),
         internal: config.interfaces.internal.clone(),
         vip: config.vip,
-        routes: config.routes as u16,
+        routes: config.route_count()?,
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
     };

@@ -37,6 +37,7 @@ use crate::api::{
 use crate::config::Config;
 use crate::protocol::{LineError, LineReader};
 use crate::routing::{Role, Route, Slot};
+use halod_common::listener::port_for_route;
 
 /// What `status` reports about the daemon itself.
 #[derive(Debug, Clone)]
@@ -86,7 +87,7 @@ impl DaemonInfo {
         self.config
             .listeners
             .iter()
-            .map(|l| l.base_port + route - 1)
+            .filter_map(|l| port_for_route(l.base_port, route))
             .collect()
     }
 }
@@ -153,7 +154,7 @@ impl<D: DataplaneView> Services<D> {
                 }
             }
         }
-        let routes = (1..=self.info.config.routes as Route)
+        let routes = (1..=Route::try_from(self.info.config.routes).unwrap_or(Route::MAX))
             .map(|route| {
                 let owner = served.get(&route);
                 RouteRow {
@@ -198,11 +199,7 @@ impl<D: DataplaneView> Services<D> {
             .into_iter()
             .map(|(interface, mode)| InterfaceMode {
                 interface,
-                mode: match mode {
-                    crate::dataplane::AttachMode::Native => "native",
-                    crate::dataplane::AttachMode::Generic => "generic",
-                }
-                .to_string(),
+                mode: mode.name().to_string(),
             })
             .collect();
         let routes_served = snapshot.nodes.iter().map(|n| n.routes.len()).sum();

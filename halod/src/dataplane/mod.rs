@@ -97,6 +97,23 @@ pub enum AttachMode {
     Generic,
 }
 
+impl AttachMode {
+    /// The mode's name: in `halod status`, in the link pins' names, in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+
+    /// The mode of a [`AttachMode::name`].
+    pub fn from_name(name: &str) -> Option<AttachMode> {
+        [AttachMode::Native, AttachMode::Generic]
+            .into_iter()
+            .find(|mode| mode.name() == name)
+    }
+}
+
 /// Packets and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counter {
@@ -390,11 +407,7 @@ impl Dataplane {
                     let name = entry.file_name().into_string().ok()?;
                     let rest = name.strip_prefix(LINK_PIN)?;
                     let (mode, interface) = rest.split_once('_')?;
-                    let mode = match mode {
-                        "native" => AttachMode::Native,
-                        "generic" => AttachMode::Generic,
-                        _ => return None,
-                    };
+                    let mode = AttachMode::from_name(mode)?;
                     Some((interface.to_owned(), mode, entry.path()))
                 })
                 .collect(),
@@ -827,10 +840,7 @@ impl Dataplane {
             // Pinned, the link (and so the attachment) outlives this process;
             // Drop removes the pin unless the data plane is kept.
             if let Some(dir) = &self.pins {
-                let mode_name = match mode {
-                    AttachMode::Native => "native",
-                    AttachMode::Generic => "generic",
-                };
+                let mode_name = mode.name();
                 let path = dir.join(format!("{LINK_PIN}{mode_name}_{interface}"));
                 let pin_error = |message: String| DataplaneError::Pin {
                     path: path.clone(),
@@ -934,19 +944,23 @@ impl Drop for Dataplane {
     }
 }
 
+/// The one rule for instance names (`instance:` in the config): 1 to 32 of
+/// `A-Z a-z 0-9 _ -`. The name is a directory under `/sys/fs/bpf/halod` and
+/// part of the lock and state-file names.
+pub fn valid_instance_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Checks the configuration and resolves the interface indices (in the calling
 /// thread's network namespace).
 fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
     let invalid = |message: String| Err(DataplaneError::Config(message));
-    if config.instance.is_empty()
-        || !config
-            .instance
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        || config.instance.starts_with('.')
-    {
+    if !valid_instance_name(&config.instance) {
         return invalid(format!(
-            "instance name {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it names the pin directory)",
+            "instance name {:?}: use 1 to 32 of A-Z a-z 0-9 _ - (it names the pin directory)",
             config.instance
         ));
     }

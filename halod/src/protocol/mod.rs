@@ -43,22 +43,8 @@ pub struct Hello {
     pub token: Option<String>,
 }
 
-/// A node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Active,
-    Spare,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Active => "active",
-            Role::Spare => "spare",
-        }
-    }
-}
+/// A node's role (`"active"` or `"spare"` on the wire): the routing rules' own.
+pub use crate::routing::Role;
 
 /// A route and its port in every listener group, in listener order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

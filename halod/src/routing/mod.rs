@@ -25,8 +25,9 @@ pub type Route = u16;
 /// A slot id, `1..=k`.
 pub type Slot = u16;
 
-/// Largest number of routes: one per port of a 16-bit port range.
-pub const MAX_ROUTES: u32 = 65535;
+/// Largest number of routes: one per port of a 16-bit port range (one home,
+/// shared with the XDP program's map sizes).
+pub use halod_common::maps::MAX_ROUTES;
 
 /// The routing part of the gateway config. Checked by [`Cluster::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,12 +52,19 @@ pub enum Role {
     Spare,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// `active` or `spare`, as the node protocol and the operator commands say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::Active => "active",
             Role::Spare => "spare",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
