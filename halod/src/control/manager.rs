@@ -19,7 +19,7 @@ use super::metrics::Metrics;
 use super::nodes::{Awaiting, Connection, NodeTable};
 pub use super::nodes::{ConnId, Outbound};
 pub use super::policy::Refusal;
-use super::state::{Fingerprint, STATE_VERSION, SavedNode, SavedState};
+use super::state::{Coalescer, Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{NodeTarget, TablePush, Write};
 use crate::api::{Failover, Stamped, WatchEvent, unix_ms};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, RoutePorts};
@@ -64,12 +64,6 @@ impl Settings {
             .collect()
     }
 }
-
-/// Least time between two states published for the state file. Building one
-/// walks every node; a burst of joins (thousands of nodes starting at once)
-/// builds one per interval instead of one per join. The writer coalesces
-/// anyway, so the file lags the table by at most this plus one write.
-pub const STATE_COALESCE: Duration = Duration::from_millis(50);
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_some(at: Option<Instant>) {
@@ -261,12 +255,8 @@ pub struct Manager<T> {
     last_failover: Option<Failover>,
     /// Set when the data plane refused a change twice: `run` stops.
     fatal: Option<String>,
-    /// The table changed since the state was last published.
-    dirty: bool,
-    /// When the state was last published, and when the next may be (see
-    /// [`STATE_COALESCE`]).
-    state_published: Option<Instant>,
-    state_due: Option<Instant>,
+    /// When the table goes to the state-file writer next.
+    publishing: Coalescer,
 }
 
 impl<T: TablePush> Manager<T> {
@@ -282,9 +272,7 @@ impl<T: TablePush> Manager<T> {
             observers: Observers::default(),
             last_failover: None,
             fatal: None,
-            dirty: false,
-            state_published: None,
-            state_due: None,
+            publishing: Coalescer::default(),
         }
     }
 
@@ -293,7 +281,7 @@ impl<T: TablePush> Manager<T> {
         self.observers = observers;
         // Published on the first sweep (or by `restore`), not before: a
         // restored cluster has no node entries yet.
-        self.dirty = true;
+        self.publishing.changed();
         self
     }
 
@@ -333,7 +321,7 @@ impl<T: TablePush> Manager<T> {
             grace_ms = grace.as_millis() as u64,
             "table restored from the state file; waiting for its nodes to reconnect"
         );
-        self.dirty = true;
+        self.publishing.changed();
         self.publish_state();
     }
 
@@ -349,18 +337,9 @@ impl<T: TablePush> Manager<T> {
 
     /// Publishes the table for the state-file writer if it changed.
     fn publish_state(&mut self) {
-        if !self.dirty {
+        if !self.publishing.ready(Instant::now()) {
             return;
         }
-        let now = Instant::now();
-        if let Some(at) = self.state_published
-            && now < at + STATE_COALESCE
-        {
-            self.state_due = Some(at + STATE_COALESCE);
-            return;
-        }
-        self.state_due = None;
-        self.dirty = false;
         let Some((fingerprint, states)) = &self.observers.state else {
             return;
         };
@@ -368,7 +347,7 @@ impl<T: TablePush> Manager<T> {
         // now would save an empty table over the real one.
         let registered = self.cluster.active().len() + self.cluster.spares().len();
         if registered > self.nodes.len() {
-            self.dirty = true;
+            self.publishing.changed();
             return;
         }
         let saved = |name: &str| {
@@ -394,7 +373,6 @@ impl<T: TablePush> Manager<T> {
                 .filter_map(saved)
                 .collect(),
         };
-        self.state_published = Some(now);
         states.send_if_modified(|current| {
             if current.as_ref() == Some(&state) {
                 false
@@ -418,7 +396,7 @@ impl<T: TablePush> Manager<T> {
         let mut next_sweep = Instant::now() + period;
         loop {
             if let Some(reason) = self.fatal.take() {
-                self.state_published = None;
+                self.publishing.now();
                 self.publish_state();
                 return Err(anyhow::anyhow!(reason));
             }
@@ -440,11 +418,11 @@ impl<T: TablePush> Manager<T> {
                     let due = self.next_deadline().unwrap_or(period);
                     next_sweep = now + due.clamp(Duration::from_millis(1), period);
                 }
-                () = sleep_until_some(self.state_due) => self.publish_state(),
+                () = sleep_until_some(self.publishing.due()) => self.publish_state(),
             }
         }
         // The last table goes to the state writer, which outlives the manager.
-        self.state_published = None;
+        self.publishing.now();
         self.publish_state();
         info!(nodes = self.nodes.len(), "node manager stopped");
         Ok(())
@@ -679,7 +657,7 @@ impl<T: TablePush> Manager<T> {
             addr,
         });
         if moved_addr {
-            self.dirty = true;
+            self.publishing.changed();
             if let Some(slot) = self.cluster.slot_of(&name) {
                 // One slot write sends the node's routes to its new address.
                 let write = Write::Slot {
@@ -804,7 +782,7 @@ impl<T: TablePush> Manager<T> {
     /// recycles its counter index.
     fn forget(&mut self, name: &str) {
         self.nodes.remove(name);
-        self.dirty = true;
+        self.publishing.changed();
     }
 
     /// Carries out a plan: `moved` to the nodes that lose routes, then the
@@ -841,7 +819,7 @@ impl<T: TablePush> Manager<T> {
                 .plan_push
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.dirty = true;
+        self.publishing.changed();
         for notification in &plan.notifications {
             match notification {
                 Notification::Moved { .. } => {}

@@ -238,6 +238,61 @@ impl SavedState {
     }
 }
 
+/// Least time between two tables handed to the state-file writer. Building
+/// one walks every node; a burst of joins (thousands of nodes starting at
+/// once) builds one per interval instead of one per join. The writer
+/// coalesces anyway, so the file lags the table by at most this plus one
+/// write.
+pub const STATE_COALESCE: Duration = Duration::from_millis(50);
+
+/// When the manager hands its table to the state-file writer: after a
+/// change, at most once per [`STATE_COALESCE`].
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    /// The table changed since it was last handed over.
+    changed: bool,
+    last: Option<tokio::time::Instant>,
+    due: Option<tokio::time::Instant>,
+}
+
+impl Coalescer {
+    /// The table changed.
+    pub fn changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// The next hand-over may not wait (the manager stops, or a restored
+    /// table must be saved before anything else).
+    pub fn now(&mut self) {
+        self.last = None;
+    }
+
+    /// Whether to hand the table over at `now`. When it changed but the last
+    /// hand-over was too recent, [`Coalescer::due`] says when to ask again.
+    /// A `true` counts as the hand-over; call [`Coalescer::changed`] again if
+    /// it did not happen after all.
+    pub fn ready(&mut self, now: tokio::time::Instant) -> bool {
+        if !self.changed {
+            return false;
+        }
+        if let Some(last) = self.last
+            && now < last + STATE_COALESCE
+        {
+            self.due = Some(last + STATE_COALESCE);
+            return false;
+        }
+        self.due = None;
+        self.changed = false;
+        self.last = Some(now);
+        true
+    }
+
+    /// When a postponed hand-over is due.
+    pub fn due(&self) -> Option<tokio::time::Instant> {
+        self.due
+    }
+}
+
 /// Writes `state` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over `path`, fsync of the directory. Creates the directory
 /// (mode 0700) if needed.
@@ -365,6 +420,27 @@ pub async fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_are_handed_over_at_most_once_per_interval() {
+        let start = tokio::time::Instant::now();
+        let mut publishing = Coalescer::default();
+        assert!(!publishing.ready(start), "nothing changed");
+        publishing.changed();
+        assert!(publishing.ready(start));
+        publishing.changed();
+        let soon = start + STATE_COALESCE / 2;
+        assert!(!publishing.ready(soon), "too soon after the last");
+        assert_eq!(publishing.due(), Some(start + STATE_COALESCE));
+        assert!(publishing.ready(start + STATE_COALESCE));
+        assert_eq!(publishing.due(), None);
+        publishing.changed();
+        publishing.now();
+        assert!(
+            publishing.ready(start + STATE_COALESCE),
+            "now() does not wait"
+        );
+    }
 
     fn state(active: &[&str], spares: &[&str]) -> SavedState {
         let node = |(i, name): (usize, &&str)| SavedNode {
