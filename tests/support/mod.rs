@@ -1,7 +1,10 @@
-//! Shared by the end-to-end tests in this folder, each of which includes it with
-//! `mod support;`: the root check, a guard for the processes a test starts, and a
-//! follower for their output lines. Each test uses a subset, hence `dead_code`.
+//! Shared by every integration test in this folder, each of which includes it with
+//! `mod support;`: for the end-to-end tests the root check, a guard for the processes a
+//! test starts, and a follower for their output lines; for the BPF_PROG_TEST_RUN tests
+//! [`bpf`]. Each test uses a subset, hence `dead_code`.
 #![allow(dead_code)]
+
+pub mod bpf;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus};

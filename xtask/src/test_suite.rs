@@ -3,9 +3,9 @@
 //! 1. set-up (quiet when everything is present), and a check that we run as root;
 //! 2. build of every target, with the real eBPF object (never the stub);
 //! 3. unit and property tests (`--lib --bins` of every crate);
-//! 4. integration tests of halod: BPF_PROG_TEST_RUN tests (halod/tests/*.rs) and the
+//! 4. integration tests of halod: BPF_PROG_TEST_RUN tests (tests/xdp_*.rs) and the
 //!    network-namespace end-to-end tests (tests/*.rs, declared as `[[test]]` in halod);
-//! 5. the BPF_PROG_TEST_RUN tests (`halod/tests/xdp_*.rs`) again in release, so the
+//! 5. the BPF_PROG_TEST_RUN tests (`tests/xdp_*.rs`) again in release, so the
 //!    verifier sees the release object of the XDP program too;
 //! 6. a short `cargo xtask chaos` run (its checks are counted as tests).
 //!

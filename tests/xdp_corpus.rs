@@ -28,7 +28,7 @@ use etherparse::{
 use halod::dataplane::{Dataplane, NodeTarget, Write};
 
 mod support;
-use support::*;
+use support::bpf::*;
 
 /// Route 3 in the first group: slot 1, node A.
 const ROUTE_PORT: u16 = 8002;

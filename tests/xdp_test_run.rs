@@ -19,7 +19,7 @@ use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use halod::dataplane::{Dataplane, NodeTarget, Write};
 
 mod support;
-use support::*;
+use support::bpf::*;
 
 const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
 

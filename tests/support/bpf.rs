@@ -1,8 +1,6 @@
-//! Shared by the BPF_PROG_TEST_RUN tests (`xdp_test_run.rs`, `xdp_corpus.rs`), each of which
-//! includes it with `mod support;`: their private gateway namespace ([`in_gateway_netns`]),
-//! its addresses and MACs, the listener layout, XDP verdicts, and a command runner. Each
-//! test uses a subset, hence `dead_code`.
-#![allow(dead_code)]
+//! For the BPF_PROG_TEST_RUN tests (`xdp_test_run.rs`, `xdp_corpus.rs`, which
+//! `use support::bpf::*`): their private gateway namespace ([`in_gateway_netns`]), its
+//! addresses and MACs, the listener layout, XDP verdicts, and a command runner.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
