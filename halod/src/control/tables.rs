@@ -1,5 +1,5 @@
 //! The manager's sink for route-table writes: the data plane in the daemon,
-//! a recorder in unit tests.
+//! [`Recorder`] in unit tests.
 
 use std::future::Future;
 
@@ -35,5 +35,130 @@ impl DataplaneView for crate::dataplane::DataplaneHandle {
 
     async fn modes(&self) -> Vec<(String, AttachMode)> {
         crate::dataplane::DataplaneHandle::modes(self).await
+    }
+}
+
+#[cfg(test)]
+pub(crate) use recorder::Recorder;
+
+#[cfg(test)]
+mod recorder {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The one stand-in for the data plane in unit tests: records every batch
+    /// of writes (or refuses them all, [`Recorder::refusing`]), keeps a mirror
+    /// of the tables they describe, and serves fixed counters and attach modes.
+    #[derive(Clone, Default)]
+    pub(crate) struct Recorder {
+        batches: Arc<Mutex<Vec<Vec<Write>>>>,
+        refuse: bool,
+        tries: Arc<AtomicUsize>,
+    }
+
+    impl TablePush for Recorder {
+        async fn push(&self, writes: Vec<Write>) -> anyhow::Result<()> {
+            self.tries.fetch_add(1, Ordering::Relaxed);
+            if self.refuse {
+                anyhow::bail!("EPERM (test)");
+            }
+            self.batches.lock().unwrap().push(writes);
+            Ok(())
+        }
+    }
+
+    impl DataplaneView for Recorder {
+        async fn stats(&self) -> anyhow::Result<Stats> {
+            Ok(Stats {
+                routes: (0..24)
+                    .map(|i| Counter {
+                        packets: i,
+                        bytes: i * 100,
+                    })
+                    .collect(),
+                nodes: (0..16)
+                    .map(|i| Counter {
+                        packets: 1000 + i,
+                        bytes: 2000 + i,
+                    })
+                    .collect(),
+                reasons: vec![("forwarded_in", 7), ("pass_no_node", 1)],
+            })
+        }
+
+        async fn modes(&self) -> Vec<(String, AttachMode)> {
+            vec![
+                ("ext0".into(), AttachMode::Native),
+                ("int0".into(), AttachMode::Generic),
+            ]
+        }
+    }
+
+    impl Recorder {
+        /// A data plane that refuses every write, as one whose maps are gone would.
+        pub(crate) fn refusing() -> Recorder {
+            Recorder {
+                refuse: true,
+                ..Recorder::default()
+            }
+        }
+
+        /// Every push so far, refused ones too.
+        pub(crate) fn tries(&self) -> usize {
+            self.tries.load(Ordering::Relaxed)
+        }
+
+        pub(crate) fn batches(&self) -> Vec<Vec<Write>> {
+            self.batches.lock().unwrap().clone()
+        }
+
+        /// Every write so far, in order.
+        pub(crate) fn writes(&self) -> Vec<Write> {
+            self.batches().into_iter().flatten().collect()
+        }
+
+        /// Route -> node address, from every write so far.
+        pub(crate) fn mirror(&self) -> BTreeMap<u16, Ipv4Addr> {
+            let mut routes: BTreeMap<u16, u16> = BTreeMap::new();
+            let mut slots: BTreeMap<u16, Ipv4Addr> = BTreeMap::new();
+            for write in self.batches().into_iter().flatten() {
+                match write {
+                    Write::Route {
+                        route,
+                        slot: Some(slot),
+                    } => {
+                        assert!(
+                            slots.contains_key(&slot),
+                            "route {route} -> empty slot {slot}"
+                        );
+                        routes.insert(route, slot);
+                    }
+                    Write::Route { route, slot: None } => {
+                        routes.remove(&route);
+                    }
+                    Write::Slot {
+                        slot,
+                        node: Some(node),
+                    } => {
+                        slots.insert(slot, node.addr);
+                    }
+                    Write::Slot { slot, node: None } => {
+                        assert!(
+                            !routes.values().any(|s| *s == slot),
+                            "slot {slot} emptied while used"
+                        );
+                        slots.remove(&slot);
+                    }
+                }
+            }
+            routes
+                .into_iter()
+                .map(|(route, slot)| (route, slots[&slot]))
+                .collect()
+        }
     }
 }

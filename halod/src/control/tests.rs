@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
@@ -14,68 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionContext};
 use super::manager::{Clock, Manager, Request, Settings, Snapshot};
-use super::tables::{TablePush, Write};
+use super::tables::{Recorder, Write};
 use crate::protocol::{ErrorCode, GatewayMessage, LineReader, Role};
 use crate::routing::{Cluster, ClusterConfig};
-
-/// Records every batch and keeps a mirror of the tables it describes.
-#[derive(Clone, Default)]
-struct Recorder {
-    batches: Arc<Mutex<Vec<Vec<Write>>>>,
-}
-
-impl TablePush for Recorder {
-    async fn push(&self, writes: Vec<Write>) -> anyhow::Result<()> {
-        self.batches.lock().unwrap().push(writes);
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn batches(&self) -> Vec<Vec<Write>> {
-        self.batches.lock().unwrap().clone()
-    }
-
-    /// Route -> node address, from every write so far.
-    fn mirror(&self) -> BTreeMap<u16, Ipv4Addr> {
-        let mut routes: BTreeMap<u16, u16> = BTreeMap::new();
-        let mut slots: BTreeMap<u16, Ipv4Addr> = BTreeMap::new();
-        for write in self.batches().into_iter().flatten() {
-            match write {
-                Write::Route {
-                    route,
-                    slot: Some(slot),
-                } => {
-                    assert!(
-                        slots.contains_key(&slot),
-                        "route {route} -> empty slot {slot}"
-                    );
-                    routes.insert(route, slot);
-                }
-                Write::Route { route, slot: None } => {
-                    routes.remove(&route);
-                }
-                Write::Slot {
-                    slot,
-                    node: Some(node),
-                } => {
-                    slots.insert(slot, node.addr);
-                }
-                Write::Slot { slot, node: None } => {
-                    assert!(
-                        !routes.values().any(|s| *s == slot),
-                        "slot {slot} emptied while used"
-                    );
-                    slots.remove(&slot);
-                }
-            }
-        }
-        routes
-            .into_iter()
-            .map(|(route, slot)| (route, slots[&slot]))
-            .collect()
-    }
-}
 
 const ROUTES: u32 = 24;
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -780,19 +720,6 @@ async fn a_node_whose_hello_cannot_be_answered_does_not_stay_registered() {
     }
 }
 
-/// Refuses every write, as a data plane whose maps are gone would.
-#[derive(Clone, Default)]
-struct Refusing {
-    tries: Arc<Mutex<usize>>,
-}
-
-impl TablePush for Refusing {
-    async fn push(&self, _writes: Vec<Write>) -> anyhow::Result<()> {
-        *self.tries.lock().unwrap() += 1;
-        anyhow::bail!("EPERM (test)")
-    }
-}
-
 /// A table change the data plane refuses twice stops the manager with an
 /// error that says so, so the daemon cannot go on with a table the kernel
 /// does not hold.
@@ -811,7 +738,7 @@ async fn a_change_the_data_plane_refuses_twice_stops_the_manager() {
         max_nodes: 10,
         base_ports: vec![8000, 9000],
     };
-    let refusing = Refusing::default();
+    let refusing = Recorder::refusing();
     let (requests, inbox) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
     let manager = tokio::spawn(
@@ -834,7 +761,7 @@ async fn a_change_the_data_plane_refuses_twice_stops_the_manager() {
         "{text}"
     );
     assert!(text.contains("EPERM (test)"), "{text}");
-    assert_eq!(*refusing.tries.lock().unwrap(), 2, "one retry, no more");
+    assert_eq!(refusing.tries(), 2, "one retry, no more");
 }
 
 #[tokio::test]

@@ -11,17 +11,9 @@ use super::*;
 use crate::control::accept_loop;
 use crate::control::connection::ConnectionContext;
 use crate::control::manager::{Clock, Manager, Settings};
-use crate::control::tables::{TablePush, Write};
+use crate::control::tables::Recorder;
 use crate::protocol::Role;
 use crate::routing::{Cluster, ClusterConfig};
-
-struct Accept;
-
-impl TablePush for Accept {
-    async fn push(&self, _writes: Vec<Write>) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
 
 async fn gateway(token: Option<&str>) -> (String, CancellationToken) {
     let cluster = Cluster::new(ClusterConfig {
@@ -40,7 +32,9 @@ async fn gateway(token: Option<&str>) -> (String, CancellationToken) {
     let shutdown = CancellationToken::new();
     let clock = Clock::new();
     let (requests, inbox) = mpsc::channel(16);
-    tokio::spawn(Manager::new(cluster, settings, Accept, clock).run(inbox, shutdown.clone()));
+    tokio::spawn(
+        Manager::new(cluster, settings, Recorder::default(), clock).run(inbox, shutdown.clone()),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let context = ConnectionContext {

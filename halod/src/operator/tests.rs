@@ -3,7 +3,7 @@
 //! temp directory, and the CLI's own connection code.
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -16,50 +16,11 @@ use crate::control::manager::{Clock, Manager, Observers, Outbound, Registered, R
 use crate::control::metrics::Metrics;
 use crate::control::socket::{self, DaemonInfo, Services};
 use crate::control::state::{Fingerprint, SavedState};
-use crate::control::tables::{AttachMode, Counter, DataplaneView, Stats, TablePush, Write};
+use crate::control::tables::Recorder;
 use crate::protocol::{ErrorCode, GatewayMessage};
 use crate::routing::{Cluster, ClusterConfig};
 
 /// Records table writes; answers stats and modes with fixed values.
-#[derive(Clone, Default)]
-struct FakeDataplane {
-    writes: Arc<Mutex<Vec<Write>>>,
-}
-
-impl TablePush for FakeDataplane {
-    async fn push(&self, writes: Vec<Write>) -> anyhow::Result<()> {
-        self.writes.lock().unwrap().extend(writes);
-        Ok(())
-    }
-}
-
-impl DataplaneView for FakeDataplane {
-    async fn stats(&self) -> anyhow::Result<Stats> {
-        Ok(Stats {
-            routes: (0..24)
-                .map(|i| Counter {
-                    packets: i,
-                    bytes: i * 100,
-                })
-                .collect(),
-            nodes: (0..16)
-                .map(|i| Counter {
-                    packets: 1000 + i,
-                    bytes: 2000 + i,
-                })
-                .collect(),
-            reasons: vec![("forwarded_in", 7), ("pass_no_node", 1)],
-        })
-    }
-
-    async fn modes(&self) -> Vec<(String, AttachMode)> {
-        vec![
-            ("ext0".into(), AttachMode::Native),
-            ("int0".into(), AttachMode::Generic),
-        ]
-    }
-}
-
 const CONFIG: &str = "
 interfaces: {external: ext0, internal: int0}
 vip: 198.18.0.1
@@ -70,12 +31,12 @@ nodes: {listen: 198.19.0.1:7000, spares: 1, restart_grace_ms: 1000}
 
 struct Daemon {
     requests: mpsc::Sender<Request>,
-    dataplane: FakeDataplane,
+    dataplane: Recorder,
     socket: PathBuf,
     dir: PathBuf,
     shutdown: CancellationToken,
     states: watch::Receiver<Option<SavedState>>,
-    services: Services<FakeDataplane>,
+    services: Services<Recorder>,
     next_conn: u64,
 }
 
@@ -103,7 +64,7 @@ impl Daemon {
             max_nodes: 16,
             base_ports: vec![8000, 9000],
         };
-        let dataplane = FakeDataplane::default();
+        let dataplane = Recorder::default();
         let (events, _) = broadcast::channel::<Stamped>(64);
         let (states, receiver) = watch::channel(None);
         let metrics = Metrics::default();
@@ -442,7 +403,7 @@ async fn a_restarted_daemon_keeps_the_table_and_fails_only_the_missing() {
 
     let mut second = Daemon::start("restart-b", Some(saved.clone())).await;
     // The whole table is written at once, before any node is back.
-    let writes = second.dataplane.writes.lock().unwrap().clone();
+    let writes = second.dataplane.writes();
     assert_eq!(writes.len(), 3 + 24, "{writes:?}");
     assert_eq!(
         second.ask(OperatorRequest::Routes).await.unwrap(),
@@ -469,11 +430,7 @@ async fn a_restarted_daemon_keeps_the_table_and_fails_only_the_missing() {
         second.ask(OperatorRequest::Routes).await.unwrap(),
         routes_before
     );
-    assert_eq!(
-        second.dataplane.writes.lock().unwrap().len(),
-        27,
-        "no route changed"
-    );
+    assert_eq!(second.dataplane.writes().len(), 27, "no route changed");
 
     // After the grace n3 fails through the routing rules: the spare takes its slot.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
