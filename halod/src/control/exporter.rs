@@ -11,6 +11,7 @@
 //! the address the operator configures (loopback in the example config).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +28,9 @@ use tracing::{debug, warn};
 
 use super::socket::Services;
 use super::tables::DataplaneView;
+
+/// Most scrapes answered at once; more get `503 Service Unavailable`.
+pub const MAX_SCRAPES: usize = 8;
 
 /// Largest request head the endpoint reads.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -327,15 +331,35 @@ pub async fn serve<D: DataplaneView>(
     services: Services<D>,
     shutdown: CancellationToken,
 ) {
+    // Each scrape reads the node table and the data plane's counters; a
+    // scraper that opens connections in a loop must not pile those up.
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                let Ok(slot) = open.clone().try_acquire_owned() else {
+                    debug!("metrics request refused: {MAX_SCRAPES} being answered");
+                    let busy = response(
+                        "503 Service Unavailable",
+                        "text/plain; charset=utf-8",
+                        "too many scrapes at once; try again\n",
+                    );
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            REQUEST_TIMEOUT,
+                            stream.write_all(busy.as_bytes()),
+                        )
+                        .await;
+                    });
+                    continue;
+                };
                 let services = services.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(err) = answer(stream, &services).await {
                         debug!("metrics request: {err:#}");
                     }

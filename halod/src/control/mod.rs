@@ -425,6 +425,8 @@ async fn supervise(
 ) -> anyhow::Result<()> {
     let mut manager = manager;
     let ended = tokio::select! {
+        // Asked to stop: whatever else is ready, this stop is the clean one.
+        biased;
         () = shutdown.cancelled() => None,
         ended = &mut manager => Some(ended),
         () = dataplane_stopped => {
@@ -439,6 +441,8 @@ async fn supervise(
             Ok(result) => result.context("node manager"),
             Err(join) => Err(anyhow::anyhow!("the node manager task failed: {join}")),
         },
+        // The manager stops on its own only when asked to (SIGTERM came just now).
+        Some(Ok(Ok(()))) if shutdown.is_cancelled() => Ok(()),
         Some(Ok(Ok(()))) => Err(anyhow::anyhow!("the node manager stopped unexpectedly")),
         Some(Ok(Err(err))) => Err(err.context("node manager")),
         Some(Err(join)) if join.is_panic() => Err(anyhow::anyhow!(

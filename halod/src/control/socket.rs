@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -335,17 +335,35 @@ pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<Unix
         }
         std::fs::remove_file(path).with_context(|| context("removing the stale socket"))?;
     }
-    // The socket is created with the umask's mode: make it 0600 from the start.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.with_context(|| context("binding"))?;
-    if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(gid))
-            .with_context(|| context("giving it to control.group"))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .with_context(|| context("setting mode 0660"))?;
-    }
+    // The socket takes the umask's mode when it is made, and changing the
+    // umask would change it for every thread of the daemon. So it is made in
+    // a directory only root can enter, given its mode and group there, and
+    // then renamed into place: nobody can connect before its mode is right.
+    let private = path.with_file_name(format!(".halod-socket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| context("making a private directory beside it"))?;
+    let made = private.join("socket");
+    let listener = (|| {
+        let listener =
+            std::os::unix::net::UnixListener::bind(&made).with_context(|| context("binding"))?;
+        let mode = match group {
+            Some(gid) => {
+                nix::unistd::chown(&made, None, Some(gid))
+                    .with_context(|| context("giving it to control.group"))?;
+                0o660
+            }
+            None => 0o600,
+        };
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(mode))
+            .with_context(|| context(&format!("setting mode {mode:o}")))?;
+        std::fs::rename(&made, path).with_context(|| context("moving it into place"))?;
+        anyhow::Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = listener?;
     listener
         .set_nonblocking(true)
         .with_context(|| context("setting it non-blocking"))?;

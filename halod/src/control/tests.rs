@@ -800,3 +800,18 @@ async fn the_daemon_stops_with_an_error_when_a_task_it_needs_ends() {
     shutdown.cancel();
     supervise(&shutdown, manager, pending()).await.unwrap();
 }
+
+/// SIGTERM and the manager's end can be seen at once (it stops as soon as it
+/// is told): that is a clean stop, never "stopped unexpectedly".
+#[tokio::test]
+async fn a_manager_that_stopped_because_it_was_told_is_a_clean_stop() {
+    for _ in 0..50 {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let manager = tokio::spawn(async { Ok(()) });
+        tokio::task::yield_now().await;
+        super::supervise(&shutdown, manager, std::future::pending())
+            .await
+            .unwrap();
+    }
+}

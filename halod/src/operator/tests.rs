@@ -746,3 +746,43 @@ fn drain_says_where_the_routes_went() {
         "drained n3: it left the cluster; 0 routes moved\n"
     );
 }
+
+/// A scraper that opens connections without end gets `503` beyond
+/// `MAX_SCRAPES` at once, and the endpoint answers again once they go.
+#[tokio::test]
+async fn the_metrics_endpoint_answers_a_bounded_number_of_scrapes_at_once() {
+    use crate::control::exporter::{self, MAX_SCRAPES};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = Daemon::start("scrapes", None).await;
+    let listener = exporter::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(exporter::serve(
+        listener,
+        daemon.services.clone(),
+        stop.clone(),
+    ));
+    // Connections that never send their request hold their slot.
+    let mut idle = Vec::new();
+    for _ in 0..MAX_SCRAPES {
+        idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut answer = String::new();
+    extra.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut scrape = tokio::net::TcpStream::connect(address).await.unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    scrape.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop.cancel();
+}
