@@ -8,41 +8,22 @@
 //! every process it started (guards), so the tests run in parallel.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use halod::routing::{Cluster, ClusterConfig, Event};
-use xtask::testbed::{Testbed, TestbedOptions};
 
 mod support;
-use support::{Process, follow, keep_log};
+use support::gateway::{Gateway, NODES_PORT};
+use support::{Process, follow};
 
-const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const ROUTES: u16 = 12;
 const BASES: [u16; 2] = [8000, 9000];
-const NODES_PORT: u16 = 7000;
 /// Generous: correctness deadlines, never performance checks.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn require_root() {
-    support::require_root(
-        "the control-plane tests build network namespaces and load XDP programs; \
-         run them through `cargo xtask test` as root",
-    );
-}
-
-fn up(prefix: &str, nodes: usize) -> Testbed {
-    Testbed::up(TestbedOptions {
-        prefix: prefix.into(),
-        nodes,
-        clients: 1,
-    })
-    .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"))
-}
 
 fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
     support::expect_line_within(lines, what, DEADLINE, matches)
@@ -53,124 +34,65 @@ struct Options {
     token: Option<&'static str>,
 }
 
-struct Bed {
-    bed: Testbed,
-    dir: PathBuf,
-    gateway: Process,
-    gateway_log: Arc<Mutex<Vec<String>>>,
+/// The control tests' gateway: 12 routes on two listener groups, no reconnect
+/// grace.
+struct Bed(Gateway);
+
+impl std::ops::Deref for Bed {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
 }
 
 impl Bed {
     /// A test bed with `nodes` node namespaces and a running gateway.
     fn start(prefix: &str, nodes: usize, options: Options) -> Bed {
-        require_root();
-        let bed = up(prefix, nodes);
-        let dir = std::env::temp_dir().join(format!("halod-{prefix}{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let instance = prefix.trim_end_matches('-').replace('-', "_");
-        let token_line = match options.token {
-            Some(token) => {
-                let path = dir.join("token");
-                std::fs::write(&path, format!("{token}\n")).unwrap();
-                format!("  token_file: {}\n", path.display())
-            }
-            None => String::new(),
-        };
-        let config = format!(
-            "instance: {instance}\n\
-             interfaces: {{external: ext0, internal: int0}}\n\
-             vip: {vip}\n\
-             routes: {ROUTES}\n\
-             listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
-             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
-             reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}\
-             control: {{socket: {dir}/halod.sock}}\n\
-             state_file: {dir}/state.json\n",
-            dir = dir.display(),
-            vip = bed.vip(),
-            b0 = BASES[0],
-            b1 = BASES[1],
-            gw = bed.gateway_internal_addr(),
-            spares = options.spares,
-        );
-        let config_path = dir.join("halod.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut command = bed.command(&bed.gateway_ns(), HALOD);
-        command
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("HALOD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut gateway = Process::spawn("gateway", command);
-        let stderr = gateway.child.stderr.take().unwrap();
-        let gateway_log = Arc::new(Mutex::new(Vec::new()));
-        let started = keep_log(
-            format!("{prefix}gateway"),
-            stderr,
-            gateway_log.clone(),
-            "gateway running",
-        );
-        if started.recv_timeout(DEADLINE).is_err() {
-            let status = gateway.child.try_wait().unwrap();
-            panic!(
-                "the gateway did not start (exit: {status:?}); its log:\n{}",
-                gateway_log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .join("\n")
-            );
-        }
-        Bed {
-            bed,
-            dir,
-            gateway,
-            gateway_log,
-        }
+        let mut gateway = Gateway::prepare(prefix, nodes, |bed, instance, dir| {
+            let token_line = match options.token {
+                Some(token) => {
+                    let path = dir.join("token");
+                    std::fs::write(&path, format!("{token}\n")).unwrap();
+                    format!("  token_file: {}\n", path.display())
+                }
+                None => String::new(),
+            };
+            format!(
+                "instance: {instance}\n\
+                 interfaces: {{external: ext0, internal: int0}}\n\
+                 vip: {vip}\n\
+                 routes: {ROUTES}\n\
+                 listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+                 nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
+                 reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}\
+                 control: {{socket: {dir}/halod.sock}}\n\
+                 state_file: {dir}/state.json\n",
+                dir = dir.display(),
+                vip = bed.vip(),
+                b0 = BASES[0],
+                b1 = BASES[1],
+                gw = bed.gateway_internal_addr(),
+                spares = options.spares,
+            )
+        });
+        gateway.run();
+        Bed(gateway)
     }
 
     fn gateway_address(&self) -> String {
-        format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr())
+        self.address()
     }
 
     /// A backend in node `i`'s namespace answering `name\n` on every route
     /// port, bound to the node's own address.
     fn backend(&self, i: usize, name: &str) -> Process {
-        let mut command = self.bed.backend_command(i, name, all_ports());
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut process = Process::spawn(&format!("backend {name}"), command);
-        let stdout = process.child.stdout.take().unwrap();
-        let lines = follow(format!("backend {name}"), stdout);
-        expect_line(&lines, "backend ready", |line| line == "ready");
-        process
-    }
-
-    /// `halod node` in node `i`'s namespace; returns it with its stdout lines.
-    fn agent(&self, i: usize, name: &str, extra: &[&str]) -> (Process, Receiver<String>) {
-        let mut command = self.bed.command(&self.bed.node_ns(i), HALOD);
-        command
-            .args(["node", "--gateway", &self.gateway_address(), "--name", name])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut process = Process::spawn(&format!("agent {name}"), command);
-        let stdout = process.child.stdout.take().unwrap();
-        let lines = follow(format!("agent {name}"), stdout);
-        (process, lines)
+        self.0.backend(i, name, all_ports())
     }
 
     /// An agent plus its backend, registered (welcome received).
     fn node(&self, i: usize, name: &str) -> Node {
         let backend = self.backend(i, name);
-        let (agent, lines) = self.agent(i, name, &[]);
-        let welcome = expect_line(&lines, "welcome", |line| {
-            line.contains(r#""type":"welcome""#)
-        });
+        let (agent, lines, welcome) = self.registered_agent(i, name);
         Node {
             agent,
             lines,
@@ -219,10 +141,7 @@ impl Bed {
             assert!(
                 start.elapsed() < DEADLINE,
                 "{what}: after {DEADLINE:?} the routes answer\n{answers:?}\nexpected\n{expected:?}\ngateway log:\n{}",
-                self.gateway_log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .join("\n")
+                self.log_text()
             );
             thread::sleep(Duration::from_millis(20));
         }
@@ -242,34 +161,7 @@ impl Bed {
     }
 
     fn gateway_logged(&self, needle: &str) -> bool {
-        self.gateway_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|line| line.contains(needle))
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        // Stop the gateway (it leaves XDP attached for a restart), then
-        // remove its program, pins and state file.
-        self.gateway.signal(nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.gateway.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.gateway.child.kill();
-        let _ = self.gateway.child.wait();
-        let _ = Command::new(HALOD)
-            .args(["teardown", "--config"])
-            .arg(self.dir.join("halod.yaml"))
-            .stdout(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.logged(needle)
     }
 }
 

@@ -7,69 +7,63 @@
 //! control socket and state file, and kills what it started.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Output, Stdio};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
-use xtask::testbed::{Testbed, TestbedOptions};
+use xtask::testbed::Testbed;
 
 mod support;
-use support::{Process, follow, keep_log};
+use support::Process;
+use support::gateway::{Gateway, HALOD, NODES_PORT};
 
-const HALOD: &str = env!("CARGO_BIN_EXE_halod");
 const ROUTES: u16 = 4;
 const BASE: u16 = 8000;
-const NODES_PORT: u16 = 7000;
 /// Generous: correctness deadlines, never performance checks.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn require_root() {
-    support::require_root(
-        "the mistakes tests build network namespaces and load XDP programs; run them as root",
-    );
+/// The mistakes tests' gateway: 4 routes on one listener group.
+struct Bed(Gateway);
+
+impl std::ops::Deref for Bed {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
 }
 
-struct Bed {
-    bed: Testbed,
-    dir: PathBuf,
-    config: PathBuf,
-    instance: String,
-    gateway: Option<Process>,
-    log: Arc<Mutex<Vec<String>>>,
-    prefix: String,
+impl std::ops::DerefMut for Bed {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.0
+    }
+}
+
+/// A config of instance `instance` whose socket, state file and node port are
+/// its own (`name`, `port`), in `dir`.
+fn config_text(bed: &Testbed, instance: &str, dir: &Path, name: &str, port: u16) -> String {
+    format!(
+        "instance: {instance}\n\
+         interfaces: {{external: ext0, internal: int0}}\n\
+         vip: {vip}\n\
+         routes: {ROUTES}\n\
+         listeners:\n  - {{name: browser, base_port: {BASE}}}\n\
+         nodes:\n  listen: {gw}:{port}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 0\n\
+         control: {{socket: {dir}/{name}.sock}}\n\
+         state_file: {dir}/{name}.state.json\n",
+        vip = bed.vip(),
+        gw = bed.gateway_internal_addr(),
+        dir = dir.display(),
+    )
 }
 
 impl Bed {
     /// The test bed and a config; the gateway is not started.
     fn new(prefix: &str, nodes: usize) -> Bed {
-        require_root();
-        let bed = Testbed::up(TestbedOptions {
-            prefix: prefix.into(),
-            nodes,
-            clients: 1,
-        })
-        .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"));
-        let dir = std::env::temp_dir().join(format!("halod-{prefix}{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let instance = prefix.trim_end_matches('-').replace('-', "_");
-        let bed = Bed {
-            bed,
-            config: dir.join("halod.yaml"),
-            dir,
-            instance,
-            gateway: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            prefix: prefix.into(),
-        };
-        let config = bed.config_text("halod", NODES_PORT);
-        std::fs::write(&bed.config, config).unwrap();
-        bed
+        Bed(Gateway::prepare(prefix, nodes, |bed, instance, dir| {
+            config_text(bed, instance, dir, "halod", NODES_PORT)
+        }))
     }
 
     fn start(prefix: &str, nodes: usize) -> Bed {
@@ -81,102 +75,23 @@ impl Bed {
     /// A config of this bed's instance whose socket, state file and node
     /// port are its own (`name`, `port`).
     fn config_text(&self, name: &str, port: u16) -> String {
-        format!(
-            "instance: {instance}\n\
-             interfaces: {{external: ext0, internal: int0}}\n\
-             vip: {vip}\n\
-             routes: {ROUTES}\n\
-             listeners:\n  - {{name: browser, base_port: {BASE}}}\n\
-             nodes:\n  listen: {gw}:{port}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 0\n\
-             control: {{socket: {dir}/{name}.sock}}\n\
-             state_file: {dir}/{name}.state.json\n",
-            instance = self.instance,
-            vip = self.bed.vip(),
-            gw = self.bed.gateway_internal_addr(),
-            dir = self.dir.display(),
-        )
+        config_text(&self.bed, &self.instance, &self.dir, name, port)
     }
 
     /// `halod run --config CONFIG` in the gateway's namespace, stderr piped.
     fn gateway_command(&self, config: &Path) -> Command {
-        let mut command = self.bed.command(&self.bed.gateway_ns(), HALOD);
-        command
-            .args(["run", "--config"])
-            .arg(config)
-            .env("HALOD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+        self.command(config)
     }
 
     /// Starts `halod run` and waits for "gateway running".
     fn run_gateway(&mut self) {
-        let mut gateway = Process::spawn("gateway", self.gateway_command(&self.config));
-        let started = keep_log(
-            format!("{}gateway", self.prefix),
-            gateway.child.stderr.take().unwrap(),
-            self.log.clone(),
-            "gateway running",
-        );
-        if started.recv_timeout(DEADLINE).is_err() {
-            panic!(
-                "the gateway did not start; its log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-        }
-        self.gateway = Some(gateway);
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("halod.sock")
-    }
-
-    /// `halod ARGS --socket S` on the host.
-    fn halod(&self, args: &[&str]) -> Output {
-        Command::new(HALOD)
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket())
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, command: &str) -> Value {
-        let output = self.halod(&[command, "--json"]);
-        assert!(
-            output.status.success(),
-            "halod {command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
+        self.0.run();
     }
 
     /// Backend plus agent in node `i`, registered.
     fn node(&self, i: usize, name: &str) -> (Process, Process) {
-        let mut command = self
-            .bed
-            .backend_command(i, name, (0..ROUTES).map(|route| BASE + route));
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut backend = Process::spawn(&format!("backend {name}"), command);
-        let lines = follow(
-            format!("backend {name}"),
-            backend.child.stdout.take().unwrap(),
-        );
-        expect_line(&lines, "backend ready", |line| line == "ready");
-        let mut command = self.bed.command(&self.bed.node_ns(i), HALOD);
-        let gateway = format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr());
-        command
-            .args(["node", "--gateway", &gateway, "--name", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut agent = Process::spawn(&format!("agent {name}"), command);
-        let lines = follow(format!("agent {name}"), agent.child.stdout.take().unwrap());
-        expect_line(&lines, "welcome", |l| l.contains(r#""type":"welcome""#));
+        let backend = self.backend(i, name, (0..ROUTES).map(|route| BASE + route));
+        let (agent, _, _) = self.registered_agent(i, name);
         (agent, backend)
     }
 
@@ -201,57 +116,9 @@ impl Bed {
         }
     }
 
-    fn logged(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|line| line.contains(needle))
-    }
-
-    fn wait_logged(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.logged(needle) {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the gateway did not log {needle:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     fn gateway_pid(&self) -> u32 {
         self.gateway.as_ref().unwrap().child.id()
     }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        if let Some(gateway) = &mut self.gateway {
-            // A test may leave it stopped.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(gateway.child.id() as i32),
-                Signal::SIGCONT,
-            );
-            gateway.signal(Signal::SIGTERM);
-            let _ = gateway.wait(Duration::from_secs(10));
-        }
-        self.gateway = None;
-        let teardown = Command::new(HALOD)
-            .args(["teardown", "--config"])
-            .arg(&self.config)
-            .output();
-        if let Ok(output) = teardown
-            && !output.status.success()
-        {
-            eprintln!("teardown: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
-    support::expect_line_within(lines, what, DEADLINE, matches)
 }
 
 /// Waits for `child` to exit; kills it and panics after `within`.

@@ -10,114 +10,76 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xtask::testbed::{self, Testbed, TestbedOptions};
+use xtask::testbed;
 
 mod support;
-use support::{Process, follow, keep_log};
+use support::gateway::{Gateway, NODES_PORT};
+use support::{Process, follow};
 
-const HALOD: &str = env!("CARGO_BIN_EXE_halod");
+const HALOD: &str = support::gateway::HALOD;
 const ROUTES: u16 = 12;
 const BASES: [u16; 2] = [8000, 9000];
-const NODES_PORT: u16 = 7000;
 const METRICS_PORT: u16 = 9464;
 /// Generous: correctness deadlines, never performance checks.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn require_root() {
-    support::require_root(
-        "the operator tests build network namespaces and load XDP programs; \
-         run them through `cargo xtask test` as root",
-    );
-}
 
 fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> bool) -> String {
     support::expect_line_within(lines, what, DEADLINE, matches)
 }
 
-struct Bed {
-    bed: Testbed,
-    dir: PathBuf,
-    config: PathBuf,
-    gateway: Option<Process>,
-    log: Arc<Mutex<Vec<String>>>,
-    prefix: String,
+/// The operator tests' gateway: 12 routes on two listener groups, a 15 s
+/// restart grace, metrics on the internal address.
+struct Bed(Gateway);
+
+impl std::ops::Deref for Bed {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Bed {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.0
+    }
 }
 
 impl Bed {
     fn start(prefix: &str, nodes: usize, spares: u32) -> Bed {
-        require_root();
-        let bed = Testbed::up(TestbedOptions {
-            prefix: prefix.into(),
-            nodes,
-            clients: 1,
-        })
-        .unwrap_or_else(|e| panic!("test bed {prefix} did not come up: {e:#}"));
-        let dir = std::env::temp_dir().join(format!("halod-{prefix}{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let instance = prefix.trim_end_matches('-').replace('-', "_");
-        let config = format!(
-            "instance: {instance}\n\
-             interfaces: {{external: ext0, internal: int0}}\n\
-             vip: {vip}\n\
-             routes: {ROUTES}\n\
-             listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
-             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
-             restart_grace_ms: 15000\n  spares: {spares}\n\
-             control: {{socket: {dir}/halod.sock}}\n\
-             state_file: {dir}/state.json\n\
-             metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
-            vip = bed.vip(),
-            b0 = BASES[0],
-            b1 = BASES[1],
-            gw = bed.gateway_internal_addr(),
-            dir = dir.display(),
-        );
-        let config_path = dir.join("halod.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut bed = Bed {
-            bed,
-            dir,
-            config: config_path,
-            gateway: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            prefix: prefix.into(),
-        };
+        let mut bed = Bed(Gateway::prepare(prefix, nodes, |bed, instance, dir| {
+            format!(
+                "instance: {instance}\n\
+                 interfaces: {{external: ext0, internal: int0}}\n\
+                 vip: {vip}\n\
+                 routes: {ROUTES}\n\
+                 listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+                 nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
+                 restart_grace_ms: 15000\n  spares: {spares}\n\
+                 control: {{socket: {dir}/halod.sock}}\n\
+                 state_file: {dir}/state.json\n\
+                 metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
+                vip = bed.vip(),
+                b0 = BASES[0],
+                b1 = BASES[1],
+                gw = bed.gateway_internal_addr(),
+                dir = dir.display(),
+            )
+        }));
         bed.run_gateway();
         bed
     }
 
     /// Starts `halod run` and waits for "gateway running".
     fn run_gateway(&mut self) {
-        let mut command = self.bed.command(&self.bed.gateway_ns(), HALOD);
-        command
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("HALOD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut gateway = Process::spawn("gateway", command);
-        let started = keep_log(
-            format!("{}gateway", self.prefix),
-            gateway.child.stderr.take().unwrap(),
-            self.log.clone(),
-            "gateway running",
-        );
-        if started.recv_timeout(DEADLINE).is_err() {
-            panic!(
-                "the gateway did not start; its log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-        }
-        self.gateway = Some(gateway);
+        self.0.run();
     }
 
     /// Waits until the state file lists `node`. The file is written after
@@ -156,59 +118,10 @@ impl Bed {
         }
     }
 
-    fn socket(&self) -> String {
-        self.dir.join("halod.sock").display().to_string()
-    }
-
-    /// `halod ARGS --socket S` on the host (the socket is a file: no
-    /// namespace needed).
-    fn halod(&self, args: &[&str]) -> Output {
-        Command::new(HALOD)
-            .args(args)
-            .args(["--socket", &self.socket()])
-            .output()
-            .unwrap()
-    }
-
-    /// `halod CMD --json`, parsed; panics on failure.
-    fn json(&self, command: &str) -> Value {
-        let output = self.halod(&[command, "--json"]);
-        assert!(
-            output.status.success(),
-            "halod {command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
-    fn backend(&self, i: usize, name: &str) -> Process {
-        let mut command = self.bed.backend_command(i, name, all_ports());
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut process = Process::spawn(&format!("backend {name}"), command);
-        let lines = follow(
-            format!("backend {name}"),
-            process.child.stdout.take().unwrap(),
-        );
-        expect_line(&lines, "backend ready", |line| line == "ready");
-        process
-    }
-
     /// Backend plus agent in node `i`, registered.
     fn node(&self, i: usize, name: &str) -> Node {
-        let backend = self.backend(i, name);
-        let mut command = self.bed.command(&self.bed.node_ns(i), HALOD);
-        let gateway = format!("{}:{NODES_PORT}", self.bed.gateway_internal_addr());
-        command
-            .args(["node", "--gateway", &gateway, "--name", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut agent = Process::spawn(&format!("agent {name}"), command);
-        let lines = follow(format!("agent {name}"), agent.child.stdout.take().unwrap());
-        expect_line(&lines, "welcome", |l| l.contains(r#""type":"welcome""#));
+        let backend = self.backend(i, name, all_ports());
+        let (agent, lines, _) = self.registered_agent(i, name);
         Node {
             agent,
             lines,
@@ -260,35 +173,6 @@ impl Bed {
             text
         })
         .unwrap()
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|line| line.contains(needle))
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        if let Some(gateway) = &mut self.gateway {
-            gateway.signal(nix::sys::signal::Signal::SIGTERM);
-            let _ = gateway.wait(Duration::from_secs(10));
-        }
-        self.gateway = None;
-        // The stopped gateway left its program attached: remove everything.
-        let teardown = Command::new(HALOD)
-            .args(["teardown", "--config"])
-            .arg(&self.config)
-            .output();
-        if let Ok(output) = teardown
-            && !output.status.success()
-        {
-            eprintln!("teardown: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -394,7 +278,8 @@ fn operator_commands_against_a_running_gateway() {
     // hears `moved`, then `drained`, and exits 0.
     let mut watch = Command::new(HALOD);
     watch
-        .args(["watch", "--json", "--socket", &bed.socket()])
+        .args(["watch", "--json", "--socket"])
+        .arg(bed.socket())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut watcher = Process::spawn("watch", watch);
@@ -453,7 +338,8 @@ fn operator_commands_against_a_running_gateway() {
     assert!(line.contains("stop it first"), "{line}");
     // A user who is not root (nobody) is refused by the socket's mode.
     let denied = Command::new(HALOD)
-        .args(["nodes", "--socket", &bed.socket()])
+        .args(["nodes", "--socket"])
+        .arg(bed.socket())
         .uid(65534)
         .gid(65534)
         .output()

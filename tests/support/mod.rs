@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bpf;
+pub mod gateway;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus};
