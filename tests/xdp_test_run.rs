@@ -168,6 +168,30 @@ fn frame(
     out
 }
 
+/// A frame from client port 40000 to `dst`, arriving from the client's side.
+fn from_client(dst: (Ipv4Addr, u16), ttl: u8, segment: Segment, payload: &[u8]) -> Vec<u8> {
+    frame(
+        (CLIENT_MAC, EXT_MAC),
+        (CLIENT, 40000),
+        dst,
+        ttl,
+        segment,
+        payload,
+    )
+}
+
+/// A frame from `src` to client port 40000, leaving towards the client.
+fn to_client(src: (Ipv4Addr, u16), ttl: u8, segment: Segment, payload: &[u8]) -> Vec<u8> {
+    frame(
+        (EXT_MAC, CLIENT_MAC),
+        src,
+        (CLIENT, 40000),
+        ttl,
+        segment,
+        payload,
+    )
+}
+
 /// Recomputes every checksum of `frame` with etherparse and checks them.
 fn assert_checksums(frame: &[u8], udp_checksum_expected: bool) {
     let headers = PacketHeaders::from_ethernet_slice(frame).expect("etherparse parses the output");
@@ -234,14 +258,7 @@ fn inbound_tcp_syn_data_and_fin_are_rewritten_to_the_node() {
         ] {
             // Route 3 in both listener groups -> slot 1 -> node A.
             for port in [8002, 9002] {
-                let input = frame(
-                    (CLIENT_MAC, EXT_MAC),
-                    (CLIENT, 40000),
-                    (VIP, port),
-                    64,
-                    segment,
-                    payload,
-                );
+                let input = from_client((VIP, port), 64, segment, payload);
                 let (verdict, out) = bed.run(&input, bed.ext);
                 assert_eq!(verdict, XDP_REDIRECT);
                 let expected = frame(
@@ -347,17 +364,7 @@ fn return_traffic_leaves_from_the_vip() {
             );
             let (verdict, out) = bed.run(&input, bed.int);
             assert_eq!(verdict, XDP_REDIRECT);
-            assert_eq!(
-                out,
-                frame(
-                    (EXT_MAC, CLIENT_MAC),
-                    (VIP, 9002),
-                    (CLIENT, 40000),
-                    63,
-                    segment,
-                    &payload
-                )
-            );
+            assert_eq!(out, to_client((VIP, 9002), 63, segment, &payload));
             assert_checksums(&out, true);
         }
         // UDP without checksum keeps none on the way back too.
@@ -511,14 +518,7 @@ fn connections_to_a_node_s_own_address_keep_it_both_ways() {
 fn one_interface_for_both_sides_uses_xdp_tx() {
     in_netns(true, |bed| {
         bed.table();
-        let input = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8000),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let input = from_client((VIP, 8000), 64, Segment::TcpSyn, &[]);
         let (verdict, out) = bed.run(&input, bed.ext);
         assert_eq!(verdict, XDP_TX);
         assert_eq!(
@@ -542,17 +542,7 @@ fn one_interface_for_both_sides_uses_xdp_tx() {
         );
         let (verdict, out) = bed.run(&input, bed.int);
         assert_eq!(verdict, XDP_TX);
-        assert_eq!(
-            out,
-            frame(
-                (EXT_MAC, CLIENT_MAC),
-                (VIP, 8000),
-                (CLIENT, 40000),
-                63,
-                Segment::TcpData,
-                b"answer"
-            )
-        );
+        assert_eq!(out, to_client((VIP, 8000), 63, Segment::TcpData, b"answer"));
     });
 }
 
@@ -560,16 +550,7 @@ fn one_interface_for_both_sides_uses_xdp_tx() {
 fn everything_that_is_not_ours_passes_untouched() {
     in_netns(false, |bed| {
         bed.table();
-        let to_vip = |port: u16, ttl: u8| {
-            frame(
-                (CLIENT_MAC, EXT_MAC),
-                (CLIENT, 40000),
-                (VIP, port),
-                ttl,
-                Segment::TcpSyn,
-                &[],
-            )
-        };
+        let to_vip = |port: u16, ttl: u8| from_client((VIP, port), ttl, Segment::TcpSyn, &[]);
 
         // ARP request for the VIP.
         let mut arp = vec![0xff; 6];
@@ -606,9 +587,7 @@ fn everything_that_is_not_ours_passes_untouched() {
 
         // Another address on the external side (e.g. the gateway's own, where
         // node registrations arrive).
-        let other = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
+        let other = from_client(
             (Ipv4Addr::new(198, 18, 0, 1), 8000),
             64,
             Segment::TcpSyn,
@@ -651,14 +630,7 @@ fn everything_that_is_not_ours_passes_untouched() {
         // forwards it and answers "time exceeded" (for the VIP it would deliver
         // it locally instead).
         for ttl in [1, 0] {
-            let to_node = frame(
-                (CLIENT_MAC, EXT_MAC),
-                (CLIENT, 40000),
-                (NODE_A, 8000),
-                ttl,
-                Segment::TcpSyn,
-                &[],
-            );
+            let to_node = from_client((NODE_A, 8000), ttl, Segment::TcpSyn, &[]);
             bed.assert_handoff(&to_vip(8000, ttl), bed.ext, "pass_ttl", &to_node);
         }
         let back = frame(
@@ -681,14 +653,7 @@ fn everything_that_is_not_ours_passes_untouched() {
 
         // Routes 17-20 reach a node whose neighbour entry does not exist yet: the
         // kernel forwards this one and resolves the neighbour on the way.
-        let to_unresolved = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (NODE_UNRESOLVED, 8016),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let to_unresolved = from_client((NODE_UNRESOLVED, 8016), 64, Segment::TcpSyn, &[]);
         bed.assert_handoff(&to_vip(8016, 64), bed.ext, "pass_no_neigh", &to_unresolved);
 
         // Fragments: first (MF set) and later (offset != 0). The IPv4 checksum is
@@ -715,22 +680,8 @@ fn everything_that_is_not_ours_passes_untouched() {
 fn frames_truncated_at_every_header_pass() {
     in_netns(false, |bed| {
         bed.table();
-        let tcp = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8000),
-            64,
-            Segment::TcpData,
-            b"0123456789",
-        );
-        let udp = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8000),
-            64,
-            Segment::Udp,
-            b"0123456789",
-        );
+        let tcp = from_client((VIP, 8000), 64, Segment::TcpData, b"0123456789");
+        let udp = from_client((VIP, 8000), 64, Segment::Udp, b"0123456789");
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header
         // (EINVAL), so cuts start after it.
         for input in [&tcp, &udp] {
@@ -761,14 +712,7 @@ fn frames_truncated_at_every_header_pass() {
 fn malformed_ipv4_headers_to_the_vip_are_dropped() {
     in_netns(false, |bed| {
         bed.table();
-        let good = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8000),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let good = from_client((VIP, 8000), 64, Segment::TcpSyn, &[]);
         for (offset, value) in [(14, 0x44u8), (14, 0x65), (16, 0), (17, 10)] {
             let mut bad = good.clone();
             bad[offset] = value;
@@ -820,14 +764,7 @@ fn ip_options_are_skipped_to_find_the_ports() {
 fn counters_follow_routes_and_nodes() {
     in_netns(false, |bed| {
         bed.table();
-        let syn = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8001),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
         let answer = frame(
             (NODE_A_MAC, INT_MAC),
             (NODE_A, 8001),
@@ -874,14 +811,7 @@ fn a_spare_taking_over_is_one_slot_write() {
                 index: 5
             })
         );
-        let syn = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8001),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
         let (verdict, out) = bed.run(&syn, bed.ext);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(
@@ -907,17 +837,7 @@ fn a_spare_taking_over_is_one_slot_write() {
         );
         let (verdict, out) = bed.run(&fin, bed.int);
         assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            out,
-            frame(
-                (EXT_MAC, CLIENT_MAC),
-                (VIP, 8001),
-                (CLIENT, 40000),
-                63,
-                Segment::TcpFin,
-                &[]
-            )
-        );
+        assert_eq!(out, to_client((VIP, 8001), 63, Segment::TcpFin, &[]));
         // A route write moves a route; emptying it passes its traffic to the kernel.
         bed.dataplane
             .apply(&[Write::Route {
@@ -1012,14 +932,7 @@ fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
         bed.dataplane
             .set_next_hop_ttl(std::time::Duration::from_secs(600))
             .unwrap();
-        let syn = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8001),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
         let to_node = |node_mac: [u8; 6]| {
             frame(
                 (INT_MAC, node_mac),
@@ -1057,17 +970,8 @@ fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
             assert_eq!(out, to_node(NODE_A_MAC), "cached MAC within the TTL");
         }
         // The cached MTU is still checked: one byte over goes to the kernel.
-        let big = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8001),
-            64,
-            Segment::TcpData,
-            &vec![7u8; 1500 - 40 + 1],
-        );
-        let big_to_node = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
+        let big = from_client((VIP, 8001), 64, Segment::TcpData, &vec![7u8; 1500 - 40 + 1]);
+        let big_to_node = from_client(
             (NODE_A, 8001),
             64,
             Segment::TcpData,
@@ -1106,22 +1010,8 @@ fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
         bed.dataplane
             .set_next_hop_ttl(std::time::Duration::from_secs(600))
             .unwrap();
-        let to_unresolved = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (NODE_UNRESOLVED, 8016),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
-        let unresolved = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8016),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let to_unresolved = from_client((NODE_UNRESOLVED, 8016), 64, Segment::TcpSyn, &[]);
+        let unresolved = from_client((VIP, 8016), 64, Segment::TcpSyn, &[]);
         for _ in 0..2 {
             bed.assert_handoff(&unresolved, bed.ext, "pass_no_neigh", &to_unresolved);
         }
@@ -1299,14 +1189,7 @@ fn a_slot_rewritten_to_another_address_never_uses_the_old_next_hop() {
         let spare = Ipv4Addr::new(198, 19, 0, 20);
         let spare_mac = [0x02, 0, 0, 0, 0x20, 0x20];
         set_neighbour(spare, spare_mac, "int0");
-        let syn = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8001),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
         let (_, out) = bed.run(&syn, bed.ext);
         assert_eq!(&out[..6], &NODE_A_MAC);
         assert_eq!(cached(bed, 0).len(), 1);
@@ -1363,14 +1246,7 @@ fn an_adopting_program_gets_a_fresh_config_and_cache() {
         let config = dataplane_config(&instance, "int0");
         let pins = std::path::Path::new("/sys/fs/bpf/halod").join(&instance);
         let ext = nix::net::if_::if_nametoindex("ext0").unwrap();
-        let syn = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40000),
-            (VIP, 8001),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
+        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
         let mut first = Dataplane::start(&config).unwrap_or_else(|e| panic!("{e}"));
         first
             .apply(&[
