@@ -303,9 +303,10 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     let (states, saved_states) = watch::channel(None);
     // The writer outlives the manager: it writes the last table on the way out.
     let writer_stop = CancellationToken::new();
-    // Every task the daemon starts, so that it waits for all of them on the way out.
+    // Every other task the daemon starts, so that it waits for all of them on
+    // the way out; the writer is awaited on its own, after them.
     let tasks = TaskTracker::new();
-    let writer = tasks.spawn(state::run_writer(
+    let writer = tokio::spawn(state::run_writer(
         state_path.clone(),
         saved_states,
         metrics.clone(),
@@ -378,7 +379,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
     // Whatever ended it, every task stops now.
     shutdown.cancel();
     tasks.close();
-    if tokio::time::timeout(STOP_TIMEOUT, wait_except_writer(&tasks, &writer))
+    if tokio::time::timeout(STOP_TIMEOUT, tasks.wait())
         .await
         .is_err()
     {
@@ -403,15 +404,6 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
 
 /// How long the tasks have to stop once the daemon stops.
 const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Waits for every tracked task but the state writer, which stops after them
-/// (it writes the manager's last table on the way out).
-async fn wait_except_writer(tasks: &TaskTracker, writer: &tokio::task::JoinHandle<()>) {
-    // The tracker counts the writer too: wait until it is the only one left.
-    while tasks.len() > usize::from(!writer.is_finished()) {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}
 
 /// Waits for the daemon's end: SIGTERM or SIGINT (the `shutdown` token), or
 /// the end of a task it cannot serve without, the node manager or the
