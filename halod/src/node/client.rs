@@ -196,7 +196,8 @@ impl Client {
 
     /// Leaves the cluster: sends `bye` and reads what the gateway sends until
     /// it closes the connection (its `moved` message), at most [`BYE_TIMEOUT`].
-    pub async fn bye(mut self) -> Result<Vec<Received>, ClientError> {
+    /// The node's routes and role follow those messages, as with [`Client::recv`].
+    pub async fn bye(&mut self) -> Result<Vec<Received>, ClientError> {
         let (done, sent) = oneshot::channel();
         if self
             .outgoing

@@ -284,17 +284,17 @@ impl Agent {
 
     /// Says `bye`, prints and applies what the gateway sends until it closes
     /// the connection (its `moved`).
-    async fn leave(&mut self, client: Client, stdout: &mut tokio::io::Stdout) {
+    async fn leave(&mut self, mut client: Client, stdout: &mut tokio::io::Stdout) {
         let name = self.options.name.clone();
-        let mut last = NodeState {
-            role: client.role(),
-            routes: client.route_ports().clone(),
-        };
         match client.bye().await {
             Ok(messages) => {
                 for message in messages {
                     print_line(stdout, &message.line).await;
-                    last = self.apply_to(last, &message.message);
+                }
+                // One change for what the answer to `bye` took away.
+                let after = NodeState::of(&client);
+                if self.known.as_ref() != Some(&after) {
+                    self.changed("moved", after);
                 }
                 info!(node = %name, "left the cluster");
             }
@@ -310,18 +310,6 @@ impl Agent {
         };
         let after = NodeState::of(client);
         self.changed(event, after);
-    }
-
-    /// Like [`Agent::apply`] for messages read after the client was given up
-    /// (the answer to `bye`): `state` is the state before `message`.
-    fn apply_to(&mut self, mut state: NodeState, message: &GatewayMessage) -> NodeState {
-        if let GatewayMessage::Moved { routes } = message {
-            for route in routes {
-                state.routes.remove(&route.route);
-            }
-            self.changed("moved", state.clone());
-        }
-        state
     }
 
     fn changed(&mut self, event: &'static str, after: NodeState) {

@@ -69,7 +69,7 @@ async fn client_follows_its_routes_and_heartbeats() {
     );
     assert_eq!(n1.routes(), (1..=24).collect::<Vec<_>>());
     assert_eq!(n1.ports().len(), 48);
-    let (n2, _) = Client::connect(&options(&gateway, "n2", 12)).await.unwrap();
+    let (mut n2, _) = Client::connect(&options(&gateway, "n2", 12)).await.unwrap();
     assert_eq!(n2.routes(), (13..=24).collect::<Vec<_>>());
     let moved = n1.recv().await.unwrap();
     assert!(matches!(moved.message, GatewayMessage::Moved { ref routes } if routes.len() == 12));
