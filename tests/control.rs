@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use halod::routing::{Cluster, ClusterConfig, Event};
 
 mod support;
-use support::gateway::{Gateway, NODES_PORT};
+use support::gateway::{Gateway, NODES_PORT, config_head};
 use support::{Process, follow};
 
 const ROUTES: u16 = 12;
@@ -34,16 +34,11 @@ struct Options {
     token: Option<&'static str>,
 }
 
-/// The control tests' gateway: 12 routes on two listener groups, no reconnect
-/// grace.
-struct Bed(Gateway);
-
-impl std::ops::Deref for Bed {
-    type Target = Gateway;
-    fn deref(&self) -> &Gateway {
-        &self.0
-    }
-}
+support::gateway::bed!(
+    /// The control tests' gateway: 12 routes on two listener groups, no reconnect
+    /// grace.
+    Bed
+);
 
 impl Bed {
     /// A test bed with `nodes` node namespaces and a running gateway.
@@ -58,19 +53,13 @@ impl Bed {
                 None => String::new(),
             };
             format!(
-                "instance: {instance}\n\
-                 interfaces: {{external: ext0, internal: int0}}\n\
-                 vip: {vip}\n\
-                 routes: {ROUTES}\n\
-                 listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+                "{head}\
                  nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
                  reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}\
                  control: {{socket: {dir}/halod.sock}}\n\
                  state_file: {dir}/state.json\n",
+                head = config_head(bed, instance, ROUTES, &BASES),
                 dir = dir.display(),
-                vip = bed.vip(),
-                b0 = BASES[0],
-                b1 = BASES[1],
                 gw = bed.gateway_internal_addr(),
                 spares = options.spares,
             )

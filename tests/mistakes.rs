@@ -17,42 +17,27 @@ use xtask::testbed::Testbed;
 
 mod support;
 use support::Process;
-use support::gateway::{Gateway, HALOD, NODES_PORT};
+use support::gateway::{Gateway, HALOD, NODES_PORT, config_head};
 
 const ROUTES: u16 = 4;
 const BASE: u16 = 8000;
 /// Generous: correctness deadlines, never performance checks.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The mistakes tests' gateway: 4 routes on one listener group.
-struct Bed(Gateway);
-
-impl std::ops::Deref for Bed {
-    type Target = Gateway;
-    fn deref(&self) -> &Gateway {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Bed {
-    fn deref_mut(&mut self) -> &mut Gateway {
-        &mut self.0
-    }
-}
+support::gateway::bed!(
+    /// The mistakes tests' gateway: 4 routes on one listener group.
+    Bed
+);
 
 /// A config of instance `instance` whose socket, state file and node port are
 /// its own (`name`, `port`), in `dir`.
 fn config_text(bed: &Testbed, instance: &str, dir: &Path, name: &str, port: u16) -> String {
     format!(
-        "instance: {instance}\n\
-         interfaces: {{external: ext0, internal: int0}}\n\
-         vip: {vip}\n\
-         routes: {ROUTES}\n\
-         listeners:\n  - {{name: browser, base_port: {BASE}}}\n\
+        "{head}\
          nodes:\n  listen: {gw}:{port}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 0\n\
          control: {{socket: {dir}/{name}.sock}}\n\
          state_file: {dir}/{name}.state.json\n",
-        vip = bed.vip(),
+        head = config_head(bed, instance, ROUTES, &[BASE]),
         gw = bed.gateway_internal_addr(),
         dir = dir.display(),
     )

@@ -21,7 +21,7 @@ use serde_json::Value;
 use xtask::testbed;
 
 mod support;
-use support::gateway::{Gateway, NODES_PORT};
+use support::gateway::{Gateway, NODES_PORT, config_head};
 use support::{Process, follow};
 
 const HALOD: &str = support::gateway::HALOD;
@@ -35,40 +35,23 @@ fn expect_line(lines: &Receiver<String>, what: &str, matches: impl Fn(&str) -> b
     support::expect_line_within(lines, what, DEADLINE, matches)
 }
 
-/// The operator tests' gateway: 12 routes on two listener groups, a 15 s
-/// restart grace, metrics on the internal address.
-struct Bed(Gateway);
-
-impl std::ops::Deref for Bed {
-    type Target = Gateway;
-    fn deref(&self) -> &Gateway {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Bed {
-    fn deref_mut(&mut self) -> &mut Gateway {
-        &mut self.0
-    }
-}
+support::gateway::bed!(
+    /// The operator tests' gateway: 12 routes on two listener groups, a 15 s
+    /// restart grace, metrics on the internal address.
+    Bed
+);
 
 impl Bed {
     fn start(prefix: &str, nodes: usize, spares: u32) -> Bed {
         let mut bed = Bed(Gateway::prepare(prefix, nodes, |bed, instance, dir| {
             format!(
-                "instance: {instance}\n\
-                 interfaces: {{external: ext0, internal: int0}}\n\
-                 vip: {vip}\n\
-                 routes: {ROUTES}\n\
-                 listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
+                "{head}\
                  nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
                  restart_grace_ms: 15000\n  spares: {spares}\n\
                  control: {{socket: {dir}/halod.sock}}\n\
                  state_file: {dir}/state.json\n\
                  metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
-                vip = bed.vip(),
-                b0 = BASES[0],
-                b1 = BASES[1],
+                head = config_head(bed, instance, ROUTES, &BASES),
                 gw = bed.gateway_internal_addr(),
                 dir = dir.display(),
             )

@@ -209,6 +209,24 @@ impl Gateway {
     }
 }
 
+/// The first lines of a test gateway's config: `instance`, the test bed's
+/// interfaces and VIP, `routes`, and a listener group per base port (`browser`,
+/// then `app`). The caller adds `nodes:`, `control:` and the rest.
+pub fn config_head(bed: &Testbed, instance: &str, routes: u16, bases: &[u16]) -> String {
+    let mut head = format!(
+        "instance: {instance}\n\
+         interfaces: {{external: ext0, internal: int0}}\n\
+         vip: {vip}\n\
+         routes: {routes}\n\
+         listeners:\n",
+        vip = bed.vip(),
+    );
+    for (base, name) in bases.iter().zip(["browser", "app", "admin", "extra"]) {
+        head.push_str(&format!("  - {{name: {name}, base_port: {base}}}\n"));
+    }
+    head
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(gateway) = &mut self.gateway {
@@ -241,3 +259,29 @@ impl Drop for Gateway {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Declares a test file's own gateway bed: a newtype over [`Gateway`] that reads as
+/// one (`Deref`, `DerefMut`), to which the file adds its own helpers. (Not every test
+/// file that includes `support` has a gateway.)
+#[allow(unused_macros)]
+macro_rules! bed {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        struct $name(support::gateway::Gateway);
+
+        impl std::ops::Deref for $name {
+            type Target = support::gateway::Gateway;
+            fn deref(&self) -> &support::gateway::Gateway {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut support::gateway::Gateway {
+                &mut self.0
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use bed;
