@@ -44,6 +44,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The `nodes:` keys of `config`.
+    pub fn of(config: &crate::config::Config) -> Settings {
+        Settings {
+            heartbeat: Duration::from_millis(config.nodes.heartbeat_ms),
+            dead_after: config.nodes.dead_after,
+            reconnect_grace: Duration::from_millis(config.nodes.reconnect_grace_ms),
+            max_nodes: config.nodes.max_nodes,
+            base_ports: config.base_ports(),
+        }
+    }
+
     /// How long a node may stay silent before it fails.
     pub fn dead_window(&self) -> Duration {
         self.heartbeat * self.dead_after

@@ -14,7 +14,12 @@
 //! interfaces), `nodes`, [`lock`]; then [`state`] (policy, metrics),
 //! [`manager`] (nodes, policy, metrics, state, tables), [`connection`]
 //! (manager, nodes, policy, metrics), [`socket`] (manager, metrics, tables),
-//! [`exporter`] (socket, metrics, tables); this file wires them.
+//! [`exporter`] (socket, metrics, tables); [`wiring`] connects the manager
+//! to its observers, the socket's services and the connection tasks (for
+//! the daemon and for the in-process tests alike). This file builds the
+//! gateway from the system (`Gateway::build`: lock, saved table, sockets,
+//! data plane; every failure comes before a task runs) and runs it
+//! (`Gateway::run`: tasks, supervision, shutdown).
 
 mod check;
 pub mod connection;
@@ -30,6 +35,7 @@ pub mod state;
 pub mod tables;
 #[cfg(test)]
 mod tests;
+pub mod wiring;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,22 +43,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use self::connection::ConnectionContext;
-use self::manager::{Clock, Manager, Observers, Settings};
-use self::metrics::Metrics;
-use self::socket::{DaemonInfo, Services};
 use self::state::{Fingerprint, SavedState};
+use self::wiring::Wiring;
 use crate::config::Config;
 use crate::dataplane;
-use crate::routing::{Cluster, ClusterConfig};
-
-/// Requests queued for the manager before connection tasks wait.
-const REQUEST_QUEUE: usize = 1024;
+use crate::routing::Cluster;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -186,61 +187,195 @@ pub(crate) fn init_logging() {
 /// Runs the daemon until SIGINT or SIGTERM. With `reset`, the state file is
 /// not read (and is overwritten with the new table).
 pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow::Result<()> {
-    // Before anything of the instance is read or touched: a second daemon
-    // would take the first one's pins for left-overs and remove them.
-    let holder = format!(
-        "halod pid {}, control socket {}",
-        std::process::id(),
-        config.control.socket.display()
-    );
-    let instance_lock = lock::InstanceLock::acquire(&config.instance, &holder)?;
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    Gateway::build(config, token, reset).await?.run().await
+}
 
-    // The saved table, checked against the config before anything is bound.
-    let state_path = config.state_file();
-    let saved = if reset {
-        info!(path = %state_path.display(), "--reset: starting with an empty table");
-        None
-    } else {
-        SavedState::load(&state_path)?
-    };
-    let policy = policy::NodePolicy::of(&config);
-    let restored_cluster = match &saved {
-        Some(saved) => {
-            saved.check_addresses(&policy, &state_path)?;
-            Some(saved.cluster(&config, &state_path)?)
-        }
-        None => None,
-    };
-    let group = config.control_group()?;
+/// A daemon that holds everything it needs from the system (the instance
+/// lock, its sockets, the data plane, the saved table) and has started no
+/// task yet.
+struct Gateway {
+    config: Config,
+    token: Option<String>,
+    holder: String,
+    instance_lock: lock::InstanceLock,
+    shutdown: CancellationToken,
+    saved: Option<(SavedState, Cluster)>,
+    listener: TcpListener,
+    control: tokio::net::UnixListener,
+    group: Option<nix::unistd::Gid>,
+    metrics_listener: Option<TcpListener>,
+    tables: dataplane::DataplaneHandle,
+}
 
-    // Bind first: a busy port fails before the data plane is touched.
-    let listener = TcpListener::bind(config.nodes.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "nodes.listen: cannot listen on {} (is the address on this host, the port free?)",
-                config.nodes.listen
-            )
-        })?;
+impl Gateway {
+    /// Takes the instance lock, reads the saved table, binds the sockets and
+    /// starts (or adopts) the data plane: every way this can fail, it fails
+    /// before a task runs.
+    async fn build(config: Config, token: Option<String>, reset: bool) -> anyhow::Result<Gateway> {
+        // Before anything of the instance is read or touched: a second daemon
+        // would take the first one's pins for left-overs and remove them.
+        let holder = format!(
+            "halod pid {}, control socket {}",
+            std::process::id(),
+            config.control.socket.display()
+        );
+        let instance_lock = lock::InstanceLock::acquire(&config.instance, &holder)?;
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone())?;
 
-    let control = socket::bind(&config.control.socket, group)?;
-    let metrics_listener = match config.metrics.listen {
-        Some(listen) => Some(exporter::bind(listen).await?),
-        None => None,
-    };
+        // The saved table, checked against the config before anything is bound.
+        let state_path = config.state_file();
+        let saved = if reset {
+            info!(path = %state_path.display(), "--reset: starting with an empty table");
+            None
+        } else {
+            SavedState::load(&state_path)?
+        };
+        let saved = match saved {
+            Some(saved) => {
+                saved.check_addresses(&policy::NodePolicy::of(&config), &state_path)?;
+                let cluster = saved.cluster(&config, &state_path)?;
+                Some((saved, cluster))
+            }
+            None => None,
+        };
+        let group = config.control_group()?;
 
-    let cluster = match restored_cluster {
-        Some(cluster) => cluster,
-        None => Cluster::new(ClusterConfig {
-            routes: config.routes,
-            spares: config.nodes.spares,
-            max_active: config.nodes.max_active,
+        // Bind first: a busy port fails before the data plane is touched.
+        let listener = TcpListener::bind(config.nodes.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "nodes.listen: cannot listen on {} (is the address on this host, the port free?)",
+                    config.nodes.listen
+                )
+            })?;
+        let control = socket::bind(&config.control.socket, group)?;
+        let metrics_listener = match config.metrics.listen {
+            Some(listen) => Some(exporter::bind(listen).await?),
+            None => None,
+        };
+        let tables = start_dataplane(&config, saved.is_some())?;
+        Ok(Gateway {
+            config,
+            token,
+            holder,
+            instance_lock,
+            shutdown,
+            saved,
+            listener,
+            control,
+            group,
+            metrics_listener,
+            tables,
         })
-        .context("config: routing")?,
-    };
+    }
 
+    /// Starts every task and serves until SIGINT or SIGTERM, or until a task
+    /// the daemon cannot go on without ends ([`supervise`]); then stops them
+    /// all, writes the last table and leaves the data plane forwarding.
+    async fn run(self) -> anyhow::Result<()> {
+        let Gateway {
+            config,
+            token,
+            holder,
+            instance_lock,
+            shutdown,
+            saved,
+            listener,
+            control,
+            group,
+            metrics_listener,
+            tables,
+        } = self;
+        let state_path = config.state_file();
+        let (states, saved_states) = watch::channel(None);
+        let mut wiring = Wiring::new(&config, tables.clone())?
+            .token(token)
+            .publish(Fingerprint::of(&config), states);
+        if let Some((saved, cluster)) = saved {
+            let grace = std::time::Duration::from_millis(config.nodes.restart_grace_ms);
+            wiring = wiring.restore(saved, cluster, grace);
+        }
+        // Every task the daemon starts but the state writer, so that it waits
+        // for all of them on the way out; the writer outlives them and writes
+        // the last table.
+        let tasks = TaskTracker::new();
+        let wired = wiring.start(&tasks, &shutdown).await;
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::spawn(state::run_writer(
+            state_path.clone(),
+            saved_states,
+            wired.services.metrics.clone(),
+            state::RETRY_START,
+            writer_stop.clone(),
+        ));
+        tasks.spawn(socket::serve(
+            control,
+            config.control.socket.clone(),
+            group,
+            wired.services.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(listener) = metrics_listener {
+            tasks.spawn(exporter::serve(
+                listener,
+                wired.services.clone(),
+                shutdown.clone(),
+            ));
+        }
+        info!(
+            instance = %config.instance,
+            vip = %config.vip,
+            routes = config.routes,
+            listeners = ?config.base_ports(),
+            nodes = %config.nodes.listen,
+            control = %config.control.socket.display(),
+            state_file = %state_path.display(),
+            metrics = ?config.metrics.listen,
+            "gateway running"
+        );
+        let lock_task = tasks.spawn(keep_lock(
+            instance_lock,
+            config.instance.clone(),
+            holder,
+            shutdown.clone(),
+        ));
+        tasks.spawn(accept_loop(listener, wired.connections));
+        let outcome = supervise(&shutdown, wired.manager, tables.stopped()).await;
+        // Whatever ended it, every task stops now.
+        shutdown.cancel();
+        tasks.close();
+        if tokio::time::timeout(STOP_TIMEOUT, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                timeout_ms = STOP_TIMEOUT.as_millis() as u64,
+                "tasks did not stop in time; exiting anyway"
+            );
+        }
+        writer_stop.cancel();
+        let _ = writer.await;
+        // Leave the program attached and pinned: it forwards with the last table
+        // until the next daemon adopts it (`halod teardown` removes it).
+        tables.shutdown_keeping().await;
+        // Released last: the next daemon may adopt the pins from here on.
+        drop(lock_task.await);
+        match &outcome {
+            Ok(()) => info!("gateway stopped"),
+            Err(err) => error!("gateway stopped: {err:#}"),
+        }
+        outcome
+    }
+}
+
+/// The data plane `config` describes: with a saved table, the one the
+/// previous daemon left forwarding is adopted (forwarding never stops);
+/// otherwise whatever it left pinned is removed and a new one started.
+/// The instance lock is held, so whatever is pinned for the instance is a
+/// previous daemon's.
+fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::DataplaneHandle> {
     let dataplane_config = dataplane::DataplaneConfig {
         instance: config.instance.clone(),
         external: config.interfaces.external.clone(),
@@ -250,15 +385,13 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
     };
-    // The instance lock is held: no other daemon of this instance runs, so
-    // whatever is pinned for it is a previous daemon's. With a saved table
-    // it is adopted (forwarding never stops); otherwise removed.
-    let adopted = match &saved {
-        Some(_) => dataplane::Dataplane::adopt(&dataplane_config)
-            .context("adopting the data plane the previous daemon left running")?,
-        None => None,
+    let adopted = if adopt {
+        dataplane::Dataplane::adopt(&dataplane_config)
+            .context("adopting the data plane the previous daemon left running")?
+    } else {
+        None
     };
-    let dataplane = match adopted {
+    let mut dataplane = match adopted {
         Some(dataplane) => {
             info!("data plane adopted: the XDP program kept forwarding across the restart");
             dataplane
@@ -277,7 +410,6 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
             })?
         }
     };
-    let mut dataplane = dataplane;
     // From here on no way out of the daemon detaches the program: an error,
     // like a SIGKILL, leaves it forwarding with the last table for the next
     // daemon to adopt (`halod teardown` removes it).
@@ -287,119 +419,7 @@ pub async fn serve(config: Config, token: Option<String>, reset: bool) -> anyhow
             config.next_hop_ttl_ms.into(),
         ))
         .context("writing next_hop_ttl_ms into the data plane")?;
-    let tables = dataplane::spawn(dataplane);
-
-    let settings = Settings {
-        heartbeat: std::time::Duration::from_millis(config.nodes.heartbeat_ms),
-        dead_after: config.nodes.dead_after,
-        reconnect_grace: std::time::Duration::from_millis(config.nodes.reconnect_grace_ms),
-        max_nodes: config.nodes.max_nodes,
-        base_ports: config.base_ports(),
-    };
-    let clock = Clock::new();
-    let (requests, inbox) = mpsc::channel(REQUEST_QUEUE);
-    let metrics = Metrics::new(settings.heartbeat);
-    let (events, _) = broadcast::channel(1024);
-    let (states, saved_states) = watch::channel(None);
-    // The writer outlives the manager: it writes the last table on the way out.
-    let writer_stop = CancellationToken::new();
-    // Every other task the daemon starts, so that it waits for all of them on
-    // the way out; the writer is awaited on its own, after them.
-    let tasks = TaskTracker::new();
-    let writer = tokio::spawn(state::run_writer(
-        state_path.clone(),
-        saved_states,
-        metrics.clone(),
-        state::RETRY_START,
-        writer_stop.clone(),
-    ));
-    let mut manager = Manager::new(cluster, settings, tables.clone(), clock).observe(Observers {
-        events: Some(events.clone()),
-        metrics: metrics.clone(),
-        state: Some((Fingerprint::of(&config), states)),
-    });
-    if let Some(saved) = &saved {
-        manager
-            .restore(
-                saved,
-                std::time::Duration::from_millis(config.nodes.restart_grace_ms),
-            )
-            .await;
-    }
-    let manager = tasks.spawn(manager.run(inbox, shutdown.clone()));
-
-    let services = Services {
-        requests: requests.clone(),
-        dataplane: tables.clone(),
-        events,
-        metrics: metrics.clone(),
-        info: Arc::new(DaemonInfo::new(
-            &config,
-            saved.as_ref().map(|s| s.nodes().count()),
-        )),
-    };
-    tasks.spawn(socket::serve(
-        control,
-        config.control.socket.clone(),
-        group,
-        services.clone(),
-        shutdown.clone(),
-    ));
-    if let Some(listener) = metrics_listener {
-        tasks.spawn(exporter::serve(listener, services, shutdown.clone()));
-    }
-
-    info!(
-        instance = %config.instance,
-        vip = %config.vip,
-        routes = config.routes,
-        listeners = ?config.base_ports(),
-        nodes = %config.nodes.listen,
-        control = %config.control.socket.display(),
-        state_file = %state_path.display(),
-        metrics = ?config.metrics.listen,
-        "gateway running"
-    );
-    let context = ConnectionContext {
-        requests,
-        token,
-        clock,
-        shutdown: shutdown.clone(),
-        metrics,
-        policy,
-    };
-    let lock_task = tasks.spawn(keep_lock(
-        instance_lock,
-        config.instance.clone(),
-        holder,
-        shutdown.clone(),
-    ));
-    tasks.spawn(accept_loop(listener, context));
-    let outcome = supervise(&shutdown, manager, tables.stopped()).await;
-    // Whatever ended it, every task stops now.
-    shutdown.cancel();
-    tasks.close();
-    if tokio::time::timeout(STOP_TIMEOUT, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            timeout_ms = STOP_TIMEOUT.as_millis() as u64,
-            "tasks did not stop in time; exiting anyway"
-        );
-    }
-    writer_stop.cancel();
-    let _ = writer.await;
-    // Leave the program attached and pinned: it forwards with the last table
-    // until the next daemon adopts it (`halod teardown` removes it).
-    tables.shutdown_keeping().await;
-    // Released last: the next daemon may adopt the pins from here on.
-    drop(lock_task.await);
-    match &outcome {
-        Ok(()) => info!("gateway stopped"),
-        Err(err) => error!("gateway stopped: {err:#}"),
-    }
-    outcome
+    Ok(dataplane::spawn(dataplane))
 }
 
 /// How long the tasks have to stop once the daemon stops.

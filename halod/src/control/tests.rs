@@ -10,12 +10,13 @@ use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::connection::{self, ConnectionContext};
-use super::manager::{Clock, Manager, Request, Settings, Snapshot};
+use super::manager::{Request, Snapshot};
 use super::tables::{Recorder, Write};
+use super::wiring::{Wiring, test_config};
 use crate::protocol::{ErrorCode, GatewayMessage, LineReader, Role};
-use crate::routing::{Cluster, ClusterConfig};
 
 const ROUTES: u32 = 24;
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -23,43 +24,27 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 struct Gateway {
     requests: mpsc::Sender<Request>,
     recorder: Recorder,
-    clock: Clock,
-    shutdown: CancellationToken,
-    token: Option<String>,
+    /// What each connection task gets (tests change its token and policy).
+    context: ConnectionContext,
     next_conn: u64,
-    policy: super::policy::NodePolicy,
-    metrics: super::metrics::Metrics,
 }
 
-fn gateway(spares: u32, grace_ms: u64, max_nodes: u32) -> Gateway {
-    let cluster = Cluster::new(ClusterConfig {
-        routes: ROUTES,
-        spares,
-        max_active: None,
-    })
-    .unwrap();
-    let settings = Settings {
-        heartbeat: HEARTBEAT,
-        dead_after: 3,
-        reconnect_grace: Duration::from_millis(grace_ms),
-        max_nodes,
-        base_ports: vec![8000, 9000],
-    };
+async fn gateway(spares: u32, grace_ms: u64, max_nodes: u32) -> Gateway {
+    let config = test_config(&format!(
+        "heartbeat_ms: {}, dead_after: 3, spares: {spares}, reconnect_grace_ms: {grace_ms}, max_nodes: {max_nodes}",
+        HEARTBEAT.as_millis()
+    ));
     let recorder = Recorder::default();
-    let clock = Clock::new();
-    let (requests, inbox) = mpsc::channel(64);
-    let shutdown = CancellationToken::new();
-    let manager = Manager::new(cluster, settings, recorder.clone(), clock);
-    tokio::spawn(manager.run(inbox, shutdown.clone()));
+    let wired = Wiring::new(&config, recorder.clone())
+        .unwrap()
+        .queue(64)
+        .start(&TaskTracker::new(), &CancellationToken::new())
+        .await;
     Gateway {
-        requests,
+        requests: wired.requests,
         recorder,
-        clock,
-        shutdown,
-        token: None,
+        context: wired.connections,
         next_conn: 0,
-        policy: Default::default(),
-        metrics: Default::default(),
     }
 }
 
@@ -83,14 +68,7 @@ impl Gateway {
         let (node, gateway) = tokio::io::duplex(64 * 1024);
         let (reader, writer) = tokio::io::split(gateway);
         self.next_conn += 1;
-        let context = std::sync::Arc::new(ConnectionContext {
-            requests: self.requests.clone(),
-            token: self.token.clone(),
-            clock: self.clock,
-            shutdown: self.shutdown.clone(),
-            metrics: self.metrics.clone(),
-            policy: self.policy.clone(),
-        });
+        let context = std::sync::Arc::new(self.context.clone());
         tokio::spawn(connection::serve(
             reader,
             writer,
@@ -282,7 +260,7 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn three_nodes_register_and_every_route_reaches_its_node() {
-    let mut gateway = gateway(0, 0, 100);
+    let mut gateway = gateway(0, 0, 100).await;
     let mut n1 = gateway.join(1, "n1").await;
     assert_eq!(n1.role, Some(Role::Active));
     assert_eq!(n1.routes.len(), 24);
@@ -302,7 +280,7 @@ async fn three_nodes_register_and_every_route_reaches_its_node() {
 
 #[tokio::test(start_paused = true)]
 async fn a_closed_connection_fails_the_node_at_once() {
-    let mut gateway = gateway(0, 0, 100);
+    let mut gateway = gateway(0, 0, 100).await;
     let mut n1 = gateway.join(1, "n1").await;
     let mut n2 = gateway.join(2, "n2").await;
     let n3 = gateway.join(3, "n3").await;
@@ -326,7 +304,7 @@ async fn a_closed_connection_fails_the_node_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_node_fails_after_the_dead_window() {
-    let mut gateway = gateway(0, 0, 100);
+    let mut gateway = gateway(0, 0, 100).await;
     let mut n1 = gateway.join(1, "n1").await;
     let mut n2 = gateway.join(2, "n2").await;
     let n3 = gateway.join(3, "n3").await;
@@ -377,7 +355,7 @@ impl Gateway {
 
 #[tokio::test(start_paused = true)]
 async fn a_stalled_daemon_gives_every_node_a_new_dead_window() {
-    let mut gateway = gateway(0, 0, 100);
+    let mut gateway = gateway(0, 0, 100).await;
     let _n1 = gateway.join(1, "n1").await;
     let _n2 = gateway.join(2, "n2").await;
     // Both silent for 250 ms: within the 300 ms window.
@@ -404,7 +382,7 @@ async fn a_stalled_daemon_gives_every_node_a_new_dead_window() {
 
 #[tokio::test(start_paused = true)]
 async fn a_spare_takes_the_failed_slot_with_one_slot_write() {
-    let mut gateway = gateway(1, 0, 100);
+    let mut gateway = gateway(1, 0, 100).await;
     let mut n1 = gateway.join(1, "n1").await;
     let mut n2 = gateway.join(2, "n2").await;
     assert_eq!(n2.role, Some(Role::Spare));
@@ -433,7 +411,7 @@ async fn a_spare_takes_the_failed_slot_with_one_slot_write() {
 
 #[tokio::test(start_paused = true)]
 async fn bye_announces_then_leaves() {
-    let mut gateway = gateway(0, 0, 100);
+    let mut gateway = gateway(0, 0, 100).await;
     let mut n1 = gateway.join(1, "n1").await;
     let mut n2 = gateway.join(2, "n2").await;
     gateway.check(&mut [&mut n1, &mut n2]).await;
@@ -475,8 +453,8 @@ async fn refused(node: &mut TestNode) -> (ErrorCode, String) {
 
 #[tokio::test(start_paused = true)]
 async fn refusals_carry_an_error_line() {
-    let mut gateway = gateway(0, 0, 2);
-    gateway.token = Some("s3cret".into());
+    let mut gateway = gateway(0, 0, 2).await;
+    gateway.context.token = Some("s3cret".into());
     let mut wrong = gateway.connect(1, "n1", r#","token":"guess""#).await;
     assert_eq!(refused(&mut wrong).await.0, ErrorCode::BadToken);
     let mut missing = gateway.connect(1, "n1", "").await;
@@ -530,7 +508,7 @@ async fn refusals_carry_an_error_line() {
 
 #[tokio::test(start_paused = true)]
 async fn a_line_over_4_kib_is_refused() {
-    let mut gateway = gateway(0, 0, 10);
+    let mut gateway = gateway(0, 0, 10).await;
     let mut n1 = gateway.join(1, "n1").await;
     let long = format!(r#"{{"type":"hb","pad":"{}"}}"#, "x".repeat(5000));
     n1.send(&long).await;
@@ -543,7 +521,7 @@ async fn a_line_over_4_kib_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reconnect_within_the_grace_time_resumes_the_node() {
-    let mut gateway = gateway(0, 500, 10);
+    let mut gateway = gateway(0, 500, 10).await;
     let mut n1 = gateway.join(1, "n1").await;
     let n2 = gateway.join(2, "n2").await;
     gateway.check(&mut [&mut n1]).await;
@@ -586,6 +564,7 @@ async fn a_reconnect_within_the_grace_time_resumes_the_node() {
 
 fn refusals(gateway: &Gateway, cause: &'static str) -> u64 {
     gateway
+        .context
         .metrics
         .node_refusals
         .get_or_create(&super::metrics::CauseLabel { cause })
@@ -611,10 +590,10 @@ async fn raw(gateway: &mut Gateway, i: u8, line: Option<&str>) -> TestNode {
 
 #[tokio::test(start_paused = true)]
 async fn hostile_nodes_are_refused_counted_and_leave_others_alone() {
-    let mut gateway = gateway(0, 0, 10);
-    gateway.policy.hello_timeout = Duration::from_millis(500);
-    gateway.policy.allowed = vec!["198.19.0.0/24".parse().unwrap()];
-    gateway.policy.vip = Some(Ipv4Addr::new(198, 18, 0, 1));
+    let mut gateway = gateway(0, 0, 10).await;
+    gateway.context.policy.hello_timeout = Duration::from_millis(500);
+    gateway.context.policy.allowed = vec!["198.19.0.0/24".parse().unwrap()];
+    gateway.context.policy.vip = Some(Ipv4Addr::new(198, 18, 0, 1));
     let mut n1 = gateway.join(1, "n1").await;
 
     // Addresses outside nodes.allowed_cidrs, the VIP, loopback.
@@ -646,7 +625,7 @@ async fn hostile_nodes_are_refused_counted_and_leave_others_alone() {
     assert_eq!(refusals(&gateway, "line_too_long"), 1);
 
     // Wrong token and duplicate name.
-    gateway.token = Some("s3cret".into());
+    gateway.context.token = Some("s3cret".into());
     let mut guess = gateway.connect(5, "n5", r#","token":"guess""#).await;
     assert_eq!(refused(&mut guess).await.0, ErrorCode::BadToken);
     assert_eq!(refusals(&gateway, "bad_token"), 1);
@@ -663,8 +642,8 @@ async fn hostile_nodes_are_refused_counted_and_leave_others_alone() {
 
     // A hello that never comes (on a gateway of its own: the wait lets time
     // pass, and n1 above sends no heartbeats).
-    let mut gateway = self::gateway(0, 0, 10);
-    gateway.policy.hello_timeout = Duration::from_millis(500);
+    let mut gateway = self::gateway(0, 0, 10).await;
+    gateway.context.policy.hello_timeout = Duration::from_millis(500);
     let mut silent = raw(&mut gateway, 3, None).await;
     let (code, message) = refused(&mut silent).await;
     assert_eq!(code, ErrorCode::BadRequest);
@@ -691,7 +670,7 @@ fn connections_past_the_limit_are_not_admitted() {
 #[tokio::test(start_paused = true)]
 async fn a_node_whose_hello_cannot_be_answered_does_not_stay_registered() {
     for grace_ms in [0, 5_000] {
-        let mut gateway = gateway(0, grace_ms, 100);
+        let mut gateway = gateway(0, grace_ms, 100).await;
         let mut n1 = gateway.join(1, "n1").await;
         let (reply, answer) = oneshot::channel();
         drop(answer);
@@ -716,7 +695,7 @@ async fn a_node_whose_hello_cannot_be_answered_does_not_stay_registered() {
             assert_eq!(n2.awaiting, Some("reconnect"));
         }
         gateway.check(&mut [&mut n1]).await;
-        gateway.shutdown.cancel();
+        gateway.context.shutdown.cancel();
     }
 }
 
@@ -725,25 +704,12 @@ async fn a_node_whose_hello_cannot_be_answered_does_not_stay_registered() {
 /// does not hold.
 #[tokio::test(start_paused = true)]
 async fn a_change_the_data_plane_refuses_twice_stops_the_manager() {
-    let cluster = Cluster::new(ClusterConfig {
-        routes: ROUTES,
-        spares: 0,
-        max_active: None,
-    })
-    .unwrap();
-    let settings = Settings {
-        heartbeat: HEARTBEAT,
-        dead_after: 3,
-        reconnect_grace: Duration::ZERO,
-        max_nodes: 10,
-        base_ports: vec![8000, 9000],
-    };
     let refusing = Recorder::refusing();
-    let (requests, inbox) = mpsc::channel(8);
-    let shutdown = CancellationToken::new();
-    let manager = tokio::spawn(
-        Manager::new(cluster, settings, refusing.clone(), Clock::new()).run(inbox, shutdown),
-    );
+    let wired = Wiring::new(&test_config("max_nodes: 10"), refusing.clone())
+        .unwrap()
+        .start(&TaskTracker::new(), &CancellationToken::new())
+        .await;
+    let (requests, manager) = (wired.requests, wired.manager);
     let (reply, _answer) = oneshot::channel();
     requests
         .send(Request::Hello {

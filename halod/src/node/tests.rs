@@ -4,48 +4,26 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::control::accept_loop;
-use crate::control::connection::ConnectionContext;
-use crate::control::manager::{Clock, Manager, Settings};
 use crate::control::tables::Recorder;
+use crate::control::wiring::{Wiring, test_config};
 use crate::protocol::Role;
-use crate::routing::{Cluster, ClusterConfig};
 
 async fn gateway(token: Option<&str>) -> (String, CancellationToken) {
-    let cluster = Cluster::new(ClusterConfig {
-        routes: 24,
-        spares: 0,
-        max_active: None,
-    })
-    .unwrap();
-    let settings = Settings {
-        heartbeat: Duration::from_millis(50),
-        dead_after: 3,
-        reconnect_grace: Duration::ZERO,
-        max_nodes: 10,
-        base_ports: vec![8000, 9000],
-    };
+    let config = test_config("heartbeat_ms: 50, dead_after: 3, max_nodes: 10");
     let shutdown = CancellationToken::new();
-    let clock = Clock::new();
-    let (requests, inbox) = mpsc::channel(16);
-    tokio::spawn(
-        Manager::new(cluster, settings, Recorder::default(), clock).run(inbox, shutdown.clone()),
-    );
+    let wired = Wiring::new(&config, Recorder::default())
+        .unwrap()
+        .token(token.map(str::to_string))
+        .start(&TaskTracker::new(), &shutdown)
+        .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let context = ConnectionContext {
-        requests,
-        token: token.map(str::to_string),
-        clock,
-        shutdown: shutdown.clone(),
-        metrics: Default::default(),
-        policy: Default::default(),
-    };
-    tokio::spawn(accept_loop(listener, context));
+    tokio::spawn(accept_loop(listener, wired.connections));
     (address, shutdown)
 }
 

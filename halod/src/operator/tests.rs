@@ -3,31 +3,20 @@
 //! temp directory, and the CLI's own connection code.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::api::Stamped;
-use crate::config::Config;
-use crate::control::manager::{Clock, Manager, Observers, Outbound, Registered, Request, Settings};
-use crate::control::metrics::Metrics;
-use crate::control::socket::{self, DaemonInfo, Services};
+use crate::control::manager::{Outbound, Registered, Request};
+use crate::control::socket::{self, Services};
 use crate::control::state::{Fingerprint, SavedState};
 use crate::control::tables::Recorder;
+use crate::control::wiring::{Wiring, test_config};
 use crate::protocol::{ErrorCode, GatewayMessage};
-use crate::routing::{Cluster, ClusterConfig};
-
-/// Records table writes; answers stats and modes with fixed values.
-const CONFIG: &str = "
-interfaces: {external: ext0, internal: int0}
-vip: 198.18.0.1
-routes: 24
-listeners: [{name: browser, base_port: 8000}, {name: app, base_port: 9000}]
-nodes: {listen: 198.19.0.1:7000, spares: 1, restart_grace_ms: 1000}
-";
 
 struct Daemon {
     requests: mpsc::Sender<Request>,
@@ -42,67 +31,41 @@ struct Daemon {
 
 impl Daemon {
     async fn start(name: &str, saved: Option<SavedState>) -> Daemon {
-        let config = Config::parse(CONFIG).unwrap();
+        // Nodes here send no heartbeats: a dead window (3 s) longer than
+        // the restart grace (1 s) keeps them alive through a test.
+        let config =
+            test_config("spares: 1, restart_grace_ms: 1000, heartbeat_ms: 1000, max_nodes: 16");
         let dir = std::env::temp_dir().join(format!("halod-op-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let socket_path = dir.join("halod.sock");
-        let cluster = match &saved {
-            Some(saved) => saved.cluster(&config, &dir).unwrap(),
-            None => Cluster::new(ClusterConfig {
-                routes: 24,
-                spares: 1,
-                max_active: None,
-            })
-            .unwrap(),
-        };
-        let settings = Settings {
-            // Nodes here send no heartbeats: a dead window (3 s) longer than
-            // the restart grace (1 s) keeps them alive through a test.
-            heartbeat: Duration::from_millis(1000),
-            dead_after: 3,
-            reconnect_grace: Duration::ZERO,
-            max_nodes: 16,
-            base_ports: vec![8000, 9000],
-        };
         let dataplane = Recorder::default();
-        let (events, _) = broadcast::channel::<Stamped>(64);
         let (states, receiver) = watch::channel(None);
-        let metrics = Metrics::default();
-        let mut manager =
-            Manager::new(cluster, settings, dataplane.clone(), Clock::new()).observe(Observers {
-                events: Some(events.clone()),
-                metrics: metrics.clone(),
-                state: Some((Fingerprint::of(&config), states)),
-            });
-        if let Some(saved) = &saved {
-            manager.restore(saved, Duration::from_millis(1000)).await;
+        let mut wiring = Wiring::new(&config, dataplane.clone())
+            .unwrap()
+            .queue(64)
+            .publish(Fingerprint::of(&config), states);
+        if let Some(saved) = saved {
+            let cluster = saved.cluster(&config, &dir).unwrap();
+            wiring = wiring.restore(saved, cluster, Duration::from_millis(1000));
         }
-        let (requests, inbox) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
-        tokio::spawn(manager.run(inbox, shutdown.clone()));
-        let services = Services {
-            requests: requests.clone(),
-            dataplane: dataplane.clone(),
-            events,
-            metrics,
-            info: Arc::new(DaemonInfo::new(&config, saved.map(|s| s.nodes().count()))),
-        };
+        let wired = wiring.start(&TaskTracker::new(), &shutdown).await;
         let listener = socket::bind(&socket_path, None).unwrap();
         tokio::spawn(socket::serve(
             listener,
             socket_path.clone(),
             None,
-            services.clone(),
+            wired.services.clone(),
             shutdown.clone(),
         ));
         Daemon {
-            requests,
+            requests: wired.requests,
             dataplane,
             socket: socket_path,
             dir,
             shutdown,
             states: receiver,
-            services,
+            services: wired.services,
             next_conn: 0,
         }
     }
