@@ -119,11 +119,11 @@ fn tcp_and_udp_reach_the_node_the_table_names() {
     .unwrap_or_else(|e| panic!("test bed did not come up: {e:#}"));
     let instance = format!("e2e-{}", std::process::id());
     let config = DataplaneConfig {
-        instance: instance.clone(),
+        instance: halod::dataplane::InstanceName::new(instance.clone()).unwrap(),
         external: testbed::EXTERNAL_IF.into(),
         internal: testbed::INTERNAL_IF.into(),
         vip: bed.vip(),
-        routes: ROUTES,
+        routes: std::num::NonZeroU16::new(ROUTES).unwrap(),
         listeners: GROUPS.to_vec(),
         max_nodes: 4,
     };

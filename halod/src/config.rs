@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU16;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -13,21 +14,20 @@ use serde::Deserialize;
 
 pub use crate::routing::MAX_ROUTES;
 
-impl Config {
-    /// `routes` as the data plane counts them. A loaded config has been
-    /// checked to hold 1..=65535 ([`MAX_ROUTES`]); anything else is refused
-    /// here too rather than cut to 16 bits.
-    pub fn route_count(&self) -> anyhow::Result<u16> {
-        u16::try_from(self.routes)
-            .ok()
-            .filter(|routes| *routes > 0)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "config key `routes`: {} is out of range: use 1..={MAX_ROUTES}",
-                    self.routes
-                )
-            })
-    }
+pub use crate::dataplane::InstanceName;
+
+/// `routes:` as read: 1..=[`MAX_ROUTES`], or an error that says so (serde's
+/// own for `NonZeroU16` would only say "expected a nonzero u16").
+fn routes_in_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NonZeroU16, D::Error> {
+    let routes = u64::deserialize(d)?;
+    u16::try_from(routes)
+        .ok()
+        .and_then(NonZeroU16::new)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`routes`: {routes} is out of range: use 1..={MAX_ROUTES}"
+            ))
+        })
 }
 /// Most listener groups (every route message lists one port per group and
 /// must fit a 4 KiB protocol line).
@@ -77,12 +77,14 @@ pub struct Config {
     /// Name of this gateway instance; BPF objects are pinned under
     /// `/sys/fs/bpf/halod/<instance>`, so two gateways on one host need two names.
     #[serde(default = "default_instance")]
-    pub instance: String,
+    pub instance: InstanceName,
     pub interfaces: Interfaces,
     /// The virtual address clients connect to.
     pub vip: Ipv4Addr,
-    /// Number of routes `N`; route ids are `1..=N`.
-    pub routes: u32,
+    /// Number of routes `N`; route ids are `1..=N` ([`Config::route_count`]
+    /// as the routing core counts them).
+    #[serde(deserialize_with = "routes_in_range")]
+    pub routes: NonZeroU16,
     pub listeners: Vec<Listener>,
     pub nodes: NodesConfig,
     /// The operator's control socket.
@@ -189,22 +191,12 @@ pub struct NodesConfig {
     /// Networks node addresses must lie in (`A.B.C.D/LEN`); empty: any unicast
     /// address that is not loopback or the VIP.
     #[serde(default)]
-    pub allowed_cidrs: Vec<String>,
-}
-
-impl NodesConfig {
-    /// `allowed_cidrs` parsed (checked by `Config::validate`, so entries that do
-    /// not parse are left out here).
-    pub fn allowed(&self) -> Vec<Cidr> {
-        self.allowed_cidrs
-            .iter()
-            .filter_map(|text| text.parse().ok())
-            .collect()
-    }
+    pub allowed_cidrs: Vec<Cidr>,
 }
 
 /// An IPv4 network, `A.B.C.D/LEN`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Cidr {
     pub addr: Ipv4Addr,
     pub prefix: u8,
@@ -220,6 +212,14 @@ impl Cidr {
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Cidr, String> {
+        text.parse()
     }
 }
 
@@ -257,8 +257,8 @@ fn default_hello_timeout_ms() -> u64 {
     10_000
 }
 
-fn default_instance() -> String {
-    "default".to_string()
+fn default_instance() -> InstanceName {
+    InstanceName::new("default").expect("a valid instance name")
 }
 fn default_heartbeat_ms() -> u64 {
     100
@@ -326,10 +326,15 @@ impl Config {
         Ok(config)
     }
 
+    /// `routes`, as the routing core and the port arithmetic count them.
+    pub fn route_count(&self) -> u32 {
+        u32::from(self.routes.get())
+    }
+
     /// The ports of listener `index`.
     pub fn listener_ports(&self, index: usize) -> RangeInclusive<u32> {
         let base = u32::from(self.listeners[index].base_port);
-        base..=base + self.routes - 1
+        base..=base + self.route_count() - 1
     }
 
     /// Base ports in listener order (route `r` is `base + r - 1` in each).
@@ -346,20 +351,11 @@ impl Config {
 
     /// The effective `nodes.max_active`.
     pub fn max_active(&self) -> u32 {
-        self.nodes.max_active.unwrap_or(self.routes)
+        self.nodes.max_active.unwrap_or(self.route_count())
     }
 
     /// Checks that do not need the system.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !crate::dataplane::valid_instance_name(&self.instance) {
-            return Err(invalid(
-                "instance",
-                format!(
-                    "{:?} is not a valid instance name: use 1 to 32 of A-Z a-z 0-9 _ - (it names a directory under /sys/fs/bpf/halod)",
-                    self.instance
-                ),
-            ));
-        }
         for (key, name) in [
             ("interfaces.external", &self.interfaces.external),
             ("interfaces.internal", &self.interfaces.internal),
@@ -385,12 +381,6 @@ impl Config {
                      change reaches traffic only after this long; 0 looks up every packet)",
                     self.next_hop_ttl_ms
                 ),
-            ));
-        }
-        if !(1..=MAX_ROUTES).contains(&self.routes) {
-            return Err(invalid(
-                "routes",
-                format!("{} is out of range: use 1..={MAX_ROUTES}", self.routes),
             ));
         }
         if self.listeners.is_empty() {
@@ -426,14 +416,14 @@ impl Config {
                     "port 0 cannot be a listener port",
                 ));
             }
-            let last = u32::from(listener.base_port) + self.routes - 1;
+            let last = u32::from(listener.base_port) + self.route_count() - 1;
             if last > 65_535 {
                 return Err(invalid(
                     format!("{key} ({})", listener.name),
                     format!(
                         "ports {}..{last} go past port 65535: lower base_port to at most {} or use fewer routes",
                         listener.base_port,
-                        65_536 - self.routes
+                        65_536 - self.route_count()
                     ),
                 ));
             }
@@ -490,13 +480,13 @@ impl Config {
             ));
         }
         if let Some(max_active) = nodes.max_active
-            && !(1..=self.routes).contains(&max_active)
+            && !(1..=self.route_count()).contains(&max_active)
         {
             return Err(invalid(
                 "nodes.max_active",
                 format!(
                     "{max_active} is out of range: use 1..={} (at most `routes`)",
-                    self.routes
+                    self.route_count()
                 ),
             ));
         }
@@ -514,11 +504,6 @@ impl Config {
                     nodes.hello_timeout_ms
                 ),
             ));
-        }
-        for (i, text) in nodes.allowed_cidrs.iter().enumerate() {
-            if let Err(reason) = text.parse::<Cidr>() {
-                return Err(invalid(format!("nodes.allowed_cidrs[{i}]"), reason));
-            }
         }
         let socket = self.control.socket.as_os_str();
         if socket.is_empty() || socket.len() > MAX_SOCKET_PATH {
@@ -700,10 +685,10 @@ nodes:
     #[test]
     fn parses_the_issue_example() {
         let config = Config::parse(EXAMPLE).unwrap();
-        assert_eq!(config.instance, "default");
+        assert_eq!(config.instance.as_str(), "default");
         assert_eq!(config.interfaces.external, "ext0");
         assert_eq!(config.vip, Ipv4Addr::new(198, 18, 0, 1));
-        assert_eq!(config.routes, 24);
+        assert_eq!(config.route_count(), 24);
         assert_eq!(config.base_ports(), vec![8000, 9000]);
         assert_eq!(config.listener_ports(1), 9000..=9023);
         assert_eq!(config.nodes.listen, "198.19.0.1:7000".parse().unwrap());
@@ -728,7 +713,7 @@ nodes:
         expected.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
         expected.state_file = Some(PathBuf::from("/var/lib/halod/default.state.json"));
         // And allows node addresses in the test network only.
-        expected.nodes.allowed_cidrs = vec!["198.19.0.0/24".into()];
+        expected.nodes.allowed_cidrs = vec!["198.19.0.0/24".parse().unwrap()];
         assert_eq!(config, expected);
         assert_eq!(config.state_file(), expected.state_file());
     }
@@ -788,14 +773,14 @@ nodes:
     fn node_security_keys() {
         let config = Config::parse(EXAMPLE).unwrap();
         assert_eq!(config.nodes.hello_timeout_ms, 10_000);
-        assert!(config.nodes.allowed().is_empty());
+        assert!(config.nodes.allowed_cidrs.is_empty());
         let config = Config::parse(&EXAMPLE.replace(
             "  spares: 0",
             "  spares: 0\n  hello_timeout_ms: 500\n  allowed_cidrs: [198.19.0.0/24, 10.1.2.3/32]",
         ))
         .unwrap();
         assert_eq!(config.nodes.hello_timeout_ms, 500);
-        let allowed = config.nodes.allowed();
+        let allowed = &config.nodes.allowed_cidrs;
         assert_eq!(allowed.len(), 2);
         assert!(allowed[0].contains(Ipv4Addr::new(198, 19, 0, 77)));
         assert!(!allowed[0].contains(Ipv4Addr::new(198, 19, 1, 1)));
@@ -814,10 +799,15 @@ nodes:
                 &format!("  spares: 0\n  allowed_cidrs: {value}"),
             ));
             assert!(
-                message.contains("`nodes.allowed_cidrs[0]`") && message.contains(says),
+                message.contains("nodes.allowed_cidrs") && message.contains(says),
                 "{value}: {message}"
             );
         }
+        let message = err(&format!("instance: ../x\n{EXAMPLE}"));
+        assert!(
+            message.contains("\"../x\" is not a valid instance name: use 1 to 32 of"),
+            "{message}"
+        );
         let message = err(&EXAMPLE.replace("  spares: 0", "  spares: 0\n  hello_timeout_ms: 50"));
         assert!(message.contains("`nodes.hello_timeout_ms`"), "{message}");
     }

@@ -30,11 +30,11 @@ pub const GROUPS: [u16; 2] = [8000, 9000];
 /// VIP and listeners above, 8 node indexes.
 pub fn dataplane_config(instance: &str, internal: &str) -> DataplaneConfig {
     DataplaneConfig {
-        instance: instance.to_owned(),
+        instance: halod::dataplane::InstanceName::new(instance).expect("a valid instance name"),
         external: "ext0".to_owned(),
         internal: internal.to_owned(),
         vip: VIP,
-        routes: ROUTES,
+        routes: std::num::NonZeroU16::new(ROUTES).expect("routes > 0"),
         listeners: GROUPS.to_vec(),
         max_nodes: 8,
     }

@@ -327,7 +327,7 @@ impl Gateway {
         info!(
             instance = %config.instance,
             vip = %config.vip,
-            routes = config.routes,
+            routes = config.routes.get(),
             listeners = ?config.base_ports(),
             nodes = %config.nodes.listen,
             control = %config.control.socket.display(),
@@ -337,7 +337,7 @@ impl Gateway {
         );
         let lock_task = tasks.spawn(keep_lock(
             instance_lock,
-            config.instance.clone(),
+            config.instance.to_string(),
             holder,
             shutdown.clone(),
         ));
@@ -381,7 +381,7 @@ fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::Da
         external: config.interfaces.external.clone(),
         internal: config.interfaces.internal.clone(),
         vip: config.vip,
-        routes: config.route_count()?,
+        routes: config.routes,
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
     };

@@ -126,7 +126,7 @@ impl NodePolicy {
         }
         NodePolicy {
             hello_timeout: Duration::from_millis(config.nodes.hello_timeout_ms),
-            allowed: config.nodes.allowed(),
+            allowed: config.nodes.allowed_cidrs.clone(),
             vip: Some(config.vip),
             own,
             max_connections: config.nodes.max_nodes as usize + EXTRA_CONNECTIONS,

@@ -52,14 +52,14 @@ pub struct DaemonInfo {
 impl DaemonInfo {
     pub fn new(config: &Config, restored_nodes: Option<usize>) -> DaemonInfo {
         DaemonInfo {
-            instance: config.instance.clone(),
+            instance: config.instance.to_string(),
             started: Instant::now(),
             started_unix_ms: unix_ms(),
             config: ConfigSummary {
                 vip: config.vip,
                 external: config.interfaces.external.clone(),
                 internal: config.interfaces.internal.clone(),
-                routes: config.routes,
+                routes: config.route_count(),
                 listeners: config
                     .listeners
                     .iter()

@@ -46,7 +46,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     pub fn of(config: &Config) -> Fingerprint {
         Fingerprint {
-            routes: config.routes,
+            routes: config.route_count(),
             listeners: config.base_ports(),
             vip: config.vip,
             external: config.interfaces.external.clone(),
@@ -198,7 +198,7 @@ impl SavedState {
         let names = |list: &[SavedNode]| list.iter().map(|n| n.name.clone()).collect();
         Cluster::restore(
             ClusterConfig {
-                routes: config.routes,
+                routes: config.route_count(),
                 spares: config.nodes.spares,
                 max_active: config.nodes.max_active,
             },
@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(cluster.routes_of("n2").len(), 12);
 
         let mut changed = config();
-        changed.routes = 30;
+        changed.routes = std::num::NonZeroU16::new(30).unwrap();
         changed.vip = Ipv4Addr::new(198, 18, 0, 9);
         let message = saved.cluster(&changed, path).unwrap_err().to_string();
         assert!(message.contains("routes: 24 -> 30"), "{message}");

@@ -65,7 +65,7 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
     pub fn new(config: &Config, tables: T) -> anyhow::Result<Wiring<T>> {
         let settings = Settings::of(config);
         let cluster = Cluster::new(ClusterConfig {
-            routes: config.routes,
+            routes: config.route_count(),
             spares: config.nodes.spares,
             max_active: config.nodes.max_active,
         })

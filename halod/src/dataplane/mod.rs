@@ -19,6 +19,7 @@ mod table;
 use std::{
     fs, io,
     net::Ipv4Addr,
+    num::NonZeroU16,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -55,7 +56,7 @@ pub const NEXT_HOP_TTL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataplaneConfig {
     /// Instance name: the pin directory is `/sys/fs/bpf/halod/<instance>`.
-    pub instance: String,
+    pub instance: InstanceName,
     /// Interface facing the clients (carries the VIP).
     pub external: String,
     /// Interface facing the nodes; may be the same as `external`.
@@ -63,7 +64,7 @@ pub struct DataplaneConfig {
     /// The virtual IP clients connect to.
     pub vip: Ipv4Addr,
     /// Number of routes `N`.
-    pub routes: u16,
+    pub routes: NonZeroU16,
     /// Base port of each listener group; route `r` owns `base + r - 1` in each.
     pub listeners: Vec<u16>,
     /// Number of per-node counter slots; every `NodeTarget::index` is below it.
@@ -321,7 +322,7 @@ impl Dataplane {
         }
         // Table sizes follow the configuration; `NODE_BY_ADDR` holds one address
         // per node index.
-        let routes = u32::from(config.routes);
+        let routes = u32::from(config.routes.get());
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::ROUTE_SLOT, routes)
@@ -367,7 +368,7 @@ impl Dataplane {
             vip: config.vip.octets(),
             external_ifindex: external,
             internal_ifindex: internal,
-            routes: config.routes,
+            routes: config.routes.get(),
             listener_count: config.listeners.len() as u16,
             listeners,
             flags: CONFIG_ENABLED,
@@ -378,7 +379,7 @@ impl Dataplane {
             config: config.clone(),
             pins: None,
             modes: Vec::new(),
-            table: Table::new(config.routes, config.max_nodes),
+            table: Table::new(config.routes.get(), config.max_nodes),
             keep: false,
         };
         dataplane
@@ -426,9 +427,9 @@ impl Dataplane {
         }
         let mut dataplane = Dataplane::load(config, Some(&dir))?;
         for (name, expected) in [
-            (names::ROUTE_SLOT, u32::from(config.routes)),
-            (names::SLOT_NODE, u32::from(config.routes)),
-            (names::ROUTE_COUNTERS, u32::from(config.routes)),
+            (names::ROUTE_SLOT, u32::from(config.routes.get())),
+            (names::SLOT_NODE, u32::from(config.routes.get())),
+            (names::ROUTE_COUNTERS, u32::from(config.routes.get())),
             (names::NODE_COUNTERS, config.max_nodes),
             (names::NODE_BY_ADDR, config.max_nodes),
             (names::DIRECT_NODES, config.max_nodes),
@@ -675,7 +676,7 @@ impl Dataplane {
     #[allow(clippy::type_complexity)]
     pub fn table(&self) -> Result<(Vec<Option<u16>>, Vec<Option<NodeTarget>>), DataplaneError> {
         let routes = self.array_ref::<common::RouteSlot>(names::ROUTE_SLOT)?;
-        let routes = (0..u32::from(self.config.routes))
+        let routes = (0..u32::from(self.config.routes.get()))
             .map(|i| {
                 routes
                     .get(&i, 0)
@@ -687,7 +688,7 @@ impl Dataplane {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let slots = self.array_ref::<SlotNode>(names::SLOT_NODE)?;
-        let slots = (0..u32::from(self.config.routes))
+        let slots = (0..u32::from(self.config.routes.get()))
             .map(|i| {
                 slots
                     .get(&i, 0)
@@ -944,29 +945,67 @@ impl Drop for Dataplane {
     }
 }
 
-/// The one rule for instance names (`instance:` in the config): 1 to 32 of
-/// `A-Z a-z 0-9 _ -`. The name is a directory under `/sys/fs/bpf/halod` and
-/// part of the lock and state-file names.
-pub fn valid_instance_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// An instance name (`instance:` in the config), checked once when it is
+/// made: 1 to 32 of `A-Z a-z 0-9 _ -`. The name is a directory under
+/// `/sys/fs/bpf/halod` and part of the lock and state-file names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    pub fn new(name: impl Into<String>) -> Result<InstanceName, String> {
+        let name = name.into();
+        let valid = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(InstanceName(name))
+        } else {
+            Err(format!(
+                "{name:?} is not a valid instance name: use 1 to 32 of A-Z a-z 0-9 _ - \
+                 (it names a directory under {PIN_ROOT})"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InstanceName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<InstanceName, String> {
+        InstanceName::new(name)
+    }
+}
+
+impl std::ops::Deref for InstanceName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for InstanceName {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl std::fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Checks the configuration and resolves the interface indices (in the calling
 /// thread's network namespace).
 fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
     let invalid = |message: String| Err(DataplaneError::Config(message));
-    if !valid_instance_name(&config.instance) {
-        return invalid(format!(
-            "instance name {:?}: use 1 to 32 of A-Z a-z 0-9 _ - (it names the pin directory)",
-            config.instance
-        ));
-    }
-    if config.routes == 0 {
-        return invalid("routes must be at least 1".to_owned());
-    }
     if config.listeners.is_empty() || config.listeners.len() > MAX_LISTENERS {
         return invalid(format!(
             "{} listener groups given; between 1 and {MAX_LISTENERS} are supported",
@@ -975,7 +1014,7 @@ fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
     }
     let mut groups: Vec<(u16, u16)> = Vec::new();
     for &base in &config.listeners {
-        let Some(last) = last_port(base, config.routes).filter(|_| base != 0) else {
+        let Some(last) = last_port(base, config.routes.get()).filter(|_| base != 0) else {
             return invalid(format!(
                 "listener group with base port {base} and {} routes does not fit in ports 1..=65535",
                 config.routes
@@ -1070,11 +1109,11 @@ mod tests {
 
     fn config() -> DataplaneConfig {
         DataplaneConfig {
-            instance: "test".to_owned(),
+            instance: InstanceName::new("test").unwrap(),
             external: "lo".to_owned(),
             internal: "lo".to_owned(),
             vip: Ipv4Addr::new(198, 18, 0, 1),
-            routes: 24,
+            routes: NonZeroU16::new(24).unwrap(),
             listeners: vec![8000, 9000],
             max_nodes: 16,
         }
@@ -1084,12 +1123,10 @@ mod tests {
     fn bad_configurations_are_explained() {
         for (change, expected) in [
             (
-                Box::new(|c: &mut DataplaneConfig| c.instance = "../x".into())
+                Box::new(|c: &mut DataplaneConfig| c.listeners = vec![])
                     as Box<dyn Fn(&mut DataplaneConfig)>,
-                "instance name",
+                "0 listener groups",
             ),
-            (Box::new(|c| c.routes = 0), "routes must be at least 1"),
-            (Box::new(|c| c.listeners = vec![]), "0 listener groups"),
             (Box::new(|c| c.listeners = vec![8000, 8010]), "overlap"),
             (Box::new(|c| c.listeners = vec![65530]), "does not fit"),
             (Box::new(|c| c.max_nodes = 0), "max_nodes"),
