@@ -3,22 +3,19 @@
 //! that says what was wrong, be disconnected, be counted in
 //! `halod_node_refusals_total`, and leave a well-behaved node (a real
 //! `halod node` agent) registered and untouched. Needs root; run by
-//! `cargo xtask test`.
+//! `cargo xtask test`. Its test-bed prefix (`hd-sec-hostile-`) is its own, and the
+//! shared gateway bed (`support::gateway`) stops and tears down what it started.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use xtask::testbed::{self, Testbed, TestbedOptions};
+use xtask::testbed;
 
 mod support;
-use support::{Process, follow};
+use support::gateway::{Gateway, NODES_PORT, config_head};
 
-const HALOD: &str = env!("CARGO_BIN_EXE_halod");
-const NODES_PORT: u16 = 7000;
 const METRICS_PORT: u16 = 9101;
 const MAX_NODES: usize = 3;
 /// `nodes.max_nodes` + the gateway's allowance for nodes saying hello.
@@ -26,29 +23,33 @@ const MAX_CONNECTIONS: usize = MAX_NODES + 16;
 const TOKEN: &str = "hostile-test-token";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The gateway: stopped with SIGTERM when the guard goes, then its program,
-/// pins and files removed (`halod teardown`), even when the test fails.
-struct Gateway {
-    child: Child,
-    dir: std::path::PathBuf,
-}
+support::gateway::bed!(
+    /// The hostile-node test's gateway: 8 routes on one listener group, nodes with a
+    /// token from 198.19.0.0/24 only, and metrics.
+    Bed
+);
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new(HALOD)
-            .args(["teardown", "--config"])
-            .arg(self.dir.join("halod.yaml"))
-            .stdout(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl Bed {
+    /// The test bed (prefix `prefix`, 2 nodes), the config and the token, and
+    /// `halod run` started.
+    fn start(prefix: &str) -> Bed {
+        let mut bed = Bed(Gateway::prepare(prefix, 2, |bed, instance, dir| {
+            format!(
+                "{head}\
+                 nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 5\n  \
+                 max_nodes: {MAX_NODES}\n  hello_timeout_ms: 500\n  \
+                 allowed_cidrs: [198.19.0.0/24]\n  token_file: {dir}/token\n\
+                 control: {{socket: {dir}/halod.sock}}\n\
+                 state_file: {dir}/state.json\n\
+                 metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
+                head = config_head(bed, instance, 8, &[8000]),
+                gw = bed.gateway_internal_addr(),
+                dir = dir.display(),
+            )
+        }));
+        std::fs::write(bed.dir.join("token"), format!("{TOKEN}\n")).unwrap();
+        bed.run();
+        bed
     }
 }
 
@@ -105,79 +106,20 @@ fn hello(name: &str, extra: &str) -> Vec<u8> {
 
 #[test]
 fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
-    if let Err(e) = xtask::setup::require_root(
-        "the hostile-node test builds network namespaces and loads XDP programs; \
-         run it through `cargo xtask test` as root",
-    ) {
-        panic!("{e}");
-    }
-    let bed = Testbed::up(TestbedOptions {
-        prefix: "hd-sec-hostile-".into(),
-        nodes: 2,
-        clients: 1,
-    })
-    .unwrap_or_else(|e| panic!("test bed did not come up: {e:#}"));
-    let dir = std::env::temp_dir().join(format!("halod-sec-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-    let gw = bed.gateway_internal_addr();
-    let config = format!(
-        "instance: sec_hostile\n\
-         interfaces: {{external: ext0, internal: int0}}\n\
-         vip: {vip}\n\
-         routes: 8\n\
-         listeners:\n  - {{name: browser, base_port: 8000}}\n\
-         nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 5\n  \
-         max_nodes: {MAX_NODES}\n  hello_timeout_ms: 500\n  \
-         allowed_cidrs: [198.19.0.0/24]\n  token_file: {dir}/token\n\
-         control: {{socket: {dir}/halod.sock}}\n\
-         state_file: {dir}/state.json\n\
-         metrics: {{listen: {gw}:{METRICS_PORT}}}\n",
-        vip = bed.vip(),
-        dir = dir.display(),
-    );
-    std::fs::write(dir.join("halod.yaml"), config).unwrap();
-    let mut command = bed.command(&bed.gateway_ns(), HALOD);
-    command
-        .args(["run", "--config"])
-        .arg(dir.join("halod.yaml"))
-        .env("HALOD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut gateway = Gateway {
-        child: command.spawn().expect("starting halod run"),
-        dir: dir.clone(),
-    };
-    let gateway_log = follow("gateway", gateway.child.stderr.take().unwrap());
-    expect_line(&gateway_log, "gateway running", |l| {
-        l.contains("gateway running")
-    });
+    let bed = Bed::start("hd-sec-hostile-");
+    let gw = bed.bed.gateway_internal_addr();
 
     // The well-behaved node.
-    let mut command = bed.command(&bed.node_ns(1), HALOD);
-    command
-        .args([
-            "node",
-            "--gateway",
-            &format!("{gw}:{NODES_PORT}"),
-            "--name",
-            "n1",
-        ])
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut agent = Process::spawn("halod node", command);
-    let agent_lines = follow("agent n1", agent.child.stdout.take().unwrap());
+    let token_file = bed.dir.join("token");
+    let (mut agent, agent_lines) =
+        bed.agent(1, "n1", &["--token-file", token_file.to_str().unwrap()]);
     expect_line(&agent_lines, "welcome", |l| {
         l.contains(r#""type":"welcome""#)
     });
 
     let target = SocketAddr::from((gw, NODES_PORT));
     let token = format!(",\"token\":\"{TOKEN}\"");
-    let answers = testbed::run_in_netns(&bed.node_ns(2), move || {
+    let answers = testbed::run_in_netns(&bed.bed.node_ns(2), move || {
         let connect = || TcpStream::connect_timeout(&target, DEADLINE).unwrap();
         let quick = Duration::from_secs(5);
         let mut answers = Vec::new();
@@ -238,7 +180,7 @@ fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
     }
 
     // Counted, by cause.
-    let metrics = testbed::run_in_netns(&bed.node_ns(2), move || {
+    let metrics = testbed::run_in_netns(&bed.bed.node_ns(2), move || {
         let mut stream = TcpStream::connect((gw, METRICS_PORT)).unwrap();
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: halod\r\n\r\n")
@@ -270,11 +212,7 @@ fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
 
     // The well-behaved node never noticed: still registered, nothing moved, and
     // its agent is still running.
-    let nodes = Command::new(HALOD)
-        .args(["nodes", "--json", "--socket"])
-        .arg(dir.join("halod.sock"))
-        .output()
-        .unwrap();
+    let nodes = bed.halod(&["nodes", "--json"]);
     let nodes = String::from_utf8_lossy(&nodes.stdout);
     assert!(nodes.contains("\"n1\""), "n1 is gone: {nodes}");
     assert!(
@@ -289,5 +227,5 @@ fn hostile_nodes_are_refused_disconnected_counted_and_harm_no_one() {
         "the agent exited"
     );
     drop(agent);
-    drop(gateway);
+    drop(bed);
 }

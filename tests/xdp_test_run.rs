@@ -2,6 +2,9 @@
 //! by the same code as the daemon (`Dataplane::load_unattached`), checking the
 //! verdict and every output byte. Frames are built, and the output's checksums
 //! recomputed, by etherparse, independent of the program's own arithmetic.
+//! Most tests are tables of [`Case`]s: a frame, the interface it arrives on, and
+//! the verdict, output frame and reason counter it must get; a failed check names
+//! its case.
 //!
 //! Next hops: the program asks the kernel (`bpf_fib_lookup`) for them, and in a
 //! test run the kernel answers from the namespace of the calling thread. So
@@ -13,10 +16,10 @@
 //!
 //! Needs root (CAP_NET_ADMIN, CAP_BPF).
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use halod::dataplane::{Dataplane, NodeTarget, Write};
+use halod::dataplane::{Dataplane, NextHop, NodeTarget, Write};
 
 mod support;
 use support::bpf::*;
@@ -52,48 +55,72 @@ fn in_netns(shared: bool, test: impl FnOnce(&mut Bed) + Send + 'static) {
     });
 }
 
+/// A MAC address; an IPv4 address and port.
+type Mac = [u8; 6];
+type End = (Ipv4Addr, u16);
+
+/// Puts `addr`, with node index `index`, in `slot`.
+fn slot(slot: u16, addr: Ipv4Addr, index: u32) -> Write {
+    Write::Slot {
+        slot,
+        node: Some(NodeTarget { addr, index }),
+    }
+}
+
+/// The interface a case's frame arrives on.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Ext,
+    Int,
+}
+use Side::{Ext, Int};
+
+/// What must come of a case's frame.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// XDP_PASS, untouched, counted under the reason.
+    Pass(&'static str),
+    /// XDP_PASS as this frame (the address already rewritten, TTL and MACs untouched,
+    /// so the kernel forwards it itself), counted under the reason.
+    Handoff(&'static str, Vec<u8>),
+    /// XDP_REDIRECT to a node as this frame, counted as forwarded_in.
+    In(Vec<u8>),
+    /// XDP_REDIRECT to a client as this frame, counted as forwarded_out.
+    Out(Vec<u8>),
+    /// XDP_TX as this frame, counted under the reason.
+    Tx(&'static str, Vec<u8>),
+    /// XDP_REDIRECT to a node, counted as forwarded_in; the output is not checked.
+    Redirected,
+    /// XDP_DROP, counted as drop_malformed.
+    Dropped,
+}
+use Expect::*;
+
 impl Bed {
     /// Slot 1 = node A (index 0), slot 2 = node B (index 1), slot 3 = the
     /// unresolved node (index 2); routes 1-8 -> slot 1, 9-16 -> slot 2,
     /// 17-20 -> slot 3, 21-24 none.
     fn table(&mut self) {
         let mut writes = vec![
-            Write::Slot {
-                slot: 1,
-                node: Some(NodeTarget {
-                    addr: NODE_A,
-                    index: 0,
-                }),
-            },
-            Write::Slot {
-                slot: 2,
-                node: Some(NodeTarget {
-                    addr: NODE_B,
-                    index: 1,
-                }),
-            },
-            Write::Slot {
-                slot: 3,
-                node: Some(NodeTarget {
-                    addr: NODE_UNRESOLVED,
-                    index: 2,
-                }),
-            },
+            slot(1, NODE_A, 0),
+            slot(2, NODE_B, 1),
+            slot(3, NODE_UNRESOLVED, 2),
         ];
-        for route in 1..=20u16 {
-            let slot = match route {
-                1..=8 => 1,
-                9..=16 => 2,
-                _ => 3,
-            };
-            writes.push(Write::Route {
-                route,
-                slot: Some(slot),
-            });
-        }
+        writes.extend((1..=20u16).map(|route| Write::Route {
+            route,
+            slot: Some(1 + (route - 1) / 8),
+        }));
+        self.apply(&writes);
+    }
+
+    fn apply(&mut self, writes: &[Write]) {
         self.dataplane
-            .apply(&writes)
+            .apply(writes)
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn set_ttl(&mut self, ttl: Duration) {
+        self.dataplane.set_next_hop_ttl(ttl).unwrap();
     }
 
     fn run(&self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
@@ -106,124 +133,138 @@ impl Bed {
         self.dataplane.stats().unwrap().reason(name)
     }
 
-    /// Runs `frame` and checks it was passed untouched, counted under `reason`.
-    fn assert_pass(&self, frame: &[u8], ingress: u32, reason: &str) {
+    /// Runs case `name`, `frame` arriving on `side`, and checks its verdict, output
+    /// (and the output's checksums when the program rewrote it) and that its reason
+    /// was counted once. Every message names the case.
+    fn check(&self, name: &str, side: Side, frame: &[u8], expect: &Expect) {
+        let (verdict, reason, out) = match expect {
+            Pass(reason) => (XDP_PASS, *reason, Some(frame)),
+            Handoff(reason, out) => (XDP_PASS, *reason, Some(&out[..])),
+            In(out) => (XDP_REDIRECT, "forwarded_in", Some(&out[..])),
+            Out(out) => (XDP_REDIRECT, "forwarded_out", Some(&out[..])),
+            Tx(reason, out) => (XDP_TX, *reason, Some(&out[..])),
+            Redirected => (XDP_REDIRECT, "forwarded_in", None),
+            Dropped => (XDP_DROP, "drop_malformed", None),
+        };
+        let ingress = match side {
+            Ext => self.ext,
+            Int => self.int,
+        };
         let before = self.reason(reason);
-        let (verdict, out) = self.run(frame, ingress);
-        assert_eq!(verdict, XDP_PASS, "verdict for a {reason} frame");
-        assert_eq!(out, frame, "a passed frame ({reason}) must be untouched");
-        assert_eq!(self.reason(reason), before + 1, "counter {reason}");
+        let (got, output) = self.run(frame, ingress);
+        assert_eq!(got, verdict, "{name}: verdict");
+        if let Some(expected) = out {
+            assert_eq!(output, expected, "{name}: output frame");
+            if expected != frame {
+                assert_checksums(&output, name);
+            }
+        }
+        assert_eq!(self.reason(reason), before + 1, "{name}: counter {reason}");
     }
 
-    /// Runs `frame` and checks it was handed to the kernel as `expected` (the
-    /// address already rewritten, TTL and MACs untouched, so the kernel forwards
-    /// it itself), counted under `reason`.
-    fn assert_handoff(&self, frame: &[u8], ingress: u32, reason: &str, expected: &[u8]) {
-        let before = self.reason(reason);
-        let (verdict, out) = self.run(frame, ingress);
-        assert_eq!(verdict, XDP_PASS, "verdict for a {reason} frame");
-        assert_eq!(out, expected, "frame handed to the kernel ({reason})");
-        assert_checksums(&out, true);
-        assert_eq!(self.reason(reason), before + 1, "counter {reason}");
+    /// [`Bed::check`]s each case, in order: (name, side, frame, expected).
+    fn check_all<N: AsRef<str>>(
+        &self,
+        cases: impl IntoIterator<Item = (N, Side, Vec<u8>, Expect)>,
+    ) {
+        for (name, side, frame, expect) in cases {
+            self.check(name.as_ref(), side, &frame, &expect);
+        }
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Segment {
     TcpSyn,
     TcpData,
     TcpFin,
     Udp,
 }
+use Segment::{TcpData, TcpFin, TcpSyn, Udp};
 
 /// An Ethernet/IPv4 frame as etherparse builds it.
-fn frame(
-    macs: ([u8; 6], [u8; 6]),
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    ttl: u8,
-    segment: Segment,
-    payload: &[u8],
-) -> Vec<u8> {
+fn frame(macs: (Mac, Mac), src: End, dst: End, ttl: u8, seg: Segment, payload: &[u8]) -> Vec<u8> {
     let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src.0.octets(), dst.0.octets(), ttl);
     let mut out = Vec::new();
-    match segment {
-        Segment::TcpSyn => ip
+    match seg {
+        TcpSyn => ip
             .tcp(src.1, dst.1, 1000, 64240)
             .syn()
             .write(&mut out, payload),
-        Segment::TcpData => ip
+        TcpData => ip
             .tcp(src.1, dst.1, 1001, 502)
             .ack(77)
             .psh()
             .write(&mut out, payload),
-        Segment::TcpFin => ip
+        TcpFin => ip
             .tcp(src.1, dst.1, 5000, 502)
             .ack(78)
             .fin()
             .write(&mut out, payload),
-        Segment::Udp => ip.udp(src.1, dst.1).write(&mut out, payload),
+        Udp => ip.udp(src.1, dst.1).write(&mut out, payload),
     }
     .unwrap();
     out
 }
 
 /// A frame from client port 40000 to `dst`, arriving from the client's side.
-fn from_client(dst: (Ipv4Addr, u16), ttl: u8, segment: Segment, payload: &[u8]) -> Vec<u8> {
+fn from_client(dst: End, ttl: u8, seg: Segment, payload: &[u8]) -> Vec<u8> {
     frame(
         (CLIENT_MAC, EXT_MAC),
         (CLIENT, 40000),
         dst,
         ttl,
-        segment,
+        seg,
         payload,
     )
 }
 
 /// A frame from `src` to client port 40000, leaving towards the client.
-fn to_client(src: (Ipv4Addr, u16), ttl: u8, segment: Segment, payload: &[u8]) -> Vec<u8> {
+fn to_client(src: End, ttl: u8, seg: Segment, payload: &[u8]) -> Vec<u8> {
     frame(
         (EXT_MAC, CLIENT_MAC),
         src,
         (CLIENT, 40000),
         ttl,
-        segment,
+        seg,
         payload,
     )
 }
 
-/// Recomputes every checksum of `frame` with etherparse and checks them.
-fn assert_checksums(frame: &[u8], udp_checksum_expected: bool) {
+/// A frame from client port 40000 to `dst`, leaving on the internal side for `mac`.
+fn to_node(mac: Mac, dst: End, ttl: u8, seg: Segment, payload: &[u8]) -> Vec<u8> {
+    frame((INT_MAC, mac), (CLIENT, 40000), dst, ttl, seg, payload)
+}
+
+/// A frame from `src` (MAC `mac`) to client port 40000, arriving on the internal side.
+fn from_node(mac: Mac, src: End, ttl: u8, seg: Segment, payload: &[u8]) -> Vec<u8> {
+    frame((mac, INT_MAC), src, (CLIENT, 40000), ttl, seg, payload)
+}
+
+/// Recomputes every checksum of `frame` (the output of case `name`) with etherparse
+/// and checks them; a zero UDP checksum means none.
+fn assert_checksums(frame: &[u8], name: &str) {
     let headers = PacketHeaders::from_ethernet_slice(frame).expect("etherparse parses the output");
     let Some(NetHeaders::Ipv4(ip, _)) = &headers.net else {
-        panic!("not IPv4")
+        panic!("{name}: not IPv4")
     };
+    let ip_checksum = ip.calc_header_checksum();
     assert_eq!(
-        ip.header_checksum,
-        ip.calc_header_checksum(),
-        "IPv4 header checksum"
+        ip.header_checksum, ip_checksum,
+        "{name}: IPv4 header checksum"
     );
     let payload = headers.payload.slice();
     match &headers.transport {
         Some(TransportHeader::Tcp(tcp)) => {
-            assert_eq!(
-                tcp.checksum,
-                tcp.calc_checksum_ipv4(ip, payload).unwrap(),
-                "TCP checksum"
-            );
+            let checksum = tcp.calc_checksum_ipv4(ip, payload).unwrap();
+            assert_eq!(tcp.checksum, checksum, "{name}: TCP checksum");
         }
-        Some(TransportHeader::Udp(udp)) => {
-            if udp_checksum_expected {
-                assert_eq!(
-                    udp.checksum,
-                    udp.calc_checksum_ipv4(ip, payload).unwrap(),
-                    "UDP checksum"
-                );
-            } else {
-                assert_eq!(udp.checksum, 0, "a zero UDP checksum stays zero");
-            }
+        Some(TransportHeader::Udp(udp)) if udp.checksum != 0 => {
+            let checksum = udp.calc_checksum_ipv4(ip, payload).unwrap();
+            assert_eq!(udp.checksum, checksum, "{name}: UDP checksum");
         }
-        other => panic!("unexpected transport {other:?}"),
+        Some(TransportHeader::Udp(_)) => {}
+        other => panic!("{name}: unexpected transport {other:?}"),
     }
 }
 
@@ -247,99 +288,41 @@ fn program_loads_and_passes_the_verifier() {
 }
 
 #[test]
-fn inbound_tcp_syn_data_and_fin_are_rewritten_to_the_node() {
+fn inbound_tcp_and_udp_are_rewritten_to_the_node() {
     in_netns(false, |bed| {
         bed.table();
         let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        for (segment, payload) in [
-            (Segment::TcpSyn, &[][..]),
-            (Segment::TcpData, &payload[..]),
-            (Segment::TcpFin, &[][..]),
+        let mut cases = Vec::new();
+        for (seg, payload) in [
+            (TcpSyn, &[][..]),
+            (TcpData, &payload[..]),
+            (TcpFin, &[][..]),
         ] {
             // Route 3 in both listener groups -> slot 1 -> node A.
             for port in [8002, 9002] {
-                let input = from_client((VIP, port), 64, segment, payload);
-                let (verdict, out) = bed.run(&input, bed.ext);
-                assert_eq!(verdict, XDP_REDIRECT);
-                let expected = frame(
-                    (INT_MAC, NODE_A_MAC),
-                    (CLIENT, 40000),
-                    (NODE_A, port),
-                    63,
-                    segment,
-                    payload,
-                );
-                assert_eq!(out, expected, "port {port}");
-                assert_checksums(&out, true);
+                let input = from_client((VIP, port), 64, seg, payload);
+                let out = to_node(NODE_A_MAC, (NODE_A, port), 63, seg, payload);
+                cases.push((format!("{seg:?} to VIP port {port}"), Ext, input, In(out)));
             }
         }
         // Route 10 -> slot 2 -> node B.
-        let input = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 40001),
-            (VIP, 8009),
-            5,
-            Segment::TcpSyn,
-            &[],
-        );
-        let (verdict, out) = bed.run(&input, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            out,
-            frame(
-                (INT_MAC, NODE_B_MAC),
-                (CLIENT, 40001),
-                (NODE_B, 8009),
-                4,
-                Segment::TcpSyn,
-                &[]
-            )
-        );
-        assert_eq!(bed.reason("forwarded_in"), 7);
-    });
-}
-
-#[test]
-fn inbound_udp_with_and_without_checksum() {
-    in_netns(false, |bed| {
-        bed.table();
-        let payload = b"hello, node";
-        let input = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 5353),
-            (VIP, 8000),
-            64,
-            Segment::Udp,
-            payload,
-        );
-        let (verdict, out) = bed.run(&input, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            out,
-            frame(
-                (INT_MAC, NODE_A_MAC),
-                (CLIENT, 5353),
-                (NODE_A, 8000),
-                63,
-                Segment::Udp,
-                payload
-            )
-        );
-        assert_checksums(&out, true);
-
-        let input = without_udp_checksum(input);
-        let (verdict, out) = bed.run(&input, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        let expected = without_udp_checksum(frame(
-            (INT_MAC, NODE_A_MAC),
-            (CLIENT, 5353),
-            (NODE_A, 8000),
-            63,
-            Segment::Udp,
-            payload,
+        let tcp = |macs, dst, ttl| frame(macs, (CLIENT, 40001), dst, ttl, TcpSyn, &[]);
+        let input = tcp((CLIENT_MAC, EXT_MAC), (VIP, 8009), 5);
+        let out = tcp((INT_MAC, NODE_B_MAC), (NODE_B, 8009), 4);
+        cases.push((
+            "SYN, TTL 5, client port 40001, route 10".into(),
+            Ext,
+            input,
+            In(out),
         ));
-        assert_eq!(out, expected);
-        assert_checksums(&out, false);
+        let udp = |macs, dst, ttl| frame(macs, (CLIENT, 5353), dst, ttl, Udp, b"hello, node");
+        let input = udp((CLIENT_MAC, EXT_MAC), (VIP, 8000), 64);
+        let out = udp((INT_MAC, NODE_A_MAC), (NODE_A, 8000), 63);
+        cases.push(("UDP".into(), Ext, input.clone(), In(out.clone())));
+        let (input, out) = (without_udp_checksum(input), without_udp_checksum(out));
+        cases.push(("UDP without checksum".into(), Ext, input, In(out)));
+        bed.check_all(cases);
+        assert_eq!(bed.reason("forwarded_in"), 9);
     });
 }
 
@@ -348,169 +331,26 @@ fn return_traffic_leaves_from_the_vip() {
     in_netns(false, |bed| {
         bed.table();
         let payload = vec![0xabu8; 1400];
-        for segment in [
-            Segment::TcpSyn,
-            Segment::TcpData,
-            Segment::TcpFin,
-            Segment::Udp,
-        ] {
-            let input = frame(
-                (NODE_A_MAC, INT_MAC),
-                (NODE_A, 9002),
-                (CLIENT, 40000),
-                64,
-                segment,
-                &payload,
-            );
-            let (verdict, out) = bed.run(&input, bed.int);
-            assert_eq!(verdict, XDP_REDIRECT);
-            assert_eq!(out, to_client((VIP, 9002), 63, segment, &payload));
-            assert_checksums(&out, true);
-        }
+        let mut cases: Vec<_> = [TcpSyn, TcpData, TcpFin, Udp]
+            .into_iter()
+            .map(|seg| {
+                let input = from_node(NODE_A_MAC, (NODE_A, 9002), 64, seg, &payload);
+                let out = to_client((VIP, 9002), 63, seg, &payload);
+                (format!("{seg:?} from node A"), Int, input, Out(out))
+            })
+            .collect();
         // UDP without checksum keeps none on the way back too.
-        let input = without_udp_checksum(frame(
-            (NODE_B_MAC, INT_MAC),
-            (NODE_B, 8015),
-            (CLIENT, 7),
-            64,
-            Segment::Udp,
-            b"x",
+        let udp = |macs, src, ttl| frame(macs, src, (CLIENT, 7), ttl, Udp, b"x");
+        let input = without_udp_checksum(udp((NODE_B_MAC, INT_MAC), (NODE_B, 8015), 64));
+        let out = without_udp_checksum(udp((EXT_MAC, CLIENT_MAC), (VIP, 8015), 63));
+        cases.push((
+            "UDP without checksum from node B".into(),
+            Int,
+            input,
+            Out(out),
         ));
-        let (verdict, out) = bed.run(&input, bed.int);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            out,
-            without_udp_checksum(frame(
-                (EXT_MAC, CLIENT_MAC),
-                (VIP, 8015),
-                (CLIENT, 7),
-                63,
-                Segment::Udp,
-                b"x"
-            ))
-        );
+        bed.check_all(cases);
         assert_eq!(bed.reason("forwarded_out"), 5);
-    });
-}
-
-#[test]
-fn connections_to_a_node_s_own_address_keep_it_both_ways() {
-    in_netns(false, |bed| {
-        bed.table();
-        let tcp = |from: (Ipv4Addr, [u8; 6]),
-                   src_port: u16,
-                   to: (Ipv4Addr, [u8; 6]),
-                   dst_port: u16,
-                   segment| {
-            frame(
-                (from.1, to.1),
-                (from.0, src_port),
-                (to.0, dst_port),
-                64,
-                segment,
-                b"",
-            )
-        };
-        let answer_as_vip = |bed: &Bed, input: &[u8], client_port: u16, segment| {
-            let (verdict, out) = bed.run(input, bed.int);
-            assert_eq!(verdict, XDP_REDIRECT);
-            assert_eq!(
-                out,
-                frame(
-                    (EXT_MAC, CLIENT_MAC),
-                    (VIP, 8002),
-                    (CLIENT, client_port),
-                    63,
-                    segment,
-                    b""
-                )
-            );
-        };
-        let client = (CLIENT, CLIENT_MAC);
-        let node_a = (NODE_A, NODE_A_MAC);
-        // A health check connects to node A's own address on route 3's port:
-        // its SYN and the node's answers pass unchanged, both ways.
-        bed.assert_pass(
-            &tcp(client, 40000, (NODE_A, EXT_MAC), 8002, Segment::TcpSyn),
-            bed.ext,
-            "pass_direct",
-        );
-        let syn_ack = tcp(node_a, 8002, (CLIENT, INT_MAC), 40000, Segment::TcpData);
-        bed.assert_pass(&syn_ack, bed.int, "pass_direct");
-        bed.assert_pass(
-            &tcp(node_a, 8002, (CLIENT, INT_MAC), 40000, Segment::TcpFin),
-            bed.int,
-            "pass_direct",
-        );
-        // The client's later segments are the kernel's too.
-        bed.assert_pass(
-            &tcp(client, 40000, (NODE_A, EXT_MAC), 8002, Segment::TcpData),
-            bed.ext,
-            "pass_direct",
-        );
-        // Another connection of the same client through the VIP still goes back as the VIP.
-        answer_as_vip(
-            bed,
-            &tcp(node_a, 8002, (CLIENT, INT_MAC), 40001, Segment::TcpData),
-            40001,
-            Segment::TcpData,
-        );
-        // ...and so does a node's answer on a route it no longer serves (a
-        // late FIN after a move reaches the client as the VIP's).
-        let (verdict, out) = bed.run(
-            &tcp(node_a, 8010, (CLIENT, INT_MAC), 40002, Segment::TcpFin),
-            bed.int,
-        );
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(&out[26..30], &VIP.octets());
-        // UDP to node B's own address: the datagram and the answer pass.
-        let datagram = frame(
-            (CLIENT_MAC, EXT_MAC),
-            (CLIENT, 5353),
-            (NODE_B, 9010),
-            64,
-            Segment::Udp,
-            b"q",
-        );
-        bed.assert_pass(&datagram, bed.ext, "pass_direct");
-        let answer = frame(
-            (NODE_B_MAC, INT_MAC),
-            (NODE_B, 9010),
-            (CLIENT, 5353),
-            64,
-            Segment::Udp,
-            b"a",
-        );
-        bed.assert_pass(&answer, bed.int, "pass_direct");
-        // A port of no route on a node's address is not ours.
-        bed.assert_pass(
-            &tcp(client, 40000, (NODE_A, EXT_MAC), 22, Segment::TcpSyn),
-            bed.ext,
-            "pass_not_route_port",
-        );
-        // The same client address and port used again through the VIP: the
-        // SYN forgets the direct connection, the answers leave as the VIP.
-        let (verdict, _) = bed.run(
-            &tcp(client, 40000, (VIP, EXT_MAC), 8002, Segment::TcpSyn),
-            bed.ext,
-        );
-        assert_eq!(verdict, XDP_REDIRECT);
-        answer_as_vip(bed, &syn_ack, 40000, Segment::TcpData);
-        // A client on the node side (a monitor behind the internal interface)
-        // never came through the VIP: with and without a resolved neighbour.
-        let monitor = Ipv4Addr::new(198, 19, 0, 50);
-        bed.assert_pass(
-            &tcp(node_a, 8002, (monitor, INT_MAC), 40000, Segment::TcpData),
-            bed.int,
-            "pass_direct",
-        );
-        set_neighbour(monitor, [0x02, 0, 0, 0, 0x50, 0x50], "int0");
-        bed.assert_pass(
-            &tcp(node_a, 8002, (monitor, INT_MAC), 40000, Segment::TcpData),
-            bed.int,
-            "pass_direct",
-        );
-        assert_eq!(bed.reason("pass_direct"), 8);
     });
 }
 
@@ -518,31 +358,122 @@ fn connections_to_a_node_s_own_address_keep_it_both_ways() {
 fn one_interface_for_both_sides_uses_xdp_tx() {
     in_netns(true, |bed| {
         bed.table();
-        let input = from_client((VIP, 8000), 64, Segment::TcpSyn, &[]);
-        let (verdict, out) = bed.run(&input, bed.ext);
-        assert_eq!(verdict, XDP_TX);
-        assert_eq!(
-            out,
-            frame(
-                (EXT_MAC, NODE_A_MAC),
-                (CLIENT, 40000),
-                (NODE_A, 8000),
+        let syn = from_client((VIP, 8000), 64, TcpSyn, &[]);
+        // Both sides are ext0: the source MAC towards the node is ext0's too.
+        let (node, client) = ((NODE_A, 8000), (CLIENT, 40000));
+        let to_node = frame((EXT_MAC, NODE_A_MAC), client, node, 63, TcpSyn, &[]);
+        let answer = frame((NODE_A_MAC, EXT_MAC), node, client, 64, TcpData, b"answer");
+        let to_client = to_client((VIP, 8000), 63, TcpData, b"answer");
+        bed.check_all([
+            ("SYN to the VIP", Ext, syn, Tx("forwarded_in", to_node)),
+            (
+                "node A's answer",
+                Int,
+                answer,
+                Tx("forwarded_out", to_client),
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn connections_to_a_node_s_own_address_keep_it_both_ways() {
+    in_netns(false, |bed| {
+        bed.table();
+        // TCP from `a` port `p` to `b` port `q` (each an address and a MAC).
+        let tcp = |a: (Ipv4Addr, Mac), p, b: (Ipv4Addr, Mac), q, seg| {
+            frame((a.1, b.1), (a.0, p), (b.0, q), 64, seg, b"")
+        };
+        // What leaves from the VIP: port `p` to client port `q`.
+        let vip = |p, q, seg| {
+            Out(frame(
+                (EXT_MAC, CLIENT_MAC),
+                (VIP, p),
+                (CLIENT, q),
                 63,
-                Segment::TcpSyn,
-                &[]
-            )
-        );
-        let input = frame(
-            (NODE_A_MAC, EXT_MAC),
-            (NODE_A, 8000),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpData,
-            b"answer",
-        );
-        let (verdict, out) = bed.run(&input, bed.int);
-        assert_eq!(verdict, XDP_TX);
-        assert_eq!(out, to_client((VIP, 8000), 63, Segment::TcpData, b"answer"));
+                seg,
+                b"",
+            ))
+        };
+        let client = (CLIENT, CLIENT_MAC);
+        let (node_a, to_a) = ((NODE_A, NODE_A_MAC), (NODE_A, EXT_MAC));
+        let to_client = (CLIENT, INT_MAC);
+        let syn_ack = tcp(node_a, 8002, to_client, 40000, TcpData);
+        let udp = |macs, src, dst, payload| frame(macs, src, dst, 64, Udp, payload);
+        let monitor = Ipv4Addr::new(198, 19, 0, 50);
+        let to_monitor = tcp(node_a, 8002, (monitor, INT_MAC), 40000, TcpData);
+        let direct = Pass("pass_direct");
+        // A health check connects to node A's own address on route 3's port: its
+        // SYN and the node's answers pass unchanged, both ways, and so do the
+        // client's later segments. Another connection of the same client through
+        // the VIP still goes back as the VIP, and so does a node's answer on a
+        // route it no longer serves (a late FIN after a move).
+        bed.check_all([
+            (
+                "health check SYN",
+                Ext,
+                tcp(client, 40000, to_a, 8002, TcpSyn),
+                direct.clone(),
+            ),
+            ("node A's answer", Int, syn_ack.clone(), direct.clone()),
+            (
+                "node A's FIN",
+                Int,
+                tcp(node_a, 8002, to_client, 40000, TcpFin),
+                direct.clone(),
+            ),
+            (
+                "client data",
+                Ext,
+                tcp(client, 40000, to_a, 8002, TcpData),
+                direct.clone(),
+            ),
+            (
+                "node A's answer to client port 40001",
+                Int,
+                tcp(node_a, 8002, to_client, 40001, TcpData),
+                vip(8002, 40001, TcpData),
+            ),
+            (
+                "node A's late FIN on route 11",
+                Int,
+                tcp(node_a, 8010, to_client, 40002, TcpFin),
+                vip(8010, 40002, TcpFin),
+            ),
+        ]);
+        // UDP to node B's own address: the datagram and the answer pass.
+        let query = udp((CLIENT_MAC, EXT_MAC), (CLIENT, 5353), (NODE_B, 9010), b"q");
+        let answer = udp((NODE_B_MAC, INT_MAC), (NODE_B, 9010), (CLIENT, 5353), b"a");
+        // A port of no route on a node's address is not ours.
+        let port_22 = tcp(client, 40000, to_a, 22, TcpSyn);
+        // The same client address and port used again through the VIP: the SYN
+        // forgets the direct connection, the answers leave as the VIP.
+        let syn = tcp(client, 40000, (VIP, EXT_MAC), 8002, TcpSyn);
+        let to_node = to_node(NODE_A_MAC, (NODE_A, 8002), 63, TcpSyn, &[]);
+        bed.check_all([
+            ("UDP to node B", Ext, query, direct.clone()),
+            ("node B's UDP answer", Int, answer, direct.clone()),
+            (
+                "port 22 of node A",
+                Ext,
+                port_22,
+                Pass("pass_not_route_port"),
+            ),
+            ("SYN through the VIP", Ext, syn, In(to_node)),
+            (
+                "node A's answer after it",
+                Int,
+                syn_ack,
+                vip(8002, 40000, TcpData),
+            ),
+        ]);
+        // A client on the node side (a monitor behind the internal interface)
+        // never came through the VIP: with and without a resolved neighbour.
+        let monitor_mac = [0x02, 0, 0, 0, 0x50, 0x50];
+        bed.check("to a monitor", Int, &to_monitor, &direct);
+        set_neighbour(monitor, monitor_mac, "int0");
+        bed.check("to a resolved monitor", Int, &to_monitor, &direct);
+        assert_eq!(bed.reason("pass_direct"), 8);
     });
 }
 
@@ -550,9 +481,8 @@ fn one_interface_for_both_sides_uses_xdp_tx() {
 fn everything_that_is_not_ours_passes_untouched() {
     in_netns(false, |bed| {
         bed.table();
-        let to_vip = |port: u16, ttl: u8| from_client((VIP, port), ttl, Segment::TcpSyn, &[]);
+        let to_vip = |port: u16, ttl: u8| from_client((VIP, port), ttl, TcpSyn, &[]);
 
-        // ARP request for the VIP.
         let mut arp = vec![0xff; 6];
         arp.extend_from_slice(&CLIENT_MAC);
         arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
@@ -560,9 +490,7 @@ fn everything_that_is_not_ours_passes_untouched() {
         arp.extend_from_slice(&CLIENT.octets());
         arp.extend_from_slice(&[0; 6]);
         arp.extend_from_slice(&VIP.octets());
-        bed.assert_pass(&arp, bed.ext, "pass_not_ipv4");
 
-        // IPv6 TCP to a route port.
         let mut ipv6 = Vec::new();
         PacketBuilder::ethernet2(CLIENT_MAC, EXT_MAC)
             .ipv6(
@@ -574,101 +502,140 @@ fn everything_that_is_not_ours_passes_untouched() {
             .syn()
             .write(&mut ipv6, &[])
             .unwrap();
-        bed.assert_pass(&ipv6, bed.ext, "pass_not_ipv4");
 
-        // ICMP echo to the VIP.
         let mut icmp = Vec::new();
         PacketBuilder::ethernet2(CLIENT_MAC, EXT_MAC)
             .ipv4(CLIENT.octets(), VIP.octets(), 64)
             .icmpv4_echo_request(1, 1)
             .write(&mut icmp, b"ping")
             .unwrap();
-        bed.assert_pass(&icmp, bed.ext, "pass_other_protocol");
 
         // Another address on the external side (e.g. the gateway's own, where
         // node registrations arrive).
-        let other = from_client(
-            (Ipv4Addr::new(198, 18, 0, 1), 8000),
-            64,
-            Segment::TcpSyn,
-            &[],
-        );
-        bed.assert_pass(&other, bed.ext, "pass_not_ours");
-        // VIP traffic arriving on the internal side.
-        bed.assert_pass(&to_vip(8000, 64), bed.int, "pass_not_ours");
-        // Internal traffic from an address that is not a node's.
-        let stranger = frame(
-            (NODE_A_MAC, INT_MAC),
-            (Ipv4Addr::new(198, 19, 0, 99), 8000),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpData,
-            b"x",
-        );
-        bed.assert_pass(&stranger, bed.int, "pass_not_ours");
-
-        // VIP ports outside the listener groups.
-        for port in [7999, 8024, 8999, 9024, 22] {
-            bed.assert_pass(&to_vip(port, 64), bed.ext, "pass_not_route_port");
-        }
+        let gateway = from_client((Ipv4Addr::new(198, 18, 0, 1), 8000), 64, TcpSyn, &[]);
+        let stranger = (Ipv4Addr::new(198, 19, 0, 99), 8000);
+        let stranger = from_node(NODE_A_MAC, stranger, 64, TcpData, b"x");
         // A node talking from a port that is not a route port (e.g. registration).
+        let to_gateway = (Ipv4Addr::new(198, 19, 0, 1), 7000);
         let registration = frame(
             (NODE_A_MAC, INT_MAC),
             (NODE_A, 50000),
-            (Ipv4Addr::new(198, 19, 0, 1), 7000),
+            to_gateway,
             64,
-            Segment::TcpSyn,
+            TcpSyn,
             &[],
         );
-        bed.assert_pass(&registration, bed.int, "pass_not_route_port");
-
-        // Routes 21-24 have no slot.
-        bed.assert_pass(&to_vip(8020, 64), bed.ext, "pass_no_node");
-        bed.assert_pass(&to_vip(9023, 64), bed.ext, "pass_no_node");
-
+        let mut cases = vec![
+            (
+                "ARP request for the VIP".to_string(),
+                Ext,
+                arp,
+                Pass("pass_not_ipv4"),
+            ),
+            (
+                "IPv6 TCP to a route port".into(),
+                Ext,
+                ipv6,
+                Pass("pass_not_ipv4"),
+            ),
+            (
+                "ICMP echo to the VIP".into(),
+                Ext,
+                icmp,
+                Pass("pass_other_protocol"),
+            ),
+            (
+                "TCP to the gateway".into(),
+                Ext,
+                gateway,
+                Pass("pass_not_ours"),
+            ),
+            (
+                "VIP traffic on the internal side".into(),
+                Int,
+                to_vip(8000, 64),
+                Pass("pass_not_ours"),
+            ),
+            (
+                "internal traffic from a stranger".into(),
+                Int,
+                stranger,
+                Pass("pass_not_ours"),
+            ),
+            (
+                "a node's registration".into(),
+                Int,
+                registration,
+                Pass("pass_not_route_port"),
+            ),
+            // Routes 21-24 have no slot.
+            (
+                "route 21".into(),
+                Ext,
+                to_vip(8020, 64),
+                Pass("pass_no_node"),
+            ),
+            (
+                "route 24".into(),
+                Ext,
+                to_vip(9023, 64),
+                Pass("pass_no_node"),
+            ),
+        ];
+        // VIP ports outside the listener groups.
+        for port in [7999, 8024, 8999, 9024, 22] {
+            cases.push((
+                format!("VIP port {port}"),
+                Ext,
+                to_vip(port, 64),
+                Pass("pass_not_route_port"),
+            ));
+        }
         // TTL 1 and 0: handed to the kernel with the node's address, so that it
         // forwards it and answers "time exceeded" (for the VIP it would deliver
         // it locally instead).
         for ttl in [1, 0] {
-            let to_node = from_client((NODE_A, 8000), ttl, Segment::TcpSyn, &[]);
-            bed.assert_handoff(&to_vip(8000, ttl), bed.ext, "pass_ttl", &to_node);
+            let to_node = from_client((NODE_A, 8000), ttl, TcpSyn, &[]);
+            cases.push((
+                format!("TTL {ttl} to the VIP"),
+                Ext,
+                to_vip(8000, ttl),
+                Handoff("pass_ttl", to_node),
+            ));
         }
-        let back = frame(
-            (NODE_A_MAC, INT_MAC),
-            (NODE_A, 8000),
-            (CLIENT, 40000),
-            1,
-            Segment::TcpData,
-            b"x",
-        );
-        let from_vip = frame(
-            (NODE_A_MAC, INT_MAC),
-            (VIP, 8000),
-            (CLIENT, 40000),
-            1,
-            Segment::TcpData,
-            b"x",
-        );
-        bed.assert_handoff(&back, bed.int, "pass_ttl", &from_vip);
-
+        let back = from_node(NODE_A_MAC, (NODE_A, 8000), 1, TcpData, b"x");
+        let from_vip = from_node(NODE_A_MAC, (VIP, 8000), 1, TcpData, b"x");
+        cases.push((
+            "TTL 1 from node A".into(),
+            Int,
+            back,
+            Handoff("pass_ttl", from_vip),
+        ));
         // Routes 17-20 reach a node whose neighbour entry does not exist yet: the
         // kernel forwards this one and resolves the neighbour on the way.
-        let to_unresolved = from_client((NODE_UNRESOLVED, 8016), 64, Segment::TcpSyn, &[]);
-        bed.assert_handoff(&to_vip(8016, 64), bed.ext, "pass_no_neigh", &to_unresolved);
-
+        let to_unresolved = from_client((NODE_UNRESOLVED, 8016), 64, TcpSyn, &[]);
+        let no_neigh = Handoff("pass_no_neigh", to_unresolved);
+        cases.push((
+            "route 17, not a neighbour yet".into(),
+            Ext,
+            to_vip(8016, 64),
+            no_neigh,
+        ));
         // Fragments: first (MF set) and later (offset != 0). The IPv4 checksum is
         // left stale on purpose: a passed frame must come back byte-identical.
+        let flags = |byte6: u8, byte7: u8| {
+            let mut frame = to_vip(8000, 64);
+            frame[14 + 6] = byte6;
+            frame[14 + 7] = byte7;
+            frame
+        };
         for (byte6, byte7) in [(0x20, 0x00), (0x00, 0x10), (0x20, 0x10)] {
-            let mut fragment = to_vip(8000, 64);
-            fragment[14 + 6] = byte6;
-            fragment[14 + 7] = byte7;
-            bed.assert_pass(&fragment, bed.ext, "pass_fragment");
+            let name = format!("fragment, flags and offset {byte6:#04x} {byte7:#04x}");
+            cases.push((name, Ext, flags(byte6, byte7), Pass("pass_fragment")));
         }
         // The "don't fragment" flag alone is not a fragment.
-        let mut df = to_vip(8000, 64);
-        df[14 + 6] = 0x40;
-        let (verdict, _) = bed.run(&df, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
+        cases.push(("DF alone".into(), Ext, flags(0x40, 0), Redirected));
+        bed.check_all(cases);
 
         let stats = bed.dataplane.stats().unwrap();
         assert_eq!(stats.reason("forwarded_in"), 1);
@@ -680,31 +647,35 @@ fn everything_that_is_not_ours_passes_untouched() {
 fn frames_truncated_at_every_header_pass() {
     in_netns(false, |bed| {
         bed.table();
-        let tcp = from_client((VIP, 8000), 64, Segment::TcpData, b"0123456789");
-        let udp = from_client((VIP, 8000), 64, Segment::Udp, b"0123456789");
-        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header
-        // (EINVAL), so cuts start after it.
-        for input in [&tcp, &udp] {
+        let tcp = from_client((VIP, 8000), 64, TcpData, b"0123456789");
+        let udp = from_client((VIP, 8000), 64, Udp, b"0123456789");
+        let mut cases = Vec::new();
+        for (name, input, l4_len) in [("TCP", &tcp, 20u16), ("UDP", &udp, 8)] {
+            // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header
+            // (EINVAL), so cuts start after it.
             for cut in 14..input.len() {
-                bed.assert_pass(&input[..cut], bed.ext, "pass_truncated");
+                let name = format!("{name} cut to {cut} bytes");
+                cases.push((name, Ext, input[..cut].to_vec(), Pass("pass_truncated")));
             }
-        }
-        // Complete frames whose IPv4 total length ends inside the TCP or UDP
-        // header (the rest is Ethernet padding).
-        for (input, l4_len) in [(&tcp, 20usize), (&udp, 8)] {
-            for short in 0..l4_len {
-                let mut padded = input.clone();
-                let total = (20 + short) as u16;
-                padded[16..18].copy_from_slice(&total.to_be_bytes());
-                bed.assert_pass(&padded, bed.ext, "pass_truncated");
+            // Complete frames whose IPv4 total length ends inside the TCP or UDP
+            // header (the rest is Ethernet padding).
+            for total in 20..20 + l4_len {
+                let mut short = input.clone();
+                short[16..18].copy_from_slice(&total.to_be_bytes());
+                let name = format!("{name} in an IPv4 total length of {total}");
+                cases.push((name, Ext, short, Pass("pass_truncated")));
             }
         }
         // Ethernet padding after a complete packet is fine.
-        let mut padded = udp.clone();
-        padded.extend_from_slice(&[0; 8]);
-        let (verdict, out) = bed.run(&padded, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(out.len(), padded.len());
+        let padded = |frame: Vec<u8>| [frame, vec![0; 8]].concat();
+        let out = padded(to_node(NODE_A_MAC, (NODE_A, 8000), 63, Udp, b"0123456789"));
+        cases.push((
+            "UDP with Ethernet padding".into(),
+            Ext,
+            padded(udp),
+            In(out),
+        ));
+        bed.check_all(cases);
     });
 }
 
@@ -712,18 +683,19 @@ fn frames_truncated_at_every_header_pass() {
 fn malformed_ipv4_headers_to_the_vip_are_dropped() {
     in_netns(false, |bed| {
         bed.table();
-        let good = from_client((VIP, 8000), 64, Segment::TcpSyn, &[]);
-        for (offset, value) in [(14, 0x44u8), (14, 0x65), (16, 0), (17, 10)] {
-            let mut bad = good.clone();
-            bad[offset] = value;
-            if offset == 16 {
-                bad[17] = 0;
+        let broken = |name, bytes: &[(usize, u8)]| {
+            let mut frame = from_client((VIP, 8000), 64, TcpSyn, &[]);
+            for (offset, value) in bytes {
+                frame[*offset] = *value;
             }
-            let before = bed.reason("drop_malformed");
-            let (verdict, _) = bed.run(&bad, bed.ext);
-            assert_eq!(verdict, XDP_DROP, "byte {offset} = {value:#x}");
-            assert_eq!(bed.reason("drop_malformed"), before + 1);
-        }
+            (name, Ext, frame, Dropped)
+        };
+        bed.check_all([
+            broken("IPv4 header length 16 bytes", &[(14, 0x44)]),
+            broken("IP version 6", &[(14, 0x65)]),
+            broken("IPv4 total length 0", &[(16, 0), (17, 0)]),
+            broken("IPv4 total length 10", &[(17, 10)]),
+        ]);
     });
 }
 
@@ -740,7 +712,7 @@ fn ip_options_are_skipped_to_find_the_ports() {
         )
         .unwrap();
         ip.options = [1u8, 1, 1, 0][..].try_into().unwrap(); // NOP, NOP, NOP, EOL
-        let build = |ip: etherparse::Ipv4Header, macs: ([u8; 6], [u8; 6])| {
+        let build = |ip: etherparse::Ipv4Header, macs: (Mac, Mac)| {
             let mut out = Vec::new();
             PacketBuilder::ethernet2(macs.0, macs.1)
                 .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
@@ -750,13 +722,11 @@ fn ip_options_are_skipped_to_find_the_ports() {
             out
         };
         let input = build(ip.clone(), (CLIENT_MAC, EXT_MAC));
-        let (verdict, out) = bed.run(&input, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
         let mut expected_ip = ip;
         expected_ip.destination = NODE_A.octets();
         expected_ip.time_to_live = 63;
-        assert_eq!(out, build(expected_ip, (INT_MAC, NODE_A_MAC)));
-        assert_checksums(&out, true);
+        let out = build(expected_ip, (INT_MAC, NODE_A_MAC));
+        bed.check("UDP with IPv4 options", Ext, &input, &In(out));
     });
 }
 
@@ -764,15 +734,8 @@ fn ip_options_are_skipped_to_find_the_ports() {
 fn counters_follow_routes_and_nodes() {
     in_netns(false, |bed| {
         bed.table();
-        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
-        let answer = frame(
-            (NODE_A_MAC, INT_MAC),
-            (NODE_A, 8001),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpData,
-            &[0; 100],
-        );
+        let syn = from_client((VIP, 8001), 64, TcpSyn, &[]);
+        let answer = from_node(NODE_A_MAC, (NODE_A, 8001), 64, TcpData, &[0; 100]);
         bed.run(&syn, bed.ext);
         bed.run(&syn, bed.ext);
         bed.run(&answer, bed.int);
@@ -793,67 +756,34 @@ fn a_spare_taking_over_is_one_slot_write() {
         let spare = Ipv4Addr::new(198, 19, 0, 20);
         let spare_mac = [0x02, 0, 0, 0, 0x20, 0x20];
         set_neighbour(spare, spare_mac, "int0");
-        bed.dataplane
-            .apply(&[Write::Slot {
-                slot: 1,
-                node: Some(NodeTarget {
-                    addr: spare,
-                    index: 5,
-                }),
-            }])
-            .unwrap();
+        bed.apply(&[slot(1, spare, 5)]);
         let (routes, slots) = bed.dataplane.table().unwrap();
         assert_eq!(routes[0], Some(1));
-        assert_eq!(
-            slots[0],
-            Some(NodeTarget {
-                addr: spare,
-                index: 5
-            })
-        );
-        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
-        let (verdict, out) = bed.run(&syn, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            out,
-            frame(
-                (INT_MAC, spare_mac),
-                (CLIENT, 40000),
-                (spare, 8001),
-                63,
-                Segment::TcpSyn,
-                &[]
-            )
-        );
+        let target = NodeTarget {
+            addr: spare,
+            index: 5,
+        };
+        assert_eq!(slots[0], Some(target));
+        let syn = from_client((VIP, 8001), 64, TcpSyn, &[]);
+        let to_spare = In(to_node(spare_mac, (spare, 8001), 63, TcpSyn, &[]));
+        bed.check("SYN to route 2, now the spare's", Ext, &syn, &to_spare);
         assert_eq!(bed.dataplane.stats().unwrap().nodes[5].packets, 1);
         // The failed node's late FIN still leaves from the VIP.
-        let fin = frame(
-            (NODE_A_MAC, INT_MAC),
-            (NODE_A, 8001),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpFin,
-            &[],
-        );
-        let (verdict, out) = bed.run(&fin, bed.int);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(out, to_client((VIP, 8001), 63, Segment::TcpFin, &[]));
+        let fin = from_node(NODE_A_MAC, (NODE_A, 8001), 64, TcpFin, &[]);
+        let from_vip = Out(to_client((VIP, 8001), 63, TcpFin, &[]));
+        bed.check("the failed node's late FIN", Int, &fin, &from_vip);
         // A route write moves a route; emptying it passes its traffic to the kernel.
-        bed.dataplane
-            .apply(&[Write::Route {
-                route: 2,
-                slot: Some(2),
-            }])
-            .unwrap();
+        let route_2 = |slot| Write::Route { route: 2, slot };
+        bed.apply(&[route_2(Some(2))]);
         let (_, out) = bed.run(&syn, bed.ext);
         assert_eq!(&out[30..34], &NODE_B.octets());
-        bed.dataplane
-            .apply(&[Write::Route {
-                route: 2,
-                slot: None,
-            }])
-            .unwrap();
-        bed.assert_pass(&syn, bed.ext, "pass_no_node");
+        bed.apply(&[route_2(None)]);
+        bed.check(
+            "SYN to the emptied route 2",
+            Ext,
+            &syn,
+            &Pass("pass_no_node"),
+        );
     });
 }
 
@@ -913,107 +843,116 @@ fn stay_on_one_cpu() {
     sched::sched_setaffinity(Pid::from_raw(0), &one).expect("sched_setaffinity");
 }
 
+/// For the next-hop cache tests: [`in_netns`] on one CPU (see [`stay_on_one_cpu`]),
+/// with the table and a next-hop TTL long enough that no part of a test can outlive
+/// it on a slow machine.
+fn in_netns_caching(test: impl FnOnce(&mut Bed) + Send + 'static) {
+    in_netns(false, |bed| {
+        stay_on_one_cpu();
+        bed.table();
+        bed.set_ttl(Duration::from_secs(600));
+        test(bed);
+    });
+}
+
 /// The next hops cached for node index `index`, on the CPUs that have one.
-fn cached(bed: &Bed, index: u32) -> Vec<halod::dataplane::NextHop> {
-    bed.dataplane
-        .cached_next_hops(index)
-        .unwrap_or_else(|e| panic!("{e}"))
+fn cached(bed: &Bed, index: u32) -> Vec<NextHop> {
+    let hops = bed.dataplane.cached_next_hops(index);
+    hops.unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
         .flatten()
         .collect()
 }
 
+/// The next hops cached for `client`, on the CPUs that have one.
+fn cached_client(bed: &Bed, client: Ipv4Addr) -> Vec<NextHop> {
+    let hops = bed.dataplane.cached_client_next_hops(client);
+    hops.unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// What both next-hop caches (nodes', clients') do. `frame`, arriving on the other
+/// side, must leave for `hop` as `sent(hop's MAC)`; the lookup's answer is cached
+/// (`cache` reads it) and used while the TTL lasts, even after the neighbour's MAC
+/// has changed; its MTU is still checked (`big`, one byte over, is handed over and
+/// caches nothing); after the TTL the kernel is asked again.
+fn reused_until_the_ttl_runs_out(
+    bed: &mut Bed,
+    frame: &[u8],
+    sent: impl Fn(Mac) -> Expect,
+    big: (&[u8], Expect),
+    hop: NextHop,
+    cache: impl Fn(&Bed) -> Vec<NextHop>,
+) {
+    let (side, dev) = if hop.ifindex == bed.int {
+        (Ext, "int0")
+    } else {
+        (Int, "ext0")
+    };
+    assert!(cache(bed).is_empty(), "nothing is cached before a packet");
+    bed.check("the first frame", side, frame, &sent(hop.dmac));
+    // What the lookup answered, with the route's MTU (the veth's 1500).
+    assert_eq!(cache(bed), vec![hop]);
+
+    let new_mac = [0x02, 0, 0, 0, hop.dmac[4], 0xee];
+    set_neighbour(hop.addr, new_mac, dev);
+    for _ in 0..3 {
+        bed.check("cached MAC within the TTL", side, frame, &sent(hop.dmac));
+    }
+    bed.check("one byte over the cached MTU", side, big.0, &big.1);
+    assert_eq!(cache(bed), vec![hop], "a hand-over caches nothing");
+
+    // Once the TTL has run out the kernel is asked again, and its answer cached.
+    bed.set_ttl(Duration::from_millis(1));
+    // bpf_ktime_get_coarse_ns advances once per jiffy (1-10 ms).
+    std::thread::sleep(Duration::from_millis(50));
+    bed.check("new MAC after the TTL", side, frame, &sent(new_mac));
+    let new_hop = NextHop {
+        dmac: new_mac,
+        ..hop
+    };
+    assert_eq!(cache(bed), vec![new_hop]);
+}
+
 #[test]
 fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
-    in_netns(false, |bed| {
-        stay_on_one_cpu();
-        bed.table();
-        // Long enough that the first part cannot outlive it on a slow machine.
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_secs(600))
-            .unwrap();
-        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
-        let to_node = |node_mac: [u8; 6]| {
-            frame(
-                (INT_MAC, node_mac),
-                (CLIENT, 40000),
-                (NODE_A, 8001),
-                63,
-                Segment::TcpSyn,
-                &[],
-            )
-        };
-        assert!(
-            cached(bed, 0).is_empty(),
-            "nothing is cached before a packet"
-        );
-        let (verdict, out) = bed.run(&syn, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(out, to_node(NODE_A_MAC));
-        // What the lookup answered, with the route's MTU (the veth's 1500).
-        let expected = halod::dataplane::NextHop {
+    in_netns_caching(|bed| {
+        let syn = from_client((VIP, 8001), 64, TcpSyn, &[]);
+        let to_node = |mac| In(to_node(mac, (NODE_A, 8001), 63, TcpSyn, &[]));
+        let over = vec![7u8; 1500 - 40 + 1];
+        let big = from_client((VIP, 8001), 64, TcpData, &over);
+        let big_out = Handoff("pass_mtu", from_client((NODE_A, 8001), 64, TcpData, &over));
+        let hop = NextHop {
             addr: NODE_A,
             ifindex: bed.int,
             dmac: NODE_A_MAC,
             smac: INT_MAC,
             mtu: 1500,
         };
-        assert_eq!(cached(bed, 0), vec![expected]);
-
-        // The node's MAC changes: within the TTL the cached one is still used.
-        let new_mac = [0x02, 0, 0, 0, 0xa0, 0xee];
-        let neigh = |lladdr: [u8; 6]| set_neighbour(NODE_A, lladdr, "int0");
-        neigh(new_mac);
-        for _ in 0..3 {
-            let (verdict, out) = bed.run(&syn, bed.ext);
-            assert_eq!(verdict, XDP_REDIRECT);
-            assert_eq!(out, to_node(NODE_A_MAC), "cached MAC within the TTL");
-        }
-        // The cached MTU is still checked: one byte over goes to the kernel.
-        let big = from_client((VIP, 8001), 64, Segment::TcpData, &vec![7u8; 1500 - 40 + 1]);
-        let big_to_node = from_client(
-            (NODE_A, 8001),
-            64,
-            Segment::TcpData,
-            &vec![7u8; 1500 - 40 + 1],
-        );
-        bed.assert_handoff(&big, bed.ext, "pass_mtu", &big_to_node);
-        assert_eq!(cached(bed, 0), vec![expected], "a hand-over caches nothing");
-
-        // Once the TTL has run out the kernel is asked again, and its answer cached.
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_millis(1))
-            .unwrap();
-        // bpf_ktime_get_coarse_ns advances once per jiffy (1-10 ms).
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let (verdict, out) = bed.run(&syn, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(out, to_node(new_mac), "new MAC after the TTL");
-        assert_eq!(
-            cached(bed, 0),
-            vec![halod::dataplane::NextHop {
-                dmac: new_mac,
-                ..expected
-            }]
-        );
+        reused_until_the_ttl_runs_out(bed, &syn, to_node, (&big, big_out), hop, |bed| {
+            cached(bed, 0)
+        });
 
         // TTL 0: every packet is looked up, so a change shows at once.
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::ZERO)
-            .unwrap();
-        neigh(NODE_A_MAC);
-        let (_, out) = bed.run(&syn, bed.ext);
-        assert_eq!(out, to_node(NODE_A_MAC), "TTL 0 looks up every packet");
+        bed.set_ttl(Duration::ZERO);
+        set_neighbour(NODE_A, NODE_A_MAC, "int0");
+        bed.check(
+            "TTL 0 looks up every packet",
+            Ext,
+            &syn,
+            &to_node(NODE_A_MAC),
+        );
 
         // A next hop that does not resolve is handed over and never cached, cache
         // or not.
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_secs(600))
-            .unwrap();
-        let to_unresolved = from_client((NODE_UNRESOLVED, 8016), 64, Segment::TcpSyn, &[]);
-        let unresolved = from_client((VIP, 8016), 64, Segment::TcpSyn, &[]);
+        bed.set_ttl(Duration::from_secs(600));
+        let unresolved = from_client((VIP, 8016), 64, TcpSyn, &[]);
+        let to_unresolved = from_client((NODE_UNRESOLVED, 8016), 64, TcpSyn, &[]);
+        let no_neigh = Handoff("pass_no_neigh", to_unresolved);
         for _ in 0..2 {
-            bed.assert_handoff(&unresolved, bed.ext, "pass_no_neigh", &to_unresolved);
+            bed.check("route 17, not a neighbour", Ext, &unresolved, &no_neigh);
         }
         assert!(cached(bed, 2).is_empty(), "NO_NEIGH is not cached");
         assert_eq!(bed.reason("forwarded_in"), 6);
@@ -1022,100 +961,42 @@ fn a_node_s_next_hop_is_reused_until_the_ttl_runs_out() {
 
 #[test]
 fn a_client_s_next_hop_is_reused_until_the_ttl_runs_out() {
-    in_netns(false, |bed| {
-        stay_on_one_cpu();
-        bed.table();
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_secs(600))
-            .unwrap();
-        let answer = frame(
-            (NODE_A_MAC, INT_MAC),
-            (NODE_A, 8001),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpData,
-            b"answer",
-        );
-        let to_client = |client_mac: [u8; 6]| {
-            frame(
-                (EXT_MAC, client_mac),
+    in_netns_caching(|bed| {
+        let answer = from_node(NODE_A_MAC, (NODE_A, 8001), 64, TcpData, b"answer");
+        let to_client = |mac| {
+            Out(frame(
+                (EXT_MAC, mac),
                 (VIP, 8001),
                 (CLIENT, 40000),
                 63,
-                Segment::TcpData,
+                TcpData,
                 b"answer",
-            )
+            ))
         };
-        let client_cache = |bed: &Bed| -> Vec<halod::dataplane::NextHop> {
-            bed.dataplane
-                .cached_client_next_hops(CLIENT)
-                .unwrap()
-                .into_iter()
-                .flatten()
-                .collect()
-        };
-        assert!(client_cache(bed).is_empty());
-        let (verdict, out) = bed.run(&answer, bed.int);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(out, to_client(CLIENT_MAC));
-        let expected = halod::dataplane::NextHop {
+        // Over the cached MTU: handed to the kernel, already from the VIP.
+        let over = vec![1u8; 1500 - 40 + 1];
+        let big = from_node(NODE_A_MAC, (NODE_A, 8001), 64, TcpData, &over);
+        let big_out = Handoff(
+            "pass_mtu",
+            from_node(NODE_A_MAC, (VIP, 8001), 64, TcpData, &over),
+        );
+        let hop = NextHop {
             addr: CLIENT,
             ifindex: bed.ext,
             dmac: CLIENT_MAC,
             smac: EXT_MAC,
             mtu: 1500,
         };
-        assert_eq!(client_cache(bed), vec![expected]);
-
-        let new_mac = [0x02, 0, 0, 0, 0xc0, 0xee];
-        set_neighbour(CLIENT, new_mac, "ext0");
-        let (_, out) = bed.run(&answer, bed.int);
-        assert_eq!(out, to_client(CLIENT_MAC), "cached MAC within the TTL");
-        // Over the cached MTU: handed to the kernel, already from the VIP.
-        let payload = vec![1u8; 1500 - 40 + 1];
-        let big = frame(
-            (NODE_A_MAC, INT_MAC),
-            (NODE_A, 8001),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpData,
-            &payload,
-        );
-        let big_from_vip = frame(
-            (NODE_A_MAC, INT_MAC),
-            (VIP, 8001),
-            (CLIENT, 40000),
-            64,
-            Segment::TcpData,
-            &payload,
-        );
-        bed.assert_handoff(&big, bed.int, "pass_mtu", &big_from_vip);
-
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_millis(1))
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let (_, out) = bed.run(&answer, bed.int);
-        assert_eq!(out, to_client(new_mac), "new MAC after the TTL");
-        assert_eq!(
-            client_cache(bed),
-            vec![halod::dataplane::NextHop {
-                dmac: new_mac,
-                ..expected
-            }]
-        );
-        assert_eq!(bed.reason("forwarded_out"), 3);
+        reused_until_the_ttl_runs_out(bed, &answer, to_client, (&big, big_out), hop, |bed| {
+            cached_client(bed, CLIENT)
+        });
+        assert_eq!(bed.reason("forwarded_out"), 5);
     });
 }
 
 #[test]
 fn clients_sharing_a_cache_slot_never_get_each_other_s_next_hop() {
-    in_netns(false, |bed| {
-        stay_on_one_cpu();
-        bed.table();
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_secs(600))
-            .unwrap();
+    in_netns_caching(|bed| {
         // Two client addresses with the same CLIENT_NEXT_HOP slot, reachable on ext0.
         run(&["ip", "route", "add", "198.18.0.0/20", "dev", "ext0"]);
         let addresses: Vec<Ipv4Addr> = (1..16u8)
@@ -1141,36 +1022,17 @@ fn clients_sharing_a_cache_slot_never_get_each_other_s_next_hop() {
         }
         for round in 0..3 {
             for (client, client_mac) in clients {
-                let answer = frame(
-                    (NODE_A_MAC, INT_MAC),
-                    (NODE_A, 8001),
-                    (client, 40000),
-                    64,
-                    Segment::Udp,
-                    b"x",
-                );
-                let (verdict, out) = bed.run(&answer, bed.int);
-                assert_eq!(verdict, XDP_REDIRECT);
-                assert_eq!(
-                    out,
-                    frame(
-                        (EXT_MAC, client_mac),
-                        (VIP, 8001),
-                        (client, 40000),
-                        63,
-                        Segment::Udp,
-                        b"x"
-                    ),
-                    "round {round}, client {client}"
+                let udp = |macs, src, ttl| frame(macs, src, (client, 40000), ttl, Udp, b"x");
+                let answer = udp((NODE_A_MAC, INT_MAC), (NODE_A, 8001), 64);
+                let out = Out(udp((EXT_MAC, client_mac), (VIP, 8001), 63));
+                bed.check(
+                    &format!("round {round}, client {client}"),
+                    Int,
+                    &answer,
+                    &out,
                 );
                 // The slot now holds this client's entry, and not the other's.
-                let cached: Vec<_> = bed
-                    .dataplane
-                    .cached_client_next_hops(client)
-                    .unwrap()
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                let cached = cached_client(bed, client);
                 assert_eq!(cached.len(), 1);
                 assert_eq!(cached[0].dmac, client_mac);
             }
@@ -1180,62 +1042,28 @@ fn clients_sharing_a_cache_slot_never_get_each_other_s_next_hop() {
 
 #[test]
 fn a_slot_rewritten_to_another_address_never_uses_the_old_next_hop() {
-    in_netns(false, |bed| {
-        stay_on_one_cpu();
-        bed.table();
-        bed.dataplane
-            .set_next_hop_ttl(std::time::Duration::from_secs(600))
-            .unwrap();
+    in_netns_caching(|bed| {
         let spare = Ipv4Addr::new(198, 19, 0, 20);
         let spare_mac = [0x02, 0, 0, 0, 0x20, 0x20];
         set_neighbour(spare, spare_mac, "int0");
-        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
-        let (_, out) = bed.run(&syn, bed.ext);
-        assert_eq!(&out[..6], &NODE_A_MAC);
+        let syn = from_client((VIP, 8001), 64, TcpSyn, &[]);
+        let to_a = In(to_node(NODE_A_MAC, (NODE_A, 8001), 63, TcpSyn, &[]));
+        bed.check("SYN to route 2, node A's", Ext, &syn, &to_a);
         assert_eq!(cached(bed, 0).len(), 1);
         assert_eq!(cached(bed, 0)[0].addr, NODE_A);
 
         // Slot 1 now holds another address under the same node index (0), well
         // within the TTL: the entry cached for node A must not be used.
-        bed.dataplane
-            .apply(&[Write::Slot {
-                slot: 1,
-                node: Some(NodeTarget {
-                    addr: spare,
-                    index: 0,
-                }),
-            }])
-            .unwrap();
-        let (verdict, out) = bed.run(&syn, bed.ext);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            out,
-            frame(
-                (INT_MAC, spare_mac),
-                (CLIENT, 40000),
-                (spare, 8001),
-                63,
-                Segment::TcpSyn,
-                &[]
-            )
-        );
+        bed.apply(&[slot(1, spare, 0)]);
+        let to_spare = In(to_node(spare_mac, (spare, 8001), 63, TcpSyn, &[]));
+        bed.check("SYN to route 2, now the spare's", Ext, &syn, &to_spare);
         let now = cached(bed, 0);
         assert_eq!(now.len(), 1);
         assert_eq!((now[0].addr, now[0].dmac), (spare, spare_mac));
 
         // And back: node A again gets node A's MAC, not the spare's.
-        bed.dataplane
-            .apply(&[Write::Slot {
-                slot: 1,
-                node: Some(NodeTarget {
-                    addr: NODE_A,
-                    index: 0,
-                }),
-            }])
-            .unwrap();
-        let (_, out) = bed.run(&syn, bed.ext);
-        assert_eq!(&out[..6], &NODE_A_MAC);
-        assert_eq!(&out[30..34], &NODE_A.octets());
+        bed.apply(&[slot(1, NODE_A, 0)]);
+        bed.check("SYN to route 2, node A's again", Ext, &syn, &to_a);
     });
 }
 
@@ -1246,17 +1074,11 @@ fn an_adopting_program_gets_a_fresh_config_and_cache() {
         let config = dataplane_config(&instance, "int0");
         let pins = std::path::Path::new("/sys/fs/bpf/halod").join(&instance);
         let ext = nix::net::if_::if_nametoindex("ext0").unwrap();
-        let syn = from_client((VIP, 8001), 64, Segment::TcpSyn, &[]);
+        let syn = from_client((VIP, 8001), 64, TcpSyn, &[]);
         let mut first = Dataplane::start(&config).unwrap_or_else(|e| panic!("{e}"));
         first
             .apply(&[
-                Write::Slot {
-                    slot: 1,
-                    node: Some(NodeTarget {
-                        addr: NODE_A,
-                        index: 0,
-                    }),
-                },
+                slot(1, NODE_A, 0),
                 Write::Route {
                     route: 2,
                     slot: Some(1),
