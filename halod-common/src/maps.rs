@@ -22,8 +22,11 @@ pub mod names {
     pub const CLIENT_NEXT_HOP: &str = "CLIENT_NEXT_HOP";
     pub const DIRECT_FLOWS: &str = "DIRECT_FLOWS";
     pub const DIRECT_NODES: &str = "DIRECT_NODES";
+    pub const ROUTE_DRAIN: &str = "ROUTE_DRAIN";
+    pub const DRAIN_FLOWS: &str = "DRAIN_FLOWS";
+    pub const DRAIN_COUNTERS: &str = "DRAIN_COUNTERS";
     /// Every pinned map, in the order user space pins them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         ROUTE_SLOT,
         SLOT_NODE,
@@ -33,10 +36,19 @@ pub mod names {
         REASON_COUNTERS,
         DIRECT_FLOWS,
         DIRECT_NODES,
+        ROUTE_DRAIN,
+        DRAIN_FLOWS,
+        DRAIN_COUNTERS,
     ];
     /// Pinned maps that a daemon of an older build did not pin: a restart
     /// adopts that daemon's data plane all the same and creates them.
-    pub const ADDED_LATER: [&str; 2] = [DIRECT_FLOWS, DIRECT_NODES];
+    pub const ADDED_LATER: [&str; 5] = [
+        DIRECT_FLOWS,
+        DIRECT_NODES,
+        ROUTE_DRAIN,
+        DRAIN_FLOWS,
+        DRAIN_COUNTERS,
+    ];
 }
 
 /// Name of the XDP program in the object file.
@@ -74,8 +86,75 @@ pub struct Config {
 }
 const _: () = assert!(size_of::<Config>() == 40);
 
-/// Value of `ROUTE_SLOT[route - 1]`: the slot serving the route, 0 for none.
+/// Value of `ROUTE_SLOT[route - 1]`: the slot serving the route (0 for none),
+/// with [`ROUTE_DRAINING`] set while the route drains.
 pub type RouteSlot = u32;
+
+/// Bit of a `ROUTE_SLOT` value: the route moved while its old node was alive,
+/// and `ROUTE_DRAIN[route - 1]` says where its established connections go.
+/// Routes without it pay nothing for draining.
+pub const ROUTE_DRAINING: u32 = 1 << 31;
+
+/// `RouteDrain::flags`: the entry describes a drain in progress.
+pub const DRAIN_ACTIVE: u32 = 1;
+/// `RouteDrain::flags`: the route has a new node (`new_addr`, `new_index`).
+pub const DRAIN_NEW_PRESENT: u32 = 2;
+
+/// Value of `ROUTE_DRAIN[route - 1]`: a route that moved away from a node that
+/// is still alive. Its TCP connections opened before the move keep reaching
+/// the old node until they close or `until_ns` passes; connections opened
+/// since (recorded in `DRAIN_FLOWS` from their SYN) reach the new node. The
+/// new node is here, not looked up through the slot, so that one write of
+/// `ROUTE_SLOT` switches the route whatever the order of the slot writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteDrain {
+    /// The old node's address and counter index.
+    pub old_addr: [u8; 4],
+    pub old_index: u32,
+    /// The new node's address and counter index (with `DRAIN_NEW_PRESENT`).
+    pub new_addr: [u8; 4],
+    pub new_index: u32,
+    /// Tells this drain's `DRAIN_FLOWS` entries from an earlier drain's of
+    /// the same route.
+    pub generation: u32,
+    /// `DRAIN_ACTIVE` | `DRAIN_NEW_PRESENT`, or 0.
+    pub flags: u32,
+    /// When the drain ends, on the kernel's monotonic clock
+    /// (`bpf_ktime_get_coarse_ns`, `CLOCK_MONOTONIC`): past it, the program
+    /// sends everything through the route's slot even if user space never
+    /// ended the drain (a daemon that is gone).
+    pub until_ns: u64,
+}
+const _: () = assert!(size_of::<RouteDrain>() == 32);
+
+/// Key of `DRAIN_FLOWS`: a TCP connection opened (SYN) to a draining route,
+/// which therefore belongs to the route's new node. Value: the drain's
+/// `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DrainFlow {
+    pub client: [u8; 4],
+    pub client_port: [u8; 2],
+    /// The route, native order.
+    pub route: u16,
+}
+const _: () = assert!(size_of::<DrainFlow>() == 8);
+
+/// Default of `nodes.drain_flows`: the size of `DRAIN_FLOWS`.
+pub const DEFAULT_DRAIN_FLOWS: u32 = 262_144;
+
+/// What happened to packets of draining routes: indexes of `DRAIN_COUNTERS`.
+pub mod drain_counter {
+    /// Packets of connections older than the move, sent to the old node.
+    pub const TO_OLD: u32 = 0;
+    /// Connections opened during a drain, recorded for the new node.
+    pub const NEW_FLOWS: u32 = 1;
+    /// Connections opened during a drain that `DRAIN_FLOWS` had no room for:
+    /// sent to the old node (consistently), counted here.
+    pub const FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
 
 /// `SlotNode::flags`: the slot has a node.
 pub const NODE_PRESENT: u32 = 1;
@@ -272,6 +351,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::DirectFlow {}
+    unsafe impl aya::Pod for super::RouteDrain {}
+    unsafe impl aya::Pod for super::DrainFlow {}
 }
 
 #[cfg(test)]

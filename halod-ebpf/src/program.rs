@@ -14,8 +14,10 @@ use halod_common::{
     checksum,
     listener::route_for_port,
     maps::{
-        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, DIRECT_FLOW_SLOTS, DirectFlow,
-        NODE_PRESENT, NextHop, NodeAddr, NodeIndex, Reason, RouteSlot, SlotNode, client_slot,
+        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, DIRECT_FLOW_SLOTS, DRAIN_ACTIVE,
+        DRAIN_NEW_PRESENT,
+        DirectFlow, DrainFlow, NODE_PRESENT, NextHop, NodeAddr, NodeIndex, ROUTE_DRAINING,
+        Reason, RouteDrain, RouteSlot, SlotNode, client_slot, drain_counter,
     },
     packet::{self, IPPROTO_TCP},
 };
@@ -92,6 +94,25 @@ static DIRECT_FLOWS: LruHashMap<DirectFlow, u32> =
 /// program; user space sizes it.
 #[map]
 static DIRECT_NODES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per route (`route - 1`): the drain in progress, read only for routes whose
+/// `ROUTE_SLOT` value has `ROUTE_DRAINING`. Written by user space.
+#[map]
+static ROUTE_DRAIN: Array<RouteDrain> = Array::with_max_entries(1, 0);
+
+/// TCP connections opened to a draining route (from their SYN): they belong
+/// to the route's new node, every other connection of the route to the old
+/// one. Bounded (`nodes.drain_flows`): when full, a new connection goes to
+/// the old node, which it then keeps. Written by the program; user space
+/// removes the entries of ended drains.
+#[map]
+static DRAIN_FLOWS: HashMap<DrainFlow, u32> = HashMap::with_max_entries(1, 0);
+
+/// Packets and connections of draining routes (`drain_counter`). Written by
+/// the program; read by user space (stats).
+#[map]
+static DRAIN_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(drain_counter::COUNT, 0);
 
 const AF_INET: u8 = 2;
 const TCP_SYN: u8 = 0x02;
@@ -410,37 +431,108 @@ fn note_direct(index: NodeIndex, frame: &Frame, segment: &Segment) -> Reason {
 }
 
 /// A client's packet for the VIP: to the node in the route's slot (two O(1)
-/// lookups: route -> slot, slot -> node).
+/// lookups: route -> slot, slot -> node), or, while the route drains, to its
+/// old node for a connection opened before the move.
 #[inline(always)]
 fn to_node(route: u16, frame: &Frame, segment: &Segment) -> Result<Target, Reason> {
-    let slot = *ROUTE_SLOT.get(route as u32 - 1).ok_or(Reason::PassNoNode)?;
-    if slot == 0 {
-        return Err(Reason::PassNoNode);
-    }
-    let node = SLOT_NODE.get(slot - 1).ok_or(Reason::PassNoNode)?;
-    if node.flags & NODE_PRESENT == 0 {
-        return Err(Reason::PassNoNode);
-    }
+    let value = *ROUTE_SLOT.get(route as u32 - 1).ok_or(Reason::PassNoNode)?;
+    let drained = if value & ROUTE_DRAINING != 0 {
+        drained_to(route, frame, segment)
+    } else {
+        None
+    };
+    let (addr, index) = match drained {
+        Some(node) => node?,
+        None => {
+            let slot = value & !ROUTE_DRAINING;
+            if slot == 0 {
+                return Err(Reason::PassNoNode);
+            }
+            let node = SLOT_NODE.get(slot - 1).ok_or(Reason::PassNoNode)?;
+            if node.flags & NODE_PRESENT == 0 {
+                return Err(Reason::PassNoNode);
+            }
+            (node.addr, node.index)
+        }
+    };
     let header = &frame.header;
     // A client that opens a connection through the VIP from an address and
     // port it once used for a direct connection to this node must get its
     // answers as the VIP: the old entry goes.
-    if segment.opening && direct_seen(node.index) {
+    if segment.opening && direct_seen(index) {
         let key = direct_flow(
             header.proto,
             (header.src_addr, segment.source_port),
-            (node.addr, segment.destination_port),
+            (addr, segment.destination_port),
         );
         let _ = DIRECT_FLOWS.remove(key);
     }
     Ok(Target {
-        node_index: node.index,
+        node_index: index,
         inbound: true,
         old_addr: header.dst_addr,
-        new_addr: node.addr,
+        new_addr: addr,
         fib_source: header.src_addr,
-        fib_destination: node.addr,
+        fib_destination: addr,
     })
+}
+
+/// The node (address, counter index) of a packet of a draining route, or
+/// `None` when the route does not drain (any more): the route's slot says.
+/// A TCP connection open before the move goes to the old node; one opened
+/// since (its SYN recorded) to the new node. UDP has no connection and goes
+/// to the new node.
+#[inline(always)]
+fn drained_to(
+    route: u16,
+    frame: &Frame,
+    segment: &Segment,
+) -> Option<Result<([u8; 4], NodeIndex), Reason>> {
+    let drain = ROUTE_DRAIN.get(route as u32 - 1)?;
+    if drain.flags & DRAIN_ACTIVE == 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    if unsafe { bpf_ktime_get_coarse_ns() } >= drain.until_ns {
+        return None;
+    }
+    let new = if drain.flags & DRAIN_NEW_PRESENT != 0 {
+        Ok((drain.new_addr, drain.new_index))
+    } else {
+        Err(Reason::PassNoNode)
+    };
+    if frame.header.proto != IPPROTO_TCP {
+        return Some(new);
+    }
+    let key = DrainFlow {
+        client: frame.header.src_addr,
+        client_port: segment.source_port,
+        route,
+    };
+    if segment.opening {
+        if DRAIN_FLOWS.insert(key, drain.generation, 0).is_ok() {
+            count_drain(drain_counter::NEW_FLOWS);
+            return Some(new);
+        }
+        // No room: the connection is the old node's, from its first packet on.
+        count_drain(drain_counter::FULL);
+    } else if DRAIN_FLOWS
+        .get_ptr(key)
+        // SAFETY: a u32 copied out at once.
+        .is_some_and(|generation| unsafe { *generation } == drain.generation)
+    {
+        return Some(new);
+    }
+    count_drain(drain_counter::TO_OLD);
+    Some(Ok((drain.old_addr, drain.old_index)))
+}
+
+#[inline(always)]
+fn count_drain(index: u32) {
+    if let Some(counter) = DRAIN_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe { *counter += 1 };
+    }
 }
 
 /// A node's answer: back to the client as the VIP, unless it answers a

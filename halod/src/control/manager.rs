@@ -807,6 +807,7 @@ impl<T: TablePush> Manager<T> {
         for notification in &plan.notifications {
             if let Notification::Moved { node, routes } = notification {
                 let message = GatewayMessage::Moved {
+                    drain_ms: 0,
                     routes: routes
                         .iter()
                         .map(|(route, to)| MovedRoute {

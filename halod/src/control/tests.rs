@@ -183,7 +183,7 @@ impl TestNode {
                     assert!(self.routes.insert(route.route), "assigned twice");
                 }
             }
-            GatewayMessage::Moved { routes } => {
+            GatewayMessage::Moved { routes, .. } => {
                 for route in routes {
                     assert!(
                         self.routes.remove(&route.route),
@@ -192,7 +192,7 @@ impl TestNode {
                 }
             }
             GatewayMessage::Role { role } => self.role = Some(*role),
-            GatewayMessage::Error { .. } => {}
+            GatewayMessage::DrainDone { .. } | GatewayMessage::Error { .. } => {}
         }
         message
     }
@@ -221,7 +221,7 @@ impl TestNode {
             GatewayMessage::Assigned { routes } => {
                 self.routes.extend(routes.iter().map(|r| r.route));
             }
-            GatewayMessage::Moved { routes } => {
+            GatewayMessage::Moved { routes, .. } => {
                 for route in routes {
                     self.routes.remove(&route.route);
                 }
@@ -328,7 +328,7 @@ async fn a_silent_node_fails_after_the_dead_window() {
     assert!(silent >= Duration::from_millis(300), "{silent:?}");
     assert!(silent <= Duration::from_millis(400), "{silent:?}");
     // It was told what it lost before the connection closed.
-    assert!(matches!(&messages[..], [GatewayMessage::Moved { routes }] if routes.len() == 8));
+    assert!(matches!(&messages[..], [GatewayMessage::Moved { routes, .. }] if routes.len() == 8));
     let snapshot = gateway.snapshot().await;
     assert_eq!(snapshot.active, vec!["n1", "n2"]);
     for beat in beats {
@@ -419,7 +419,7 @@ async fn bye_announces_then_leaves() {
     n2.send(r#"{"type":"bye"}"#).await;
     let messages = n2.until_closed().await;
     match &messages[..] {
-        [GatewayMessage::Moved { routes }] => {
+        [GatewayMessage::Moved { routes, .. }] => {
             assert_eq!(routes.len(), 12);
             assert!(routes.iter().all(|r| r.to.as_deref() == Some("n1")));
             assert_eq!(routes[0].ports, vec![8012, 9012]);
@@ -433,7 +433,7 @@ async fn bye_announces_then_leaves() {
     // The last node leaving: its routes go nowhere.
     n1.send(r#"{"type":"bye"}"#).await;
     match &n1.until_closed().await[..] {
-        [GatewayMessage::Moved { routes }] => {
+        [GatewayMessage::Moved { routes, .. }] => {
             assert_eq!(routes.len(), 24);
             assert!(routes.iter().all(|r| r.to.is_none()));
         }

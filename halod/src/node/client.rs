@@ -177,12 +177,14 @@ impl Client {
                 self.routes
                     .extend(routes.iter().map(|r| (r.route, r.ports.clone())));
             }
-            GatewayMessage::Moved { routes } => {
+            GatewayMessage::Moved { routes, .. } => {
                 for route in routes {
                     self.routes.remove(&route.route);
                 }
             }
             GatewayMessage::Role { role } => self.role = *role,
+            // The routes were gone from this node since their `moved`.
+            GatewayMessage::DrainDone { .. } => {}
             GatewayMessage::Error { code, message } => {
                 return Err(ClientError::Refused {
                     code: *code,

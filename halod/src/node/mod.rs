@@ -384,6 +384,7 @@ fn event_name(message: &GatewayMessage) -> Option<&'static str> {
         GatewayMessage::Assigned { .. } => Some("assigned"),
         GatewayMessage::Moved { .. } => Some("moved"),
         GatewayMessage::Role { .. } => Some("role"),
+        GatewayMessage::DrainDone { .. } => Some("drain_done"),
         GatewayMessage::Error { .. } => None,
     }
 }

@@ -217,7 +217,7 @@ async fn drain_moves_routes_tells_the_node_and_unknown_nodes_fail() {
     assert_eq!(reply, r#"{"drained":"n1","moved":12,"to":["n2"]}"#);
     let told = drain_queue(&mut n1.outbound);
     assert!(
-        matches!(&told[0], GatewayMessage::Moved { routes } if routes.len() == 12
+        matches!(&told[0], GatewayMessage::Moved { routes, .. } if routes.len() == 12
             && routes.iter().all(|r| r.to.as_deref() == Some("n2"))),
         "{told:?}"
     );

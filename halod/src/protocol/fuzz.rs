@@ -118,7 +118,7 @@ fn gateway_message() -> impl Strategy<Value = GatewayMessage> {
                 .prop_map(|(route, ports, to)| MovedRoute { route, ports, to }),
             1..300
         )
-        .prop_map(|routes| GatewayMessage::Moved { routes }),
+        .prop_map(|routes| GatewayMessage::Moved { routes, drain_ms: 0 }),
         role.prop_map(|role| GatewayMessage::Role { role }),
         (
             prop_oneof![
@@ -276,9 +276,9 @@ proptest! {
                 }).collect();
                 prop_assert_eq!(&all, routes);
             }
-            (GatewayMessage::Moved { routes }, parts) => {
+            (GatewayMessage::Moved { routes, .. }, parts) => {
                 let all: Vec<MovedRoute> = parts.iter().flat_map(|p| match p {
-                    GatewayMessage::Moved { routes } => routes.clone(),
+                    GatewayMessage::Moved { routes, .. } => routes.clone(),
                     other => panic!("{other:?}"),
                 }).collect();
                 prop_assert_eq!(&all, routes);

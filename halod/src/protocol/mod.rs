@@ -96,6 +96,10 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 /// What the gateway sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -108,8 +112,17 @@ pub enum GatewayMessage {
     },
     /// Routes the node gained.
     Assigned { routes: Vec<RoutePorts> },
-    /// Routes the node lost.
-    Moved { routes: Vec<MovedRoute> },
+    /// Routes the node lost. With `drain_ms` (absent or 0: none), the node
+    /// keeps the routes' connections that are open now for that long: it
+    /// may serve them on, and should close them spread over the window.
+    Moved {
+        routes: Vec<MovedRoute>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        drain_ms: u64,
+    },
+    /// The drain window of these routes (lost in a `moved` with `drain_ms`)
+    /// ended: their connections that are still open reach the new node now.
+    DrainDone { routes: Vec<RoutePorts> },
     /// The node's role changed.
     Role { role: Role },
     /// The request was refused; the gateway closes the connection next.
@@ -208,7 +221,10 @@ impl NodeMessage {
 impl GatewayMessage {
     /// Decodes one line (without its newline).
     pub fn decode(line: &str) -> Result<GatewayMessage, DecodeError> {
-        decode(line, &["welcome", "assigned", "moved", "role", "error"])
+        decode(
+            line,
+            &["welcome", "assigned", "moved", "drain_done", "role", "error"],
+        )
     }
 
     /// The lines to send, each with its newline and at most [`MAX_LINE`]
@@ -250,11 +266,23 @@ impl GatewayMessage {
                     .map(|routes| line(&GatewayMessage::Assigned { routes }))
                     .collect()
             }
-            GatewayMessage::Moved { routes } if !routes.is_empty() => {
+            GatewayMessage::Moved { routes, drain_ms } if !routes.is_empty() => {
                 let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
                 std::iter::once(first)
                     .chain(rest)
-                    .map(|routes| line(&GatewayMessage::Moved { routes }))
+                    .map(|routes| {
+                        line(&GatewayMessage::Moved {
+                            routes,
+                            drain_ms: *drain_ms,
+                        })
+                    })
+                    .collect()
+            }
+            GatewayMessage::DrainDone { routes } if !routes.is_empty() => {
+                let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
+                std::iter::once(first)
+                    .chain(rest)
+                    .map(|routes| line(&GatewayMessage::DrainDone { routes }))
                     .collect()
             }
             GatewayMessage::Error { code, message } => {
@@ -596,6 +624,7 @@ mod tests {
                     to: None,
                 },
             ],
+            drain_ms: 0,
         };
         assert_eq!(
             moved.encode(),
@@ -675,15 +704,18 @@ mod tests {
             .collect();
         let lines = GatewayMessage::Moved {
             routes: moved.clone(),
+            drain_ms: 30_000,
         }
         .encode();
         let mut seen = Vec::new();
         for line in &lines {
             assert!(line.len() <= MAX_LINE);
-            let GatewayMessage::Moved { routes } = GatewayMessage::decode(line.trim_end()).unwrap()
+            let GatewayMessage::Moved { routes, drain_ms } =
+                GatewayMessage::decode(line.trim_end()).unwrap()
             else {
                 panic!("not moved: {line}")
             };
+            assert_eq!(drain_ms, 30_000, "every line keeps the drain");
             seen.extend(routes);
         }
         assert_eq!(seen, moved);
