@@ -126,6 +126,7 @@ fn tcp_and_udp_reach_the_node_the_table_names() {
         routes: std::num::NonZeroU16::new(ROUTES).unwrap(),
         listeners: GROUPS.to_vec(),
         max_nodes: 4,
+        drain_flows: 1024,
     };
     let mut dataplane = testbed::run_in_netns(&bed.gateway_ns(), || Dataplane::start(&config))
         .unwrap()

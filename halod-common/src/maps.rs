@@ -102,10 +102,12 @@ pub const DRAIN_NEW_PRESENT: u32 = 2;
 
 /// Value of `ROUTE_DRAIN[route - 1]`: a route that moved away from a node that
 /// is still alive. Its TCP connections opened before the move keep reaching
-/// the old node until they close or `until_ns` passes; connections opened
-/// since (recorded in `DRAIN_FLOWS` from their SYN) reach the new node. The
-/// new node is here, not looked up through the slot, so that one write of
-/// `ROUTE_SLOT` switches the route whatever the order of the slot writes.
+/// the old node until they close or `until_ns` passes; a connection opened
+/// since is recorded in `DRAIN_FLOWS` from its SYN with the node it reached
+/// (the new node then), and keeps reaching that node, also when the route
+/// moves again before the drain ends. The new node is here, not looked up
+/// through the slot, so that one write of `ROUTE_SLOT` switches the route
+/// whatever the order of the slot writes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteDrain {
@@ -115,11 +117,9 @@ pub struct RouteDrain {
     /// The new node's address and counter index (with `DRAIN_NEW_PRESENT`).
     pub new_addr: [u8; 4],
     pub new_index: u32,
-    /// Tells this drain's `DRAIN_FLOWS` entries from an earlier drain's of
-    /// the same route.
-    pub generation: u32,
     /// `DRAIN_ACTIVE` | `DRAIN_NEW_PRESENT`, or 0.
     pub flags: u32,
+    pub _pad: u32,
     /// When the drain ends, on the kernel's monotonic clock
     /// (`bpf_ktime_get_coarse_ns`, `CLOCK_MONOTONIC`): past it, the program
     /// sends everything through the route's slot even if user space never
@@ -128,9 +128,7 @@ pub struct RouteDrain {
 }
 const _: () = assert!(size_of::<RouteDrain>() == 32);
 
-/// Key of `DRAIN_FLOWS`: a TCP connection opened (SYN) to a draining route,
-/// which therefore belongs to the route's new node. Value: the drain's
-/// `generation`.
+/// Key of `DRAIN_FLOWS`: a TCP connection opened (SYN) to a draining route.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DrainFlow {
@@ -140,6 +138,15 @@ pub struct DrainFlow {
     pub route: u16,
 }
 const _: () = assert!(size_of::<DrainFlow>() == 8);
+
+/// Value of `DRAIN_FLOWS`: the node the connection was opened to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowNode {
+    pub addr: [u8; 4],
+    pub index: u32,
+}
+const _: () = assert!(size_of::<FlowNode>() == 8);
 
 /// Default of `nodes.drain_flows`: the size of `DRAIN_FLOWS`.
 pub const DEFAULT_DRAIN_FLOWS: u32 = 262_144;
@@ -353,6 +360,7 @@ mod pod {
     unsafe impl aya::Pod for super::DirectFlow {}
     unsafe impl aya::Pod for super::RouteDrain {}
     unsafe impl aya::Pod for super::DrainFlow {}
+    unsafe impl aya::Pod for super::FlowNode {}
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use halod_common::{
     listener::route_for_port,
     maps::{
         CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, DIRECT_FLOW_SLOTS, DRAIN_ACTIVE,
-        DRAIN_NEW_PRESENT,
-        DirectFlow, DrainFlow, NODE_PRESENT, NextHop, NodeAddr, NodeIndex, ROUTE_DRAINING,
-        Reason, RouteDrain, RouteSlot, SlotNode, client_slot, drain_counter,
+        DRAIN_NEW_PRESENT, DirectFlow, DrainFlow, FlowNode, NODE_PRESENT, NextHop, NodeAddr,
+        NodeIndex, ROUTE_DRAINING, Reason, RouteDrain, RouteSlot, SlotNode, client_slot,
+        drain_counter,
     },
     packet::{self, IPPROTO_TCP},
 };
@@ -100,19 +100,18 @@ static DIRECT_NODES: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static ROUTE_DRAIN: Array<RouteDrain> = Array::with_max_entries(1, 0);
 
-/// TCP connections opened to a draining route (from their SYN): they belong
-/// to the route's new node, every other connection of the route to the old
-/// one. Bounded (`nodes.drain_flows`): when full, a new connection goes to
-/// the old node, which it then keeps. Written by the program; user space
-/// removes the entries of ended drains.
+/// TCP connections opened to a draining route (from their SYN), with the node
+/// they reached; every other connection of the route belongs to the old node.
+/// Bounded (`nodes.drain_flows`): when full, a new connection goes to the old
+/// node, which it then keeps. Written by the program; user space removes the
+/// entries of ended drains.
 #[map]
-static DRAIN_FLOWS: HashMap<DrainFlow, u32> = HashMap::with_max_entries(1, 0);
+static DRAIN_FLOWS: HashMap<DrainFlow, FlowNode> = HashMap::with_max_entries(1, 0);
 
 /// Packets and connections of draining routes (`drain_counter`). Written by
 /// the program; read by user space (stats).
 #[map]
-static DRAIN_COUNTERS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(drain_counter::COUNT, 0);
+static DRAIN_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drain_counter::COUNT, 0);
 
 const AF_INET: u8 = 2;
 const TCP_SYN: u8 = 0x02;
@@ -479,9 +478,9 @@ fn to_node(route: u16, frame: &Frame, segment: &Segment) -> Result<Target, Reaso
 
 /// The node (address, counter index) of a packet of a draining route, or
 /// `None` when the route does not drain (any more): the route's slot says.
-/// A TCP connection open before the move goes to the old node; one opened
-/// since (its SYN recorded) to the new node. UDP has no connection and goes
-/// to the new node.
+/// A TCP connection opened since the move (its SYN recorded) goes to the
+/// node it was opened to, any other to the old node. UDP has no connection
+/// and goes to the new node.
 #[inline(always)]
 fn drained_to(
     route: u16,
@@ -496,13 +495,15 @@ fn drained_to(
     if unsafe { bpf_ktime_get_coarse_ns() } >= drain.until_ns {
         return None;
     }
-    let new = if drain.flags & DRAIN_NEW_PRESENT != 0 {
-        Ok((drain.new_addr, drain.new_index))
-    } else {
-        Err(Reason::PassNoNode)
-    };
+    let new = (drain.flags & DRAIN_NEW_PRESENT != 0).then_some(FlowNode {
+        addr: drain.new_addr,
+        index: drain.new_index,
+    });
     if frame.header.proto != IPPROTO_TCP {
-        return Some(new);
+        return Some(
+            new.map(|node| (node.addr, node.index))
+                .ok_or(Reason::PassNoNode),
+        );
     }
     let key = DrainFlow {
         client: frame.header.src_addr,
@@ -510,18 +511,19 @@ fn drained_to(
         route,
     };
     if segment.opening {
-        if DRAIN_FLOWS.insert(key, drain.generation, 0).is_ok() {
+        let Some(new) = new else {
+            return Some(Err(Reason::PassNoNode));
+        };
+        if DRAIN_FLOWS.insert(key, new, 0).is_ok() {
             count_drain(drain_counter::NEW_FLOWS);
-            return Some(new);
+            return Some(Ok((new.addr, new.index)));
         }
         // No room: the connection is the old node's, from its first packet on.
         count_drain(drain_counter::FULL);
-    } else if DRAIN_FLOWS
-        .get_ptr(key)
-        // SAFETY: a u32 copied out at once.
-        .is_some_and(|generation| unsafe { *generation } == drain.generation)
-    {
-        return Some(new);
+    } else if let Some(node) = DRAIN_FLOWS.get_ptr(key) {
+        // SAFETY: copied out at once.
+        let node = unsafe { *node };
+        return Some(Ok((node.addr, node.index)));
     }
     count_drain(drain_counter::TO_OLD);
     Some(Ok((drain.old_addr, drain.old_index)))

@@ -199,6 +199,12 @@ pub enum WatchEvent {
         node: String,
         by: String,
     },
+    /// The drain window of `routes` routes that moved away from `node`
+    /// ended: their connections still open reach the new nodes now.
+    DrainEnded {
+        node: String,
+        routes: usize,
+    },
     /// A failed active node's routes went elsewhere. Written without the
     /// failover's own `time_unix_ms`: the event's stamp is that moment, and a
     /// JSON object must not name a field twice.

@@ -192,6 +192,31 @@ pub struct NodesConfig {
     /// address that is not loopback or the VIP.
     #[serde(default)]
     pub allowed_cidrs: Vec<Cidr>,
+    /// How long a route that moves away from a live node (a join, a leave,
+    /// `halod drain`, the last slot's routes after a failure without spare)
+    /// keeps sending its connections open at the move to that node; 0 moves
+    /// them at once.
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
+    /// Most connections opened during drains that the data plane records at
+    /// once (the size of its `DRAIN_FLOWS` map, 8 bytes of key each).
+    #[serde(default = "default_drain_flows")]
+    pub drain_flows: u32,
+}
+
+/// Default of `nodes.drain_ms`.
+pub const DEFAULT_DRAIN_MS: u64 = 30_000;
+/// Longest `nodes.drain_ms`.
+pub const MAX_DRAIN_MS: u64 = 3_600_000;
+/// Range of `nodes.drain_flows`.
+pub const DRAIN_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
+
+fn default_drain_ms() -> u64 {
+    DEFAULT_DRAIN_MS
+}
+
+fn default_drain_flows() -> u32 {
+    halod_common::maps::DEFAULT_DRAIN_FLOWS
 }
 
 /// An IPv4 network, `A.B.C.D/LEN`.
@@ -487,6 +512,26 @@ impl Config {
                 format!(
                     "{max_active} is out of range: use 1..={} (at most `routes`)",
                     self.route_count()
+                ),
+            ));
+        }
+        if nodes.drain_ms > MAX_DRAIN_MS {
+            return Err(invalid(
+                "nodes.drain_ms",
+                format!(
+                    "{} is out of range: use 0..={MAX_DRAIN_MS} (0 moves a route's connections at once)",
+                    nodes.drain_ms
+                ),
+            ));
+        }
+        if !DRAIN_FLOWS.contains(&nodes.drain_flows) {
+            return Err(invalid(
+                "nodes.drain_flows",
+                format!(
+                    "{} is out of range: use {}..={}",
+                    nodes.drain_flows,
+                    DRAIN_FLOWS.start(),
+                    DRAIN_FLOWS.end()
                 ),
             ));
         }

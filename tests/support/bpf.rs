@@ -37,6 +37,7 @@ pub fn dataplane_config(instance: &str, internal: &str) -> DataplaneConfig {
         routes: std::num::NonZeroU16::new(ROUTES).expect("routes > 0"),
         listeners: GROUPS.to_vec(),
         max_nodes: 8,
+        drain_flows: 1024,
     }
 }
 

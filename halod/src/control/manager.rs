@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::drains::{Drains, Ended, Leaving, RouteDrain};
 use super::metrics::Metrics;
 use super::nodes::{Awaiting, Connection, NodeTable};
 pub use super::nodes::{ConnId, Outbound};
@@ -25,6 +26,15 @@ use crate::api::{Failover, Stamped, WatchEvent, unix_ms};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
 use halod_common::listener::port_for_route;
+
+/// What a node that `halod drain` removed hears last.
+fn drained_message() -> GatewayMessage {
+    GatewayMessage::Error {
+        code: ErrorCode::Drained,
+        message: "drained by the operator (halod drain): this node has left the cluster"
+            .to_string(),
+    }
+}
 
 /// Why a node whose connection closed before its `hello` was answered is lost.
 const HELLO_UNANSWERED: &str = "the connection closed before the answer to hello";
@@ -41,6 +51,9 @@ pub struct Settings {
     pub max_nodes: u32,
     /// Base port of each listener group, in listener order.
     pub base_ports: Vec<u16>,
+    /// How long a route that moves away from a live node keeps sending it
+    /// the connections open at the move (`nodes.drain_ms`); zero: none.
+    pub drain: Duration,
 }
 
 impl Settings {
@@ -52,6 +65,7 @@ impl Settings {
             reconnect_grace: Duration::from_millis(config.nodes.reconnect_grace_ms),
             max_nodes: config.nodes.max_nodes,
             base_ports: config.base_ports(),
+            drain: Duration::from_millis(config.nodes.drain_ms),
         }
     }
 
@@ -120,6 +134,8 @@ pub struct Drained {
     pub moved: usize,
     /// The nodes that took them, ascending by name (empty: no node is left).
     pub to: Vec<String>,
+    /// How long the node keeps the connections open at the move (0: none).
+    pub drain_ms: u64,
 }
 
 /// What the manager reports to, besides the nodes and the data plane: the
@@ -143,6 +159,8 @@ pub struct Snapshot {
     pub nodes: Vec<NodeStatus>,
     /// The last failure of an active node.
     pub last_failover: Option<Failover>,
+    /// Routes that drain, with the time left (ms), by route.
+    pub drains: Vec<(RouteDrain, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +286,9 @@ pub struct Manager<T> {
     fatal: Option<String>,
     /// When the table goes to the state-file writer next.
     publishing: Coalescer,
+    /// Routes that moved away from live nodes and still reach them for the
+    /// connections open at the move.
+    drains: Drains,
 }
 
 impl<T: TablePush> Manager<T> {
@@ -284,6 +305,7 @@ impl<T: TablePush> Manager<T> {
             last_failover: None,
             fatal: None,
             publishing: Coalescer::default(),
+            drains: Drains::default(),
         }
     }
 
@@ -326,6 +348,7 @@ impl<T: TablePush> Manager<T> {
             });
         }
         self.push(writes, "the restored table").await;
+        self.restore_drains(saved);
         info!(
             active = saved.active.len(),
             spares = saved.spares.len(),
@@ -334,6 +357,40 @@ impl<T: TablePush> Manager<T> {
         );
         self.publishing.changed();
         self.publish_state();
+    }
+
+    /// The drains of a saved state that are not over: they end when they
+    /// would have (the data plane kept them across the restart). A node that
+    /// had left keeps its counter index until then.
+    fn restore_drains(&mut self, saved: &SavedState) {
+        let (now_ms, now_unix_ms) = (self.clock.now_ms(), unix_ms());
+        for drain in &saved.drains {
+            let Some(left_ms) = drain.until_unix_ms.checked_sub(now_unix_ms) else {
+                continue;
+            };
+            let target = NodeTarget {
+                addr: drain.addr,
+                index: drain.index,
+            };
+            self.drains.start(
+                drain.route,
+                &drain.node,
+                target,
+                now_ms + left_ms,
+                drain.until_unix_ms,
+            );
+            if !self.nodes.contains(&drain.node) {
+                self.nodes.reserve(drain.index);
+                self.drains.leave(
+                    &drain.node,
+                    Leaving {
+                        connection: None,
+                        index: drain.index,
+                        by_operator: false,
+                    },
+                );
+            }
+        }
     }
 
     fn emit(&self, event: WatchEvent) {
@@ -383,6 +440,7 @@ impl<T: TablePush> Manager<T> {
                 .into_iter()
                 .filter_map(saved)
                 .collect(),
+            drains: self.drains.saved(),
         };
         states.send_if_modified(|current| {
             if current.as_ref() == Some(&state) {
@@ -501,6 +559,9 @@ impl<T: TablePush> Manager<T> {
             Request::Closed { conn, name, reason } => {
                 if self.is_current(&name, conn) {
                     self.connection_lost(name, reason).await;
+                } else if let Some(leaving) = self.drains.leaving_connection(&name, conn) {
+                    // A node that left closed its connection; its drain goes on.
+                    leaving.connection = None;
                 }
             }
         }
@@ -552,19 +613,20 @@ impl<T: TablePush> Manager<T> {
         let to: std::collections::BTreeSet<String> =
             plan.moves.iter().filter_map(|m| m.to.clone()).collect();
         self.carry_out(plan).await;
-        self.send(
-            &name,
-            GatewayMessage::Error {
-                code: ErrorCode::Drained,
-                message: "drained by the operator (halod drain): this node has left the cluster"
-                    .to_string(),
-            },
-        );
-        self.forget(&name);
+        // Told `drained` now, or when its drain ends.
+        if !self.drains.drains_from(&name) {
+            self.send(&name, drained_message());
+        }
+        let draining = self.leave_or_forget(&name, true);
         Ok(Drained {
             node: name,
             moved,
             to: to.into_iter().collect(),
+            drain_ms: if draining {
+                self.settings.drain.as_millis() as u64
+            } else {
+                0
+            },
         })
     }
 
@@ -737,7 +799,7 @@ impl<T: TablePush> Manager<T> {
         }
     }
 
-    /// Fails or removes a registered node (event `Fail` or `Leave`).
+    /// A registered node leaves (`bye`): its routes move, draining.
     async fn remove(&mut self, event: Event) {
         let name = event.node().to_string();
         match self.cluster.apply(event) {
@@ -746,7 +808,29 @@ impl<T: TablePush> Manager<T> {
             }
             Err(err) => error!(node = %name, "routing refused the removal: {err}"),
         }
-        self.forget(&name);
+        self.leave_or_forget(&name, false);
+    }
+
+    /// A node that left: while routes drain from it, it keeps its counter
+    /// index and its connection (for `drain_done`) out of the node table;
+    /// otherwise it is forgotten. `true` when it drains.
+    fn leave_or_forget(&mut self, name: &str, by_operator: bool) -> bool {
+        if !self.drains.drains_from(name) {
+            self.forget(name);
+            return false;
+        }
+        if let Some(entry) = self.nodes.retire(name) {
+            self.drains.leave(
+                name,
+                Leaving {
+                    index: entry.index(),
+                    connection: entry.connection,
+                    by_operator,
+                },
+            );
+        }
+        self.publishing.changed();
+        true
     }
 
     async fn fail(&mut self, name: String, cause: Cause) {
@@ -804,10 +888,12 @@ impl<T: TablePush> Manager<T> {
             Event::Join(name) => Some(name.clone()),
             _ => None,
         };
+        let (drain_writes, draining) = self.drains_of(&plan);
+        let drain_ms = self.settings.drain.as_millis() as u64;
         for notification in &plan.notifications {
             if let Notification::Moved { node, routes } = notification {
                 let message = GatewayMessage::Moved {
-                    drain_ms: 0,
+                    drain_ms: if draining.contains(node) { drain_ms } else { 0 },
                     routes: routes
                         .iter()
                         .map(|(route, to)| MovedRoute {
@@ -820,7 +906,8 @@ impl<T: TablePush> Manager<T> {
                 self.send(node, message);
             }
         }
-        let writes = self.translate(&plan.writes);
+        let mut writes = drain_writes;
+        writes.extend(self.translate(&plan.writes));
         if !writes.is_empty() {
             let count = writes.len();
             let started = std::time::Instant::now();
@@ -860,6 +947,106 @@ impl<T: TablePush> Manager<T> {
                 spares: self.cluster.spares().len(),
             });
         }
+    }
+
+    /// The drains a plan starts ([`Plan::drains`]: every route that moves
+    /// away from a node that stays alive) and ends (a failed node's: its
+    /// connections are gone). Returns the writes to put before the plan's
+    /// and the nodes that drain.
+    fn drains_of(&mut self, plan: &Plan) -> (Vec<Write>, std::collections::HashSet<String>) {
+        let mut writes = Vec::new();
+        let mut draining = std::collections::HashSet::new();
+        let failed = match &plan.event {
+            Event::Fail(name) => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(failed) = failed {
+            let (gone, left) = self.drains.end_node(failed);
+            writes.extend(gone.iter().map(|&route| Write::DrainEnd { route }));
+            // Its connection is gone with it: nothing to tell.
+            if let Some(leaving) = left {
+                self.nodes.release(leaving.index);
+            }
+        }
+        if self.settings.drain.is_zero() {
+            return (writes, draining);
+        }
+        let window = self.settings.drain;
+        let until_ms = self.clock.now_ms() + window.as_millis() as u64;
+        let until_unix_ms = unix_ms() + window.as_millis() as u64;
+        for (route, from) in &plan.drains {
+            let Some(entry) = self.nodes.get(from) else {
+                continue;
+            };
+            let target = NodeTarget {
+                addr: entry.addr(),
+                index: entry.index(),
+            };
+            let old = self
+                .drains
+                .start(*route, from, target, until_ms, until_unix_ms);
+            writes.push(Write::Drain {
+                route: *route,
+                from: old,
+                window,
+            });
+            draining.insert(from.clone());
+        }
+        (writes, draining)
+    }
+
+    /// Tells nodes that their drains ended (`drain_done`), and lets go of
+    /// nodes that left once nothing drains from them (`drained` first for a
+    /// node `halod drain` removed).
+    fn finish_drains(&mut self, ended: Vec<Ended>) {
+        for ended in ended {
+            let done = GatewayMessage::DrainDone {
+                routes: self.route_ports(&ended.routes),
+            };
+            match ended.left {
+                Some(leaving) => {
+                    if let Some(connection) = &leaving.connection {
+                        if !ended.routes.is_empty() {
+                            let _ = connection.outbound.try_send(Box::new(done));
+                        }
+                        if leaving.by_operator {
+                            let _ = connection.outbound.try_send(Box::new(drained_message()));
+                        }
+                    }
+                    // Dropping the connection's queue closes it after what is queued.
+                    self.nodes.release(leaving.index);
+                    info!(node = %ended.node, "drain over: the node that left is let go");
+                    self.publishing.changed();
+                }
+                None if !ended.routes.is_empty() => self.send(&ended.node, done),
+                None => {}
+            }
+            if !ended.routes.is_empty() {
+                self.emit(WatchEvent::DrainEnded {
+                    node: ended.node,
+                    routes: ended.routes.len(),
+                });
+            }
+        }
+    }
+
+    /// Ends the drains that are due.
+    async fn end_drains(&mut self) {
+        let (ended, routes) = self.drains.take_due(self.clock.now_ms());
+        if ended.is_empty() && routes.is_empty() {
+            return;
+        }
+        if !routes.is_empty() {
+            let count = routes.len();
+            let writes = routes
+                .into_iter()
+                .map(|route| Write::DrainEnd { route })
+                .collect();
+            self.push(writes, &format!("the end of {count} drains"))
+                .await;
+        }
+        self.finish_drains(ended);
+        self.publishing.changed();
     }
 
     fn route_ports(&self, routes: &[Route]) -> Vec<RoutePorts> {
@@ -978,6 +1165,7 @@ impl<T: TablePush> Manager<T> {
         for (name, cause) in failed {
             self.fail(name, cause).await;
         }
+        self.end_drains().await;
         self.fail_overflowed().await;
         self.publish_state();
     }
@@ -994,6 +1182,7 @@ impl<T: TablePush> Manager<T> {
                 // `sweep` fails a node once its silence exceeds the window.
                 None => entry.last_seen_ms().max(self.silence_floor) + dead + 1,
             })
+            .chain(self.drains.next_end())
             .min()
             .map(|at| Duration::from_millis(at.saturating_sub(now)))
     }
@@ -1033,6 +1222,7 @@ impl<T: TablePush> Manager<T> {
                 .collect(),
             nodes,
             last_failover: self.last_failover.clone(),
+            drains: self.drains.list(self.clock.now_ms()),
         }
     }
 

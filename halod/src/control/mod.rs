@@ -23,6 +23,7 @@
 
 mod check;
 pub mod connection;
+pub mod drains;
 pub mod exporter;
 pub mod lock;
 pub mod manager;
@@ -384,6 +385,7 @@ fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::Da
         routes: config.routes,
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
+        drain_flows: config.nodes.drain_flows,
     };
     let adopted = if adopt {
         dataplane::Dataplane::adopt(&dataplane_config)

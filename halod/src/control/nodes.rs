@@ -179,6 +179,34 @@ impl NodeTable {
         true
     }
 
+    /// Takes a node's entry out of the table but keeps its counter index
+    /// taken (the data plane still uses it) until [`NodeTable::release`].
+    pub fn retire(&mut self, name: &str) -> Option<NodeEntry> {
+        let entry = self.nodes.remove(name)?;
+        if self
+            .by_addr
+            .get(&entry.addr)
+            .is_some_and(|owner| owner == name)
+        {
+            self.by_addr.remove(&entry.addr);
+        }
+        Some(entry)
+    }
+
+    /// Frees a counter index kept by [`NodeTable::retire`] or [`NodeTable::reserve`].
+    pub fn release(&mut self, index: u32) {
+        if !self.nodes.values().any(|node| node.index == index) {
+            self.free_indexes.push(index);
+        }
+    }
+
+    /// Keeps `index` from being handed out (a node of a saved table that
+    /// left and still drains).
+    pub fn reserve(&mut self, index: u32) {
+        self.next_index = self.next_index.max(index + 1);
+        self.free_indexes.retain(|free| *free != index);
+    }
+
     /// Drops a node's entry (its connection closes after what is queued) and
     /// frees its counter index.
     pub fn remove(&mut self, name: &str) -> Option<NodeEntry> {

@@ -87,6 +87,7 @@ mod recorder {
                     })
                     .collect(),
                 reasons: vec![("forwarded_in", 7), ("pass_no_node", 1)],
+                drain: Default::default(),
             })
         }
 
@@ -121,6 +122,23 @@ mod recorder {
             self.batches().into_iter().flatten().collect()
         }
 
+        /// Draining route -> its old node's address, from every write so far.
+        pub(crate) fn drains(&self) -> BTreeMap<u16, Ipv4Addr> {
+            let mut drains = BTreeMap::new();
+            for write in self.writes() {
+                match write {
+                    Write::Drain { route, from, .. } => {
+                        drains.insert(route, from.addr);
+                    }
+                    Write::DrainEnd { route } => {
+                        drains.remove(&route);
+                    }
+                    _ => {}
+                }
+            }
+            drains
+        }
+
         /// Route -> node address, from every write so far.
         pub(crate) fn mirror(&self) -> BTreeMap<u16, Ipv4Addr> {
             let mut routes: BTreeMap<u16, u16> = BTreeMap::new();
@@ -153,6 +171,7 @@ mod recorder {
                         );
                         slots.remove(&slot);
                     }
+                    Write::Drain { .. } | Write::DrainEnd { .. } => {}
                 }
             }
             routes

@@ -29,11 +29,29 @@ struct Gateway {
     next_conn: u64,
 }
 
+/// A gateway whose moves do not drain (`nodes.drain_ms: 0`).
 async fn gateway(spares: u32, grace_ms: u64, max_nodes: u32) -> Gateway {
-    let config = test_config(&format!(
-        "heartbeat_ms: {}, dead_after: 3, spares: {spares}, reconnect_grace_ms: {grace_ms}, max_nodes: {max_nodes}",
-        HEARTBEAT.as_millis()
-    ));
+    gateway_with(&format!(
+        "spares: {spares}, reconnect_grace_ms: {grace_ms}, max_nodes: {max_nodes}, \
+         dead_after: 3, drain_ms: 0"
+    ))
+    .await
+}
+
+/// A gateway whose moves drain for `DRAIN`, with nodes that may stay silent
+/// for 100 s (the tests' nodes send no heartbeats while time jumps).
+async fn draining_gateway(spares: u32) -> Gateway {
+    gateway_with(&format!(
+        "spares: {spares}, dead_after: 1000, drain_ms: {}",
+        DRAIN.as_millis()
+    ))
+    .await
+}
+
+const DRAIN: Duration = Duration::from_secs(5);
+
+async fn gateway_with(nodes: &str) -> Gateway {
+    let config = test_config(&format!("heartbeat_ms: {}, {nodes}", HEARTBEAT.as_millis()));
     let recorder = Recorder::default();
     let wired = Wiring::new(&config, recorder.clone())
         .unwrap()
@@ -780,4 +798,189 @@ async fn a_manager_that_stopped_because_it_was_told_is_a_clean_stop() {
             .await
             .unwrap();
     }
+}
+
+/// The writes of `batch` that start drains: route -> old node's address.
+fn drain_starts(writes: &[Write]) -> BTreeMap<u16, Ipv4Addr> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Drain {
+                route,
+                from,
+                window,
+            } => {
+                assert_eq!(*window, DRAIN);
+                Some((*route, from.addr))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_that_leave_a_live_node_drain_from_it_until_the_window_ends() {
+    let mut gateway = draining_gateway(0).await;
+    let mut n1 = gateway.join(1, "n1").await;
+    let before = gateway.recorder.writes().len();
+    let mut n2 = gateway.join(2, "n2").await;
+    match n1.recv().await {
+        GatewayMessage::Moved { routes, drain_ms } => {
+            assert_eq!(drain_ms, 5000, "the node is told how long it keeps them");
+            assert_eq!(routes.len(), 12);
+        }
+        other => panic!("expected moved, got {other:?}"),
+    }
+    // The drains come first in the join's batch: the old node's connections
+    // never reach the new node, not for a moment.
+    let writes = gateway.recorder.writes()[before..].to_vec();
+    assert!(
+        writes[..12]
+            .iter()
+            .all(|w| matches!(w, Write::Drain { .. })),
+        "{writes:?}"
+    );
+    let moved: BTreeMap<u16, Ipv4Addr> = (13..=24).map(|r| (r, addr(1))).collect();
+    assert_eq!(drain_starts(&writes), moved);
+    assert_eq!(gateway.recorder.drains(), moved);
+    let snapshot = gateway.snapshot().await;
+    assert_eq!(snapshot.drains.len(), 12);
+    assert!(
+        snapshot
+            .drains
+            .iter()
+            .all(|(drain, left)| drain.node == "n1" && *left == 5000)
+    );
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+
+    // The window ends: the data plane forgets the drains, n1 hears it.
+    tokio::time::sleep(DRAIN).await;
+    settle().await;
+    match n1.recv().await {
+        GatewayMessage::DrainDone { routes } => {
+            let routes: Vec<u16> = routes.iter().map(|r| r.route).collect();
+            assert_eq!(routes, (13..=24).collect::<Vec<_>>());
+        }
+        other => panic!("expected drain_done, got {other:?}"),
+    }
+    assert!(gateway.recorder.drains().is_empty());
+    assert!(gateway.snapshot().await.drains.is_empty());
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_says_bye_keeps_its_index_and_connection_until_its_drain_ends() {
+    let mut gateway = draining_gateway(0).await;
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+    n2.send(r#"{"type":"bye"}"#).await;
+    match n2.recv().await {
+        GatewayMessage::Moved { routes, drain_ms } => {
+            assert_eq!((routes.len(), drain_ms), (12, 5000));
+        }
+        other => panic!("expected moved, got {other:?}"),
+    }
+    settle().await;
+    assert_eq!(gateway.recorder.drains().len(), 12);
+    // n2 is out of the table, but its counter index is still taken.
+    let n3 = gateway.join(3, "n3").await;
+    let snapshot = gateway.snapshot().await;
+    let index = |name: &str| {
+        snapshot
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.index)
+    };
+    assert_eq!(index("n2"), None);
+    assert_eq!(index("n3"), Some(2), "n2's index 1 is kept while it drains");
+    drop(n3);
+    // When the window ends: drain_done, then the connection closes.
+    tokio::time::sleep(DRAIN).await;
+    let rest = n2.until_closed().await;
+    match &rest[..] {
+        [GatewayMessage::DrainDone { routes }] => assert_eq!(routes.len(), 12),
+        other => panic!("expected drain_done then the end, got {other:?}"),
+    }
+    assert!(gateway.recorder.drains().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_drain_says_drained_when_the_window_ends() {
+    let mut gateway = draining_gateway(0).await;
+    let _n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    let (reply, answer) = oneshot::channel();
+    gateway
+        .requests
+        .send(Request::Drain {
+            name: "n2".into(),
+            reply,
+        })
+        .await
+        .unwrap();
+    let drained = answer.await.unwrap().unwrap();
+    assert_eq!((drained.moved, drained.drain_ms), (12, 5000));
+    assert!(matches!(
+        n2.recv().await,
+        GatewayMessage::Moved { drain_ms: 5000, .. }
+    ));
+    let started = Instant::now();
+    let rest = n2.until_closed().await;
+    assert!(started.elapsed() >= DRAIN, "not before the window ends");
+    match &rest[..] {
+        [
+            GatewayMessage::DrainDone { .. },
+            GatewayMessage::Error {
+                code: ErrorCode::Drained,
+                ..
+            },
+        ] => {}
+        other => panic!("expected drain_done then drained, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_node_drains_nothing_and_its_own_drains_end_at_once() {
+    let mut gateway = draining_gateway(0).await;
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    let mut n3 = gateway.join(3, "n3").await;
+    gateway.check(&mut [&mut n1, &mut n2, &mut n3]).await;
+    // n2's join drained 13..=24 from n1; n3's 9..=12 from n1 and 21..=24
+    // from n2. Routes 21..=24 keep n1 as their old node in the data plane:
+    // their connections older than both moves are n1's.
+    let from_n1: BTreeMap<u16, Ipv4Addr> = (9..=24).map(|r| (r, addr(1))).collect();
+    assert_eq!(gateway.recorder.drains(), from_n1);
+    let before = gateway.recorder.writes().len();
+    // n1 fails, no spare: n3 (last) takes slot 1; slot 3's routes go back
+    // where they came from: 21..=24 to n2, from n3, which drains them.
+    drop(n1);
+    settle().await;
+    let writes = gateway.recorder.writes()[before..].to_vec();
+    let ended: Vec<u16> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::DrainEnd { route } => Some(*route),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, (9..=20).collect::<Vec<_>>(), "only n1 drained them");
+    let still: BTreeMap<u16, Ipv4Addr> = (21..=24).map(|r| (r, addr(1))).collect();
+    assert_eq!(gateway.recorder.drains(), still, "n2 and now n3 drain them");
+    match n3.recv().await {
+        GatewayMessage::Moved { routes, drain_ms } => {
+            assert_eq!(drain_ms, 5000);
+            let routes: Vec<u16> = routes.iter().map(|r| r.route).collect();
+            assert_eq!(routes, [21, 22, 23, 24]);
+        }
+        other => panic!("expected moved, got {other:?}"),
+    }
+    n2.drain().await;
+    // n2's window ends, then n3's: the drains are over.
+    tokio::time::sleep(DRAIN).await;
+    settle().await;
+    assert!(gateway.recorder.drains().is_empty());
+    assert!(gateway.snapshot().await.drains.is_empty());
 }

@@ -35,7 +35,10 @@ use aya::{
 };
 use halod_common::{
     listener::{MAX_LISTENERS, last_port},
-    maps::{self as common, CONFIG_ENABLED, NODE_PRESENT, NodeAddr, Reason, SlotNode, names},
+    maps::{
+        self as common, CONFIG_ENABLED, DRAIN_ACTIVE, DRAIN_NEW_PRESENT, DrainFlow, FlowNode,
+        NODE_PRESENT, NodeAddr, ROUTE_DRAINING, Reason, RouteDrain, SlotNode, drain_counter, names,
+    },
 };
 use serde::Serialize;
 
@@ -69,6 +72,9 @@ pub struct DataplaneConfig {
     pub listeners: Vec<u16>,
     /// Number of per-node counter slots; every `NodeTarget::index` is below it.
     pub max_nodes: u32,
+    /// Most connections opened during drains that are recorded at once
+    /// (`nodes.drain_flows`): the size of `DRAIN_FLOWS`.
+    pub drain_flows: u32,
 }
 
 /// A node as the data plane sees it.
@@ -86,6 +92,19 @@ pub enum Write {
     Slot { slot: u16, node: Option<NodeTarget> },
     /// Point a route at a slot (or at nothing).
     Route { route: u16, slot: Option<u16> },
+    /// The route is about to move away from `from`, which stays alive: for
+    /// `window`, its TCP connections open now keep reaching `from`, and
+    /// connections opened since reach the node the batch leaves the route
+    /// with. Put it before the batch's writes that move the route; it is
+    /// carried out before all of them, so one `ROUTE_SLOT` write switches
+    /// the route whatever their order.
+    Drain {
+        route: u16,
+        from: NodeTarget,
+        window: Duration,
+    },
+    /// The route's drain is over: all of its packets follow its slot.
+    DrainEnd { route: u16 },
 }
 
 /// How the program is attached to an interface.
@@ -147,6 +166,20 @@ pub struct Stats {
     pub nodes: Vec<Counter>,
     /// Packets per verdict reason (`forwarded_in`, `pass_no_node`, ...).
     pub reasons: Vec<(&'static str, u64)>,
+    /// What happened to packets of draining routes.
+    pub drain: DrainStats,
+}
+
+/// The `DRAIN_COUNTERS`, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DrainStats {
+    /// Packets of connections older than a move, sent to the old node.
+    pub to_old: u64,
+    /// Connections opened during a drain, recorded for the new node.
+    pub new_flows: u64,
+    /// Connections opened during a drain that `nodes.drain_flows` had no
+    /// room for: they stayed with the old node.
+    pub full: u64,
 }
 
 impl Stats {
@@ -331,7 +364,9 @@ impl Dataplane {
             .map_max_entries(names::NODE_COUNTERS, config.max_nodes)
             .map_max_entries(names::NODE_BY_ADDR, config.max_nodes)
             .map_max_entries(names::NEXT_HOP, config.max_nodes)
-            .map_max_entries(names::DIRECT_NODES, config.max_nodes);
+            .map_max_entries(names::DIRECT_NODES, config.max_nodes)
+            .map_max_entries(names::ROUTE_DRAIN, routes)
+            .map_max_entries(names::DRAIN_FLOWS, config.drain_flows.max(1));
         if let Some(dir) = pinned {
             replace_smaller_reason_counters(dir);
             // CONFIG is written whole below, so it is not taken over: a new one
@@ -426,6 +461,7 @@ impl Dataplane {
             return Ok(None);
         }
         let mut dataplane = Dataplane::load(config, Some(&dir))?;
+        dataplane.adopt_drains()?;
         for (name, expected) in [
             (names::ROUTE_SLOT, u32::from(config.routes.get())),
             (names::SLOT_NODE, u32::from(config.routes.get())),
@@ -609,15 +645,58 @@ impl Dataplane {
     /// batch writes nothing.
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), DataplaneError> {
         self.table.check(writes)?;
+        // Where the batch leaves each route: a new drain's new node.
+        let mut after = self.table.clone();
+        for write in writes {
+            after.record(write);
+        }
+        // New drains first: the entry (old and new node), then the route's
+        // flag, in one write of its `ROUTE_SLOT` value.
+        let now = monotonic_ns();
+        for write in writes {
+            if let Write::Drain {
+                route,
+                from,
+                window,
+            } = *write
+            {
+                // A route that moves again while it drains keeps its old node
+                // (its connections are the ones not recorded) and drains on.
+                let until_ns = now.saturating_add(window.as_nanos() as u64);
+                let until_ns = match self.table.drains.get(&route) {
+                    Some(drain) if drain.from == from && drain.until_ns > now => {
+                        drain.until_ns.max(until_ns)
+                    }
+                    _ => until_ns,
+                };
+                let drain = table::Drain {
+                    from,
+                    to: after.target(route),
+                    until_ns,
+                };
+                self.write_drain(route, &drain)?;
+                self.table.drains.insert(route, drain);
+                self.write_route(route)?;
+            }
+        }
+        let mut ended = false;
         for write in writes {
             match *write {
-                Write::Route { route, slot } => {
-                    self.array::<common::RouteSlot>(names::ROUTE_SLOT)?
-                        .set(u32::from(route) - 1, u32::from(slot.unwrap_or(0)), 0)
+                Write::Drain { .. } => continue,
+                Write::Route { route, .. } => {
+                    self.table.record(write);
+                    self.write_route(route)?;
+                }
+                Write::DrainEnd { route } => {
+                    self.table.record(write);
+                    self.write_route(route)?;
+                    self.array::<RouteDrain>(names::ROUTE_DRAIN)?
+                        .set(u32::from(route) - 1, RouteDrain::default(), 0)
                         .map_err(map_error(
-                            names::ROUTE_SLOT,
-                            format!("writing route {route}"),
+                            names::ROUTE_DRAIN,
+                            format!("ending the drain of route {route}"),
                         ))?;
+                    ended = true;
                 }
                 Write::Slot { slot, node } => {
                     // Return traffic from the node must be recognised before
@@ -635,11 +714,156 @@ impl Dataplane {
                     self.array::<SlotNode>(names::SLOT_NODE)?
                         .set(u32::from(slot) - 1, value, 0)
                         .map_err(map_error(names::SLOT_NODE, format!("writing slot {slot}")))?;
+                    self.table.record(write);
                 }
             }
-            self.table.record(write);
+        }
+        // Drains whose new node changed since they began (it failed, a spare
+        // took its slot): their new connections follow.
+        let retarget: Vec<(u16, table::Drain)> = self
+            .table
+            .drains
+            .iter()
+            .filter_map(|(route, drain)| {
+                let to = self.table.target(*route);
+                (drain.to != to).then_some((*route, table::Drain { to, ..*drain }))
+            })
+            .collect();
+        for (route, drain) in retarget {
+            self.write_drain(route, &drain)?;
+            self.table.drains.insert(route, drain);
+        }
+        if ended {
+            self.forget_drain_flows()?;
         }
         Ok(())
+    }
+
+    /// Writes `ROUTE_SLOT[route - 1]` from the mirror: the route's slot, with
+    /// `ROUTE_DRAINING` while it drains.
+    fn write_route(&mut self, route: u16) -> Result<(), DataplaneError> {
+        let slot = u32::from(self.table.routes[usize::from(route) - 1].unwrap_or(0));
+        let value = if self.table.drains.contains_key(&route) {
+            slot | ROUTE_DRAINING
+        } else {
+            slot
+        };
+        self.array::<common::RouteSlot>(names::ROUTE_SLOT)?
+            .set(u32::from(route) - 1, value, 0)
+            .map_err(map_error(
+                names::ROUTE_SLOT,
+                format!("writing route {route}"),
+            ))
+    }
+
+    fn write_drain(&mut self, route: u16, drain: &table::Drain) -> Result<(), DataplaneError> {
+        let (new_addr, new_index, present) = match drain.to {
+            Some(to) => (to.addr.octets(), to.index, DRAIN_NEW_PRESENT),
+            None => ([0; 4], 0, 0),
+        };
+        let value = RouteDrain {
+            old_addr: drain.from.addr.octets(),
+            old_index: drain.from.index,
+            new_addr,
+            new_index,
+            flags: DRAIN_ACTIVE | present,
+            _pad: 0,
+            until_ns: drain.until_ns,
+        };
+        self.array::<RouteDrain>(names::ROUTE_DRAIN)?
+            .set(u32::from(route) - 1, value, 0)
+            .map_err(map_error(
+                names::ROUTE_DRAIN,
+                format!("writing the drain of route {route}"),
+            ))
+    }
+
+    /// Removes the `DRAIN_FLOWS` entries of drains that are over, so that the
+    /// map's room goes to the drains to come. One pass over the map.
+    fn forget_drain_flows(&mut self) -> Result<(), DataplaneError> {
+        let Some(map) = self.ebpf.map_mut(names::DRAIN_FLOWS) else {
+            return Ok(());
+        };
+        let mut flows: BpfHashMap<&mut MapData, DrainFlow, FlowNode> =
+            BpfHashMap::try_from(map).map_err(map_error(names::DRAIN_FLOWS, "opening"))?;
+        let stale: Vec<DrainFlow> = flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|flow| !self.table.drains.contains_key(&flow.route))
+            .collect();
+        for flow in stale {
+            match flows.remove(&flow) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => {
+                    return Err(map_error(
+                        names::DRAIN_FLOWS,
+                        "removing an ended drain's flow",
+                    )(error));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The drains a previous daemon left in the pinned maps, into the
+    /// mirror, so that this daemon's route writes keep them.
+    fn adopt_drains(&mut self) -> Result<(), DataplaneError> {
+        let now = monotonic_ns();
+        let routes = u32::from(self.config.routes.get());
+        let slots = self.array_ref::<common::RouteSlot>(names::ROUTE_SLOT)?;
+        let draining: Vec<u16> = (0..routes)
+            .filter(|i| slots.get(i, 0).is_ok_and(|v| v & ROUTE_DRAINING != 0))
+            .map(|i| i as u16 + 1)
+            .collect();
+        let entries = self.array_ref::<RouteDrain>(names::ROUTE_DRAIN)?;
+        let mut adopted = Vec::new();
+        for route in draining {
+            let Ok(entry) = entries.get(&(u32::from(route) - 1), 0) else {
+                continue;
+            };
+            if entry.flags & DRAIN_ACTIVE == 0 || entry.until_ns <= now {
+                continue;
+            }
+            let to = (entry.flags & DRAIN_NEW_PRESENT != 0).then(|| NodeTarget {
+                addr: Ipv4Addr::from(entry.new_addr),
+                index: entry.new_index,
+            });
+            adopted.push((
+                route,
+                table::Drain {
+                    from: NodeTarget {
+                        addr: Ipv4Addr::from(entry.old_addr),
+                        index: entry.old_index,
+                    },
+                    to,
+                    until_ns: entry.until_ns,
+                },
+            ));
+        }
+        for (route, drain) in adopted {
+            self.table.adopt_drain(route, drain);
+        }
+        Ok(())
+    }
+
+    /// The drains in progress: route, old node, time left.
+    pub fn drains(&self) -> Vec<(u16, NodeTarget, Duration)> {
+        let now = monotonic_ns();
+        let mut drains: Vec<_> = self
+            .table
+            .drains
+            .iter()
+            .filter(|(_, drain)| drain.until_ns > now)
+            .map(|(route, drain)| {
+                (
+                    *route,
+                    drain.from,
+                    Duration::from_nanos(drain.until_ns - now),
+                )
+            })
+            .collect();
+        drains.sort_by_key(|(route, _, _)| *route);
+        drains
     }
 
     fn change_addr(&mut self, change: AddrChange) -> Result<(), DataplaneError> {
@@ -680,7 +904,11 @@ impl Dataplane {
             .map(|i| {
                 routes
                     .get(&i, 0)
-                    .map(|slot| u16::try_from(slot).ok().filter(|s| *s != 0))
+                    .map(|slot| {
+                        u16::try_from(slot & !ROUTE_DRAINING)
+                            .ok()
+                            .filter(|s| *s != 0)
+                    })
                     .map_err(map_error(
                         names::ROUTE_SLOT,
                         format!("reading route {}", i + 1),
@@ -734,6 +962,27 @@ impl Dataplane {
             routes,
             nodes,
             reasons,
+            drain: self.drain_stats()?,
+        })
+    }
+
+    /// The drain counters; zero when the map is not there (a program of an
+    /// older build).
+    fn drain_stats(&self) -> Result<DrainStats, DataplaneError> {
+        let Some(map) = self.ebpf.map(names::DRAIN_COUNTERS) else {
+            return Ok(DrainStats::default());
+        };
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_error(names::DRAIN_COUNTERS, "opening"))?;
+        let read = |index: u32| -> Result<u64, DataplaneError> {
+            map.get(&index, 0)
+                .map(|values| values.iter().sum())
+                .map_err(map_error(names::DRAIN_COUNTERS, format!("reading {index}")))
+        };
+        Ok(DrainStats {
+            to_old: read(drain_counter::TO_OLD)?,
+            new_flows: read(drain_counter::NEW_FLOWS)?,
+            full: read(drain_counter::FULL)?,
         })
     }
 
@@ -1002,6 +1251,13 @@ impl std::fmt::Display for InstanceName {
     }
 }
 
+/// Now on `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_coarse_ns`.
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    (now.tv_sec() as u64) * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 /// Checks the configuration and resolves the interface indices (in the calling
 /// thread's network namespace).
 fn validate(config: &DataplaneConfig) -> Result<(u32, u32), DataplaneError> {
@@ -1116,6 +1372,7 @@ mod tests {
             routes: NonZeroU16::new(24).unwrap(),
             listeners: vec![8000, 9000],
             max_nodes: 16,
+            drain_flows: 1024,
         }
     }
 

@@ -19,7 +19,19 @@ pub(super) struct Table {
     /// connections it closes still leave from the VIP; the entry goes when the
     /// index or the address is reused.
     pub known: HashMap<u32, Ipv4Addr>,
+    /// Routes that drain: what `ROUTE_DRAIN` holds for them.
+    pub drains: HashMap<u16, Drain>,
     max_nodes: u32,
+}
+
+/// A drain as written into `ROUTE_DRAIN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Drain {
+    pub from: NodeTarget,
+    /// Where the route's new connections go (`None`: no node serves it).
+    pub to: Option<NodeTarget>,
+    /// On `CLOCK_MONOTONIC`.
+    pub until_ns: u64,
 }
 
 /// A change to `NODE_BY_ADDR` that must happen before a slot write.
@@ -35,8 +47,23 @@ impl Table {
             routes: vec![None; routes as usize],
             slots: vec![None; routes as usize],
             known: HashMap::new(),
+            drains: HashMap::new(),
             max_nodes,
         }
+    }
+
+    /// The node the route reaches through its slot.
+    pub fn target(&self, route: u16) -> Option<NodeTarget> {
+        let slot = self
+            .routes
+            .get(usize::from(route).checked_sub(1)?)
+            .copied()??;
+        self.slots.get(usize::from(slot) - 1).copied()?
+    }
+
+    /// A drain found in the pinned maps.
+    pub fn adopt_drain(&mut self, route: u16, drain: Drain) {
+        self.drains.insert(route, drain);
     }
 
     /// Checks a whole batch, applied in order, against the rules: every id in
@@ -51,6 +78,18 @@ impl Table {
                 reason,
             };
             match *write {
+                Write::Drain { route, from, .. } => {
+                    table.route_index(route).map_err(reject)?;
+                    if from.index >= table.max_nodes {
+                        return Err(reject(format!(
+                            "node index {} is not below max_nodes {}",
+                            from.index, table.max_nodes
+                        )));
+                    }
+                }
+                Write::DrainEnd { route } => {
+                    table.route_index(route).map_err(reject)?;
+                }
                 Write::Route { route, slot } => {
                     table.route_index(route).map_err(reject)?;
                     if let Some(slot) = slot {
@@ -129,6 +168,21 @@ impl Table {
     /// Records a write that reached the kernel.
     pub fn record(&mut self, write: &Write) {
         match *write {
+            // The deadline is the data plane's to set.
+            Write::Drain { route, from, .. } => {
+                let until_ns = self.drains.get(&route).map_or(0, |drain| drain.until_ns);
+                self.drains.insert(
+                    route,
+                    Drain {
+                        from,
+                        to: None,
+                        until_ns,
+                    },
+                );
+            }
+            Write::DrainEnd { route } => {
+                self.drains.remove(&route);
+            }
             Write::Route { route, slot } => self.routes[route as usize - 1] = slot,
             Write::Slot { slot, node } => {
                 if let Some(node) = node {

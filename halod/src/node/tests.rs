@@ -50,7 +50,9 @@ async fn client_follows_its_routes_and_heartbeats() {
     let (mut n2, _) = Client::connect(&options(&gateway, "n2", 12)).await.unwrap();
     assert_eq!(n2.routes(), (13..=24).collect::<Vec<_>>());
     let moved = n1.recv().await.unwrap();
-    assert!(matches!(moved.message, GatewayMessage::Moved { ref routes, .. } if routes.len() == 12));
+    assert!(
+        matches!(moved.message, GatewayMessage::Moved { ref routes, .. } if routes.len() == 12)
+    );
     assert_eq!(n1.routes(), (1..=12).collect::<Vec<_>>());
     let before = NodeState {
         role: Role::Active,

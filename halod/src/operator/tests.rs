@@ -33,8 +33,9 @@ impl Daemon {
     async fn start(name: &str, saved: Option<SavedState>) -> Daemon {
         // Nodes here send no heartbeats: a dead window (3 s) longer than
         // the restart grace (1 s) keeps them alive through a test.
-        let config =
-            test_config("spares: 1, restart_grace_ms: 1000, heartbeat_ms: 1000, max_nodes: 16");
+        let config = test_config(
+            "spares: 1, restart_grace_ms: 1000, heartbeat_ms: 1000, max_nodes: 16, drain_ms: 0",
+        );
         let dir = std::env::temp_dir().join(format!("halod-op-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let socket_path = dir.join("halod.sock");

@@ -118,7 +118,10 @@ fn gateway_message() -> impl Strategy<Value = GatewayMessage> {
                 .prop_map(|(route, ports, to)| MovedRoute { route, ports, to }),
             1..300
         )
-        .prop_map(|routes| GatewayMessage::Moved { routes, drain_ms: 0 }),
+        .prop_map(|routes| GatewayMessage::Moved {
+            routes,
+            drain_ms: 0
+        }),
         role.prop_map(|role| GatewayMessage::Role { role }),
         (
             prop_oneof![

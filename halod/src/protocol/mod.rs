@@ -223,7 +223,14 @@ impl GatewayMessage {
     pub fn decode(line: &str) -> Result<GatewayMessage, DecodeError> {
         decode(
             line,
-            &["welcome", "assigned", "moved", "drain_done", "role", "error"],
+            &[
+                "welcome",
+                "assigned",
+                "moved",
+                "drain_done",
+                "role",
+                "error",
+            ],
         )
     }
 

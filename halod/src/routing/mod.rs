@@ -247,7 +247,7 @@ impl Cluster {
                     return Err(RoutingError::DuplicateNode(name.clone()));
                 }
                 let name = name.clone();
-                Ok(self.join(event, name))
+                Ok(self.join(event, name).with_drains())
             }
             Event::Fail(name) | Event::Leave(name) => {
                 let place = *self
@@ -255,13 +255,14 @@ impl Cluster {
                     .get(name)
                     .ok_or_else(|| RoutingError::UnknownNode(name.clone()))?;
                 let name = name.clone();
-                Ok(match place {
+                let plan = match place {
                     Place::Spare => self.remove_spare(event, name),
                     Place::Active(slot) => match self.spares.pop_front() {
                         Some(spare) => self.take_over(event, name, slot, spare),
                         None => self.close_slot(event, name, slot),
                     },
-                })
+                };
+                Ok(plan.with_drains())
             }
         }
     }

@@ -23,6 +23,11 @@ pub struct Plan {
     /// Messages to nodes, in sending order: every `Moved` (the departing node
     /// first, then by slot), then every `Role`, then every `Assigned` (by slot).
     pub notifications: Vec<Notification>,
+    /// Every route that moved away from a node that is still alive (every
+    /// move but a failed node's), with that node, ascending by route: the
+    /// route's connections open at the move may keep reaching it for a
+    /// while (`nodes.drain_ms`).
+    pub drains: Vec<(Route, String)>,
 }
 
 /// One route whose node changed.
@@ -86,6 +91,24 @@ impl Plan {
             roles: Vec::new(),
             writes: Vec::new(),
             notifications: Vec::new(),
+            drains: Vec::new(),
         }
+    }
+
+    /// Fills `drains` from `moves`: a failed node drains nothing.
+    pub(super) fn with_drains(mut self) -> Plan {
+        let failed = match &self.event {
+            Event::Fail(name) => Some(name.as_str()),
+            _ => None,
+        };
+        self.drains = self
+            .moves
+            .iter()
+            .filter_map(|change| {
+                let from = change.from.as_deref()?;
+                (Some(from) != failed).then(|| (change.route, from.to_string()))
+            })
+            .collect();
+        self
     }
 }

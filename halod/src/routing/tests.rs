@@ -646,6 +646,20 @@ fn check_step(
     let config = after.config();
     prop_assert_eq!(&plan.event, event);
 
+    // Every route that leaves a node that is still alive drains from it, and
+    // only those: the node served it before, not after; a failed node drains
+    // nothing.
+    let mut drains = Vec::new();
+    for route in 1..=n {
+        let (Some(was), now) = (before.node_of_route(route), after.node_of_route(route)) else {
+            continue;
+        };
+        if Some(was) != now && *event != Event::Fail(was.to_string()) {
+            drains.push((route, was.to_string()));
+        }
+    }
+    prop_assert_eq!(&plan.drains, &drains);
+
     // Every route maps to exactly one active node, or none when none is active.
     for route in 1..=n {
         match after.node_of_route(route) {

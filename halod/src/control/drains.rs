@@ -1,0 +1,309 @@
+//! Routes in transition: a route that moved away from a node that is still
+//! alive keeps sending that node the connections that were open at the move,
+//! for `nodes.drain_ms` (the data plane does the sending, see
+//! `Write::Drain`). Here the manager keeps which routes drain from which
+//! node until when, and the nodes that left (`bye`, `halod drain`) but still
+//! drain: they are out of the node table, their counter index stays taken
+//! (the data plane still counts their packets and translates their replies
+//! by it) and their connection stays open for `drain_done`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::nodes::{ConnId, Connection};
+use super::tables::NodeTarget;
+use crate::routing::Route;
+
+/// One route that drains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteDrain {
+    pub route: Route,
+    /// The node the route moved away from.
+    pub node: String,
+    pub addr: Ipv4Addr,
+    pub index: u32,
+    /// When the drain ends (Unix ms): kept in the state file, so that a
+    /// restarted daemon ends it on time.
+    pub until_unix_ms: u64,
+}
+
+/// A node that left with routes still draining.
+pub(super) struct Leaving {
+    pub connection: Option<Connection>,
+    pub index: u32,
+    /// Left by `halod drain`: it is told `drained` at the end.
+    pub by_operator: bool,
+}
+
+/// The routes one node drains.
+struct NodeDrains {
+    target: NodeTarget,
+    /// Route -> its end on the manager's clock and on the wall clock (ms).
+    routes: BTreeMap<Route, (u64, u64)>,
+}
+
+/// The drains in progress. A route drains from every node it left within
+/// its window; the data plane holds one drain per route, whose old node is
+/// the first of them (its connections are the ones not recorded; those
+/// opened since are recorded with their node) and whose end is the last.
+#[derive(Default)]
+pub(super) struct Drains {
+    /// Route -> the drain as the data plane holds it, ending at `.1` (ms).
+    routes: BTreeMap<Route, (RouteDrain, u64)>,
+    nodes: BTreeMap<String, NodeDrains>,
+    leaving: HashMap<String, Leaving>,
+}
+
+/// Drains that ended, for one node.
+pub(super) struct Ended {
+    pub node: String,
+    pub routes: Vec<Route>,
+    /// The node left and has nothing draining any more.
+    pub left: Option<Leaving>,
+}
+
+impl Drains {
+    /// `route` drains from `node` (at `target`) until `until_ms` on the
+    /// manager's clock (`until_unix_ms` on the wall clock). Returns the old
+    /// node of the route's drain in the data plane: `target`, or the node
+    /// the route left first when it still drains.
+    pub fn start(
+        &mut self,
+        route: Route,
+        node: &str,
+        target: NodeTarget,
+        until_ms: u64,
+        until_unix_ms: u64,
+    ) -> NodeTarget {
+        self.nodes
+            .entry(node.to_string())
+            .or_insert_with(|| NodeDrains {
+                target,
+                routes: BTreeMap::new(),
+            })
+            .routes
+            .insert(route, (until_ms, until_unix_ms));
+        let (drain, until) = self.routes.entry(route).or_insert_with(|| {
+            (
+                RouteDrain {
+                    route,
+                    node: node.to_string(),
+                    addr: target.addr,
+                    index: target.index,
+                    until_unix_ms,
+                },
+                until_ms,
+            )
+        });
+        *until = (*until).max(until_ms);
+        drain.until_unix_ms = drain.until_unix_ms.max(until_unix_ms);
+        NodeTarget {
+            addr: drain.addr,
+            index: drain.index,
+        }
+    }
+
+    /// Whether any route drains from `node`.
+    pub fn drains_from(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
+    }
+
+    /// Ends every drain from `node` (it failed: its connections are gone).
+    /// Returns the routes whose drain ends in the data plane too (no other
+    /// node drains them), and the node's leaving entry.
+    pub fn end_node(&mut self, node: &str) -> (Vec<Route>, Option<Leaving>) {
+        self.nodes.remove(node);
+        let ended: Vec<Route> = self
+            .routes
+            .iter()
+            .filter(|(route, (drain, _))| drain.node == node && !self.drained_by_any(**route))
+            .map(|(route, _)| *route)
+            .collect();
+        for route in &ended {
+            self.routes.remove(route);
+        }
+        (ended, self.leaving.remove(node))
+    }
+
+    fn drained_by_any(&self, route: Route) -> bool {
+        self.nodes
+            .values()
+            .any(|node| node.routes.contains_key(&route))
+    }
+
+    /// Takes the drains that end by `now_ms`: per node (by name), and the
+    /// routes whose drain ends in the data plane.
+    pub fn take_due(&mut self, now_ms: u64) -> (Vec<Ended>, Vec<Route>) {
+        let mut ended = Vec::new();
+        for (name, node) in self.nodes.iter_mut() {
+            let due: Vec<Route> = node
+                .routes
+                .iter()
+                .filter(|(_, (until, _))| *until <= now_ms)
+                .map(|(route, _)| *route)
+                .collect();
+            for route in &due {
+                node.routes.remove(route);
+            }
+            if !due.is_empty() {
+                ended.push(Ended {
+                    node: name.clone(),
+                    routes: due,
+                    left: None,
+                });
+            }
+        }
+        self.nodes.retain(|_, node| !node.routes.is_empty());
+        for ended in &mut ended {
+            if !self.nodes.contains_key(&ended.node) {
+                ended.left = self.leaving.remove(&ended.node);
+            }
+        }
+        let routes: Vec<Route> = self
+            .routes
+            .iter()
+            .filter(|(_, (_, until))| *until <= now_ms)
+            .map(|(route, _)| *route)
+            .collect();
+        for route in &routes {
+            self.routes.remove(route);
+        }
+        (ended, routes)
+    }
+
+    /// When the next drain ends (manager's clock, ms).
+    pub fn next_end(&self) -> Option<u64> {
+        self.routes.values().map(|(_, until)| *until).min()
+    }
+
+    /// A node that left keeps its connection and counter index while it drains.
+    pub fn leave(&mut self, name: &str, leaving: Leaving) {
+        self.leaving.insert(name.to_string(), leaving);
+    }
+
+    /// The connection of a node that left and drains, if it is `conn`.
+    pub fn leaving_connection(&mut self, name: &str, conn: ConnId) -> Option<&mut Leaving> {
+        self.leaving
+            .get_mut(name)
+            .filter(|leaving| leaving.connection.as_ref().is_some_and(|c| c.id == conn))
+    }
+
+    /// Every drain the data plane holds, with the time left (ms), by route.
+    pub fn list(&self, now_ms: u64) -> Vec<(RouteDrain, u64)> {
+        self.routes
+            .values()
+            .map(|(drain, until)| (drain.clone(), until.saturating_sub(now_ms)))
+            .collect()
+    }
+
+    /// Every node's drains as saved in the state file: for each route, the
+    /// data plane's old node first, so that a restore makes it so again.
+    pub fn saved(&self) -> Vec<RouteDrain> {
+        let mut saved: Vec<(bool, RouteDrain)> = Vec::new();
+        for (name, node) in &self.nodes {
+            for (route, (_, until_unix_ms)) in &node.routes {
+                let first = self.routes.get(route).is_some_and(|(d, _)| d.node == *name);
+                saved.push((
+                    !first,
+                    RouteDrain {
+                        route: *route,
+                        node: name.clone(),
+                        addr: node.target.addr,
+                        index: node.target.index,
+                        until_unix_ms: *until_unix_ms,
+                    },
+                ));
+            }
+        }
+        saved.sort_by(|a, b| (a.1.route, a.0).cmp(&(b.1.route, b.0)));
+        saved.into_iter().map(|(_, drain)| drain).collect()
+    }
+
+    /// Every counter index a node that left still holds.
+    #[cfg(test)]
+    pub fn held_indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.leaving.values().map(|leaving| leaving.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(last: u8) -> NodeTarget {
+        NodeTarget {
+            addr: Ipv4Addr::new(198, 19, 0, last),
+            index: u32::from(last),
+        }
+    }
+
+    #[test]
+    fn drains_end_on_time_grouped_by_node_and_release_nodes_that_left() {
+        let mut drains = Drains::default();
+        drains.leave(
+            "n1",
+            Leaving {
+                connection: None,
+                index: 11,
+                by_operator: true,
+            },
+        );
+        drains.start(1, "n1", target(11), 100, 0);
+        drains.start(2, "n1", target(11), 200, 0);
+        drains.start(3, "n2", target(12), 100, 0);
+        assert_eq!(drains.next_end(), Some(100));
+        assert_eq!(drains.held_indexes().collect::<Vec<_>>(), [11]);
+        let (ended, routes) = drains.take_due(100);
+        assert_eq!(routes, [1, 3]);
+        assert_eq!(ended.len(), 2);
+        assert_eq!(
+            (ended[0].node.as_str(), &ended[0].routes[..]),
+            ("n1", &[1][..])
+        );
+        assert!(ended[0].left.is_none(), "n1 still drains route 2");
+        assert_eq!(
+            (ended[1].node.as_str(), &ended[1].routes[..]),
+            ("n2", &[3][..])
+        );
+        let (ended, routes) = drains.take_due(250);
+        assert_eq!((&ended[0].routes[..], &routes[..]), (&[2][..], &[2][..]));
+        assert!(ended[0].left.as_ref().is_some_and(|l| l.by_operator));
+        assert_eq!(drains.next_end(), None);
+        assert_eq!(drains.held_indexes().count(), 0);
+    }
+
+    #[test]
+    fn a_route_that_moves_again_keeps_its_first_old_node_and_drains_to_the_last_end() {
+        let mut drains = Drains::default();
+        assert_eq!(drains.start(1, "n2", target(12), 100, 1000), target(12));
+        // Route 1 moves on (n1 had it for a while): the data plane keeps n2.
+        assert_eq!(drains.start(1, "n1", target(11), 150, 1050), target(12));
+        assert_eq!(drains.list(0)[0].1, 150);
+        let saved = drains.saved();
+        assert_eq!(
+            saved.iter().map(|d| d.node.as_str()).collect::<Vec<_>>(),
+            ["n2", "n1"],
+            "the data plane's old node first"
+        );
+        // n2's window ends first: it hears drain_done; the route drains on.
+        let (ended, routes) = drains.take_due(100);
+        assert_eq!((ended[0].node.as_str(), routes.len()), ("n2", 0));
+        let (ended, routes) = drains.take_due(150);
+        assert_eq!((ended[0].node.as_str(), &routes[..]), ("n1", &[1][..]));
+    }
+
+    #[test]
+    fn a_failed_node_ends_its_drains_unless_another_node_drains_the_route() {
+        let mut drains = Drains::default();
+        drains.start(1, "n1", target(11), 100, 0);
+        drains.start(2, "n1", target(11), 100, 0);
+        drains.start(2, "n2", target(12), 100, 0);
+        let (ended, left) = drains.end_node("n1");
+        assert_eq!(ended, [1], "route 2 still drains from n2");
+        assert!(left.is_none());
+        assert!(!drains.drains_from("n1"));
+        assert_eq!(drains.list(0).len(), 1);
+    }
+}
