@@ -56,8 +56,9 @@ pub struct NodeArgs {
     /// HALOD_DRAINED_ROUTES, HALOD_DRAINED_PORTS.
     #[arg(long)]
     pub exec: Option<String>,
-    /// JSON file kept up to date with the node's role, routes and ports
-    /// (replaced atomically on every change, removed on exit).
+    /// JSON file kept up to date with the node's role, routes and ports, and
+    /// the routes draining (replaced atomically on every change, removed on
+    /// exit).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
 }

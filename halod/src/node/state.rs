@@ -80,9 +80,11 @@ impl Draining {
         self.routes.is_empty()
     }
 
-    fn entries(&self) -> Vec<DrainingRoute> {
+    /// The routes still draining at `now_unix_ms`, ascending.
+    fn entries(&self, now_unix_ms: u64) -> Vec<DrainingRoute> {
         self.routes
             .iter()
+            .filter(|(_, (_, until))| *until > now_unix_ms)
             .map(|(route, (ports, until))| DrainingRoute {
                 route: *route,
                 ports: ports.clone(),
@@ -220,6 +222,7 @@ impl StatePublisher {
         state: &NodeState,
         draining: &Draining,
     ) -> std::io::Result<()> {
+        let now = crate::api::unix_ms();
         let file = StateFile {
             node,
             gateway,
@@ -234,8 +237,8 @@ impl StatePublisher {
                 })
                 .collect(),
             ports: state.ports(),
-            draining: draining.entries(),
-            updated_unix_ms: crate::api::unix_ms(),
+            draining: draining.entries(now),
+            updated_unix_ms: now,
         };
         let mut text = serde_json::to_string(&file).map_err(std::io::Error::other)?;
         text.push('\n');
@@ -297,9 +300,12 @@ mod tests {
         draining.start(&moved(&[5]), 10_000, 2_000);
         let served = state(Role::Active, &[1]).routes;
         draining.retain_valid(&served, 11_999);
-        let routes = |d: &Draining| d.entries().iter().map(|e| e.route).collect::<Vec<_>>();
+        let routes = |d: &Draining| d.routes.keys().copied().collect::<Vec<_>>();
         assert_eq!(routes(&draining), [2, 3, 5]);
-        assert_eq!(draining.entries()[2].until_unix_ms, 12_000);
+        assert_eq!(draining.entries(11_999)[2].until_unix_ms, 12_000);
+        // The state file leaves out what ended, even before it is pruned.
+        let shown = draining.entries(12_000);
+        assert_eq!(shown.iter().map(|e| e.route).collect::<Vec<_>>(), [2, 3]);
         // Route 5's window is over (a drain_done lost with a reconnect).
         draining.retain_valid(&served, 12_000);
         assert_eq!(routes(&draining), [2, 3]);
@@ -389,7 +395,9 @@ mod tests {
         assert_eq!(written["ports"], serde_json::json!([8001, 9001]));
         assert_eq!(written["draining"], serde_json::json!([]));
         let mut draining = Draining::default();
-        draining.start(&moved(&[3]), 30_000, 1_000);
+        let now = crate::api::unix_ms();
+        draining.start(&moved(&[3]), 30_000, now);
+        draining.start(&moved(&[4]), 30_000, now - 30_000);
         publisher
             .write(
                 "n1",
@@ -404,7 +412,7 @@ mod tests {
         assert_eq!(rewritten["connected"], false);
         assert_eq!(
             rewritten["draining"],
-            serde_json::json!([{"route": 3, "ports": [8002, 9002], "until_unix_ms": 31_000}])
+            serde_json::json!([{"route": 3, "ports": [8002, 9002], "until_unix_ms": now + 30_000}])
         );
         // Only the file itself is left in the directory: no temporary file.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
