@@ -5,10 +5,14 @@
                              [--token-file F] [--serve]
 
 Registers, heartbeats, prints every message from the gateway as one JSON line, and with
---serve answers "<name>\\n" on every port of its routes. Reconnects with backoff (100 ms
-doubling to 5 s, plus up to 50 % jitter) when the connection is lost or refused with
-duplicate_name/full; exits 2 on other refusals. SIGTERM/SIGINT: bye, then exit 0."""
-import argparse, contextlib, json, random, signal, socket, sys, threading
+--serve answers "<name>\\n" on every port of its routes and keeps the connection open until
+the client closes it. A `moved` closes the lost routes' listeners at once and their open
+connections at once, or with `drain_ms` spread over the drain window (`drain_done` closes
+what is left). Reconnects with backoff (100 ms doubling to 5 s, plus up to 50 % jitter)
+when the connection is lost or refused with duplicate_name/full; exits 2 on other
+refusals. SIGTERM/SIGINT: bye, then exit 0 once the gateway closed the connection (after
+the drain, at most drain_ms + 5 s); a second SIGTERM/SIGINT exits at once."""
+import argparse, contextlib, json, random, signal, socket, sys, threading, time
 
 p = argparse.ArgumentParser()
 for flag in ("--gateway", "--name", "--addr", "--token-file"):
@@ -19,8 +23,10 @@ gateway_host, gateway_port = args.gateway.rsplit(":", 1)
 hello = {"type": "hello", "version": 1, "name": args.name, "addr": args.addr,
          "token": args.token_file and open(args.token_file).read().strip()}
 hello = {key: value for key, value in hello.items() if value}  # leave out what is not given
-send_lock, leaving = threading.Lock(), threading.Event()  # leaving: SIGTERM/SIGINT came
+send_lock, clients_lock = threading.Lock(), threading.Lock()
+leaving = threading.Event()  # SIGTERM/SIGINT came
 connection, listeners = [], {}  # the registered socket; port -> listening socket
+clients, give_up = {}, []  # port -> open client sockets; the timer that ends the wait after bye
 
 def send(sock, message):
     with send_lock:
@@ -28,26 +34,56 @@ def send(sock, message):
 
 def serve(port):  # with --serve; listeners are kept across reconnects
     server = listeners[port] = socket.create_server(("0.0.0.0", port), reuse_port=True)
+    def hold(conn):  # a push connection: the name, then open until either side closes
+        with conn, contextlib.suppress(OSError):
+            conn.sendall((args.name + "\n").encode())
+            while conn.recv(4096):
+                pass
+        with clients_lock:
+            clients[port].discard(conn)
     def accept():
         while True:
             try:
                 conn, _ = server.accept()
             except OSError:
                 return  # closed: the route moved
-            with conn:
-                conn.sendall((args.name + "\n").encode())
+            with clients_lock:
+                clients.setdefault(port, set()).add(conn)
+            threading.Thread(target=hold, args=(conn,), daemon=True).start()
     threading.Thread(target=accept, daemon=True).start()
+
+def shut(sock):  # wakes whoever reads it; its reader closes it
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+def close_clients(ports, seconds=0):  # spread over `seconds`, one at a time
+    with clients_lock:
+        conns = [conn for port in ports for conn in clients.get(port, ())]
+    random.shuffle(conns)
+    for conn in conns:
+        time.sleep(seconds / (len(conns) + 1))
+        shut(conn)
+
+def give_up_after(sock, seconds):  # after bye: stop waiting for the gateway to close
+    for timer in give_up:
+        timer.cancel()
+    give_up[:] = [threading.Timer(seconds, shut, args=(sock,))]
+    give_up[0].daemon = True
+    give_up[0].start()
 
 def heartbeat(sock, interval, stop):
     with contextlib.suppress(OSError):  # a lost connection: the reading loop notices it
         while not stop.wait(interval):
             send(sock, {"type": "hb"})
 
-def leave(*_):
+def leave(*signal_args):
+    if signal_args and leaving.is_set():
+        sys.exit(0)  # asked again: do not wait for the gateway
     leaving.set()
-    for sock in connection:  # the gateway answers `moved`, then closes
+    for sock in connection:  # the gateway answers `moved` (then `drain_done`), then closes
         with contextlib.suppress(OSError):
             send(sock, {"type": "bye"})
+            give_up_after(sock, 5)
 for number in (signal.SIGTERM, signal.SIGINT):
     signal.signal(number, leave)
 
@@ -76,7 +112,18 @@ def session(backoff):
             ports = {port for route in message.get("routes", []) for port in route["ports"]}
             if kind in ("welcome", "moved"):  # welcome: the full set; moved: what was lost
                 for port in set(listeners) - ports if kind == "welcome" else ports & set(listeners):
+                    shut(listeners[port])  # wakes its accept: the port stops listening
                     listeners.pop(port).close()
+            if kind == "moved":  # their open connections: now, or spread over the drain
+                drain = message.get("drain_ms", 0) / 1000
+                if drain:
+                    print(f"draining {len(message['routes'])} routes for {drain:g} s",
+                          file=sys.stderr)
+                    if leaving.is_set():
+                        give_up_after(sock, drain + 5)
+                threading.Thread(target=close_clients, args=(ports, drain), daemon=True).start()
+            if kind == "drain_done":
+                close_clients(ports)
             if args.serve and kind in ("welcome", "assigned"):
                 for port in ports - set(listeners):
                     serve(port)
@@ -92,7 +139,8 @@ while not leaving.is_set():
         code = session(backoff)
     except OSError as error:
         code = None
-        print(f"gateway {args.gateway}: {error}; retrying", file=sys.stderr)
+        if not leaving.is_set():
+            print(f"gateway {args.gateway}: {error}; retrying", file=sys.stderr)
     if code is not None:
         sys.exit(code)
     leaving.wait(backoff[0] + random.uniform(0, backoff[0] / 2))

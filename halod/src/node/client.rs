@@ -20,8 +20,19 @@ use crate::protocol::{
 
 /// How long `connect` waits for the gateway's answer to `hello`.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `bye` waits for the gateway to close the connection.
+/// How long `bye` waits for the gateway to close the connection; after a
+/// `moved` with `drain_ms`, that long after the drain window ends.
 pub const BYE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The drain window a message gives: the `drain_ms` of a `moved`, if any.
+pub fn drain_of(message: &GatewayMessage) -> Option<Duration> {
+    match message {
+        GatewayMessage::Moved { drain_ms, .. } if *drain_ms > 0 => {
+            Some(Duration::from_millis(*drain_ms))
+        }
+        _ => None,
+    }
+}
 
 /// Who the node is and where its gateway listens.
 #[derive(Debug, Clone)]
@@ -197,9 +208,31 @@ impl Client {
     }
 
     /// Leaves the cluster: sends `bye` and reads what the gateway sends until
-    /// it closes the connection (its `moved` message), at most [`BYE_TIMEOUT`].
-    /// The node's routes and role follow those messages, as with [`Client::recv`].
+    /// it closes the connection (its `moved`; with a drain, `drain_done` when
+    /// the window ends), at most [`BYE_TIMEOUT`], or the drain window plus
+    /// [`BYE_TIMEOUT`] after a `moved` with `drain_ms`. The node's routes and
+    /// role follow those messages, as with [`Client::recv`].
     pub async fn bye(&mut self) -> Result<Vec<Received>, ClientError> {
+        self.send_bye().await?;
+        let mut received = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + BYE_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Ok(Ok(message)) => {
+                    if let Some(drain) = drain_of(&message.message) {
+                        deadline = deadline.max(tokio::time::Instant::now() + drain + BYE_TIMEOUT);
+                    }
+                    received.push(message);
+                }
+                Ok(Err(ClientError::Closed)) | Err(_) => return Ok(received),
+                Ok(Err(err)) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends `bye` only; read the answer with [`Client::recv`] until
+    /// [`ClientError::Closed`] (what [`Client::bye`] does).
+    pub async fn send_bye(&mut self) -> Result<(), ClientError> {
         let (done, sent) = oneshot::channel();
         if self
             .outgoing
@@ -212,15 +245,7 @@ impl Client {
         sent.await
             .map_err(|_| ClientError::Closed)?
             .map_err(LineError::Io)?;
-        let mut received = Vec::new();
-        let deadline = tokio::time::Instant::now() + BYE_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.recv()).await {
-                Ok(Ok(message)) => received.push(message),
-                Ok(Err(ClientError::Closed)) | Err(_) => return Ok(received),
-                Ok(Err(err)) => return Err(err),
-            }
-        }
+        Ok(())
     }
 
     pub fn role(&self) -> Role {

@@ -5,7 +5,8 @@
 //! (and again on SIGUSR1), keeps `--state-file` up to date, and reconnects
 //! with backoff when the gateway goes away. SIGTERM or SIGINT make it say
 //! `bye` (the node leaves), run the hook for the last `moved`, and exit 0 as
-//! soon as the gateway has closed the connection.
+//! soon as the gateway has closed the connection (with a drain, when the
+//! window ended: after `drain_done`).
 
 mod client;
 mod hook;
@@ -21,9 +22,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
-pub use self::client::{BYE_TIMEOUT, Client, ClientError, ClientOptions, Received};
+pub use self::client::{BYE_TIMEOUT, Client, ClientError, ClientOptions, Received, drain_of};
 pub use self::hook::Hook;
-pub use self::state::{Change, NodeState, StatePublisher};
+pub use self::state::{Change, Draining, NodeState, StatePublisher};
 use crate::protocol::{ErrorCode, GatewayMessage, Role};
 
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`].
@@ -50,11 +51,14 @@ pub struct NodeArgs {
     /// Shell command run (`sh -c CMD`) on every change and on SIGUSR1, with
     /// HALOD_EVENT, HALOD_NODE, HALOD_ROLE, the full HALOD_ROUTES and
     /// HALOD_PORTS, and the change in HALOD_GAINED_ROUTES, HALOD_GAINED_PORTS,
-    /// HALOD_LOST_ROUTES, HALOD_LOST_PORTS.
+    /// HALOD_LOST_ROUTES, HALOD_LOST_PORTS, HALOD_DRAIN_MS (how long the lost
+    /// routes' open connections stay), and, for `drain_done`,
+    /// HALOD_DRAINED_ROUTES, HALOD_DRAINED_PORTS.
     #[arg(long)]
     pub exec: Option<String>,
-    /// JSON file kept up to date with the node's role, routes and ports
-    /// (replaced atomically on every change, removed on exit).
+    /// JSON file kept up to date with the node's role, routes and ports, and
+    /// the routes draining (replaced atomically on every change, removed on
+    /// exit).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
 }
@@ -105,6 +109,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             hook,
             publisher,
             known: None,
+            draining: Draining::default(),
+            hurry: false,
         };
         let code = agent.run(&mut signals).await;
         agent.finish(&mut signals).await;
@@ -155,6 +161,10 @@ struct Agent {
     /// The node's state as the gateway last described it; `None` before the
     /// first `welcome`. Kept while the agent reconnects.
     known: Option<NodeState>,
+    /// Routes lost with a drain whose `drain_done` has not come yet.
+    draining: Draining,
+    /// A second SIGTERM or SIGINT came: exit without waiting for `--exec`.
+    hurry: bool,
 }
 
 impl Agent {
@@ -199,7 +209,7 @@ impl Agent {
                                     continue;
                                 }
                                 Wanted::Leave => {
-                                    self.leave(client, &mut stdout).await;
+                                    self.leave(client, &mut stdout, signals).await;
                                     return ExitCode::SUCCESS;
                                 }
                             },
@@ -283,23 +293,70 @@ impl Agent {
     }
 
     /// Says `bye`, prints and applies what the gateway sends until it closes
-    /// the connection (its `moved`).
-    async fn leave(&mut self, mut client: Client, stdout: &mut tokio::io::Stdout) {
+    /// the connection (its `moved`; with a drain, `drain_done` when the window
+    /// ends), at most [`BYE_TIMEOUT`] or the drain window plus [`BYE_TIMEOUT`].
+    /// Another SIGTERM or SIGINT ends the wait at once.
+    async fn leave(
+        &mut self,
+        mut client: Client,
+        stdout: &mut tokio::io::Stdout,
+        signals: &mut Signals,
+    ) {
         let name = self.options.name.clone();
-        match client.bye().await {
-            Ok(messages) => {
-                for message in messages {
-                    print_line(stdout, &message.line).await;
-                }
-                // One change for what the answer to `bye` took away.
-                let after = NodeState::of(&client);
-                if self.known.as_ref() != Some(&after) {
-                    self.changed("moved", after);
-                }
-                info!(node = %name, "left the cluster");
-            }
-            Err(err) => warn!(node = %name, "saying bye: {err}"),
+        if let Err(err) = client.send_bye().await {
+            warn!(node = %name, "saying bye: {err}");
+            return;
         }
+        let mut deadline = tokio::time::Instant::now() + BYE_TIMEOUT;
+        let mut draining = false;
+        loop {
+            let received = tokio::select! {
+                wanted = signals.next() => match wanted {
+                    Wanted::Resync => {
+                        self.resync();
+                        continue;
+                    }
+                    Wanted::Leave => {
+                        warn!(node = %name, "asked again to stop: exiting now, before the gateway closed the connection");
+                        self.hurry = true;
+                        return;
+                    }
+                },
+                received = tokio::time::timeout_at(deadline, client.recv()) => received,
+            };
+            match received {
+                Ok(Ok(received)) => {
+                    print_line(stdout, &received.line).await;
+                    if let Some(drain) = drain_of(&received.message) {
+                        deadline = deadline.max(tokio::time::Instant::now() + drain + BYE_TIMEOUT);
+                        if !draining {
+                            draining = true;
+                            info!(
+                                node = %name,
+                                drain_ms = drain.as_millis() as u64,
+                                "draining for {} ms: the connections open on the moved routes \
+                                 stay until the gateway ends the window (SIGTERM again: exit now)",
+                                drain.as_millis()
+                            );
+                        }
+                    }
+                    self.apply(&client, &received.message);
+                }
+                Ok(Err(ClientError::Closed)) => break,
+                Ok(Err(err)) => {
+                    if let ClientError::Refused { line, .. } = &err {
+                        print_line(stdout, line).await;
+                    }
+                    warn!(node = %name, "after bye: {err}");
+                    break;
+                }
+                Err(_) => {
+                    warn!(node = %name, "the gateway did not close the connection in time after bye; leaving anyway");
+                    break;
+                }
+            }
+        }
+        info!(node = %name, "left the cluster");
     }
 
     /// A message applied to the known state: the hook runs, the state file is
@@ -309,12 +366,24 @@ impl Agent {
             return;
         };
         let after = NodeState::of(client);
-        self.changed(event, after);
+        let now = crate::api::unix_ms();
+        let mut change = Change::between(event, self.known.as_ref(), &after);
+        match message {
+            GatewayMessage::Moved { routes, drain_ms } if *drain_ms > 0 => {
+                self.draining.start(routes, *drain_ms, now);
+                change.drain_ms = *drain_ms;
+            }
+            GatewayMessage::DrainDone { routes } => {
+                change.drained = self.draining.done(routes, &after.routes);
+            }
+            _ => {}
+        }
+        self.draining.retain_valid(&after.routes, now);
+        self.changed(change);
     }
 
-    fn changed(&mut self, event: &'static str, after: NodeState) {
-        let change = Change::between(event, self.known.as_ref(), &after);
-        self.known = Some(after);
+    fn changed(&mut self, change: Change) {
+        self.known = Some(change.state.clone());
         self.publish(true);
         if let Some(hook) = &self.hook {
             hook.run(change);
@@ -330,8 +399,13 @@ impl Agent {
         };
         info!(node = %self.options.name, routes = known.routes.len(), "SIGUSR1: running the hook with the full state");
         if let Some(publisher) = &self.publisher
-            && let Err(err) =
-                publisher.write(&self.options.name, &self.options.gateway, true, &known)
+            && let Err(err) = publisher.write(
+                &self.options.name,
+                &self.options.gateway,
+                true,
+                &known,
+                &self.draining,
+            )
         {
             warn!(node = %self.options.name, "writing --state-file {}: {err}", publisher.path().display());
         }
@@ -342,8 +416,13 @@ impl Agent {
 
     fn publish(&self, connected: bool) {
         if let (Some(publisher), Some(known)) = (&self.publisher, &self.known)
-            && let Err(err) =
-                publisher.write(&self.options.name, &self.options.gateway, connected, known)
+            && let Err(err) = publisher.write(
+                &self.options.name,
+                &self.options.gateway,
+                connected,
+                known,
+                &self.draining,
+            )
         {
             warn!(
                 node = %self.options.name,
@@ -356,7 +435,9 @@ impl Agent {
     /// Before exit: the hook has run for every change (unless a second
     /// SIGTERM or SIGINT says not to wait), the state file is gone.
     async fn finish(self, signals: &mut Signals) {
-        if let Some(hook) = self.hook {
+        if let Some(hook) = self.hook
+            && !self.hurry
+        {
             let finished = hook.finish();
             tokio::pin!(finished);
             loop {

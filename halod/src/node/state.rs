@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::Client;
-use crate::protocol::{Role, Route, RoutePorts};
+use crate::protocol::{MovedRoute, Role, Route, RoutePorts};
 
 /// The node as the gateway last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +32,73 @@ impl NodeState {
     }
 }
 
+/// Routes the node lost with a drain (a `moved` with `drain_ms`) whose
+/// `drain_done` has not come yet: the node still holds their connections that
+/// were open at the `moved`, until `until_unix_ms` at the latest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Draining {
+    /// Route -> (its ports, when its drain window ends, Unix ms).
+    routes: BTreeMap<Route, (Vec<u16>, u64)>,
+}
+
+impl Draining {
+    /// A `moved` with `drain_ms` > 0 received at `now_unix_ms`.
+    pub fn start(&mut self, routes: &[MovedRoute], drain_ms: u64, now_unix_ms: u64) {
+        let until = now_unix_ms.saturating_add(drain_ms);
+        for route in routes {
+            self.routes
+                .insert(route.route, (route.ports.clone(), until));
+        }
+    }
+
+    /// A `drain_done`: its routes stop draining. Returns the routes (with the
+    /// ports the message gives) whose connections are lost for this node now:
+    /// those of the message that the node does not serve again by now.
+    pub fn done(
+        &mut self,
+        routes: &[RoutePorts],
+        served: &BTreeMap<Route, Vec<u16>>,
+    ) -> BTreeMap<Route, Vec<u16>> {
+        for route in routes {
+            self.routes.remove(&route.route);
+        }
+        routes
+            .iter()
+            .filter(|route| !served.contains_key(&route.route))
+            .map(|route| (route.route, route.ports.clone()))
+            .collect()
+    }
+
+    /// Keeps only what is still valid at `now_unix_ms`: windows not over yet,
+    /// of routes the node does not serve again (`served`: the full set now).
+    pub fn retain_valid(&mut self, served: &BTreeMap<Route, Vec<u16>>, now_unix_ms: u64) {
+        self.routes
+            .retain(|route, (_, until)| *until > now_unix_ms && !served.contains_key(route));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The routes still draining at `now_unix_ms`, ascending.
+    fn entries(&self, now_unix_ms: u64) -> Vec<DrainingRoute> {
+        self.routes
+            .iter()
+            .filter(|(_, (_, until))| *until > now_unix_ms)
+            .map(|(route, (ports, until))| DrainingRoute {
+                route: *route,
+                ports: ports.clone(),
+                until_unix_ms: *until,
+            })
+            .collect()
+    }
+}
+
 /// One change of the node's state, as `--exec` is told about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// `welcome`, `assigned`, `moved`, `role`, or `resync` (SIGUSR1: nothing
-    /// changed, the hook runs again with the full state).
+    /// `welcome`, `assigned`, `moved`, `drain_done`, `role`, or `resync`
+    /// (SIGUSR1: nothing changed, the hook runs again with the full state).
     pub event: &'static str,
     /// The state after the change: always the full set.
     pub state: NodeState,
@@ -44,6 +106,11 @@ pub struct Change {
     pub gained: BTreeMap<Route, Vec<u16>>,
     /// Routes the node lost with this change, with their ports.
     pub lost: BTreeMap<Route, Vec<u16>>,
+    /// A `moved`'s `drain_ms`: how long the node keeps the lost routes' open
+    /// connections (0: none, close them now).
+    pub drain_ms: u64,
+    /// A `drain_done`'s routes: their connections are lost for this node now.
+    pub drained: BTreeMap<Route, Vec<u16>>,
 }
 
 impl Change {
@@ -62,11 +129,13 @@ impl Change {
             state: after.clone(),
             gained: difference(&after.routes, before_routes),
             lost: difference(before_routes, &after.routes),
+            drain_ms: 0,
+            drained: BTreeMap::new(),
         }
     }
 
-    /// The environment `--exec` gets: the full state, and what this change
-    /// gained and lost.
+    /// The environment `--exec` gets: the full state, what this change gained
+    /// and lost, the drain of what it lost, and what a `drain_done` ended.
     pub fn environment(&self, node: &str) -> Vec<(&'static str, String)> {
         vec![
             ("HALOD_EVENT", self.event.to_string()),
@@ -78,6 +147,12 @@ impl Change {
             ("HALOD_GAINED_PORTS", join(&ports_of(self.gained.values()))),
             ("HALOD_LOST_ROUTES", join(self.lost.keys())),
             ("HALOD_LOST_PORTS", join(&ports_of(self.lost.values()))),
+            ("HALOD_DRAIN_MS", self.drain_ms.to_string()),
+            ("HALOD_DRAINED_ROUTES", join(self.drained.keys())),
+            (
+                "HALOD_DRAINED_PORTS",
+                join(&ports_of(self.drained.values())),
+            ),
         ]
     }
 }
@@ -107,7 +182,16 @@ struct StateFile<'a> {
     role: Role,
     routes: Vec<RoutePorts>,
     ports: Vec<u16>,
+    /// Routes lost with a drain whose `drain_done` has not come yet.
+    draining: Vec<DrainingRoute>,
     updated_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DrainingRoute {
+    route: Route,
+    ports: Vec<u16>,
+    until_unix_ms: u64,
 }
 
 /// The agent's `--state-file`: rewritten whole (a temporary file renamed over
@@ -136,7 +220,9 @@ impl StatePublisher {
         gateway: &str,
         connected: bool,
         state: &NodeState,
+        draining: &Draining,
     ) -> std::io::Result<()> {
+        let now = crate::api::unix_ms();
         let file = StateFile {
             node,
             gateway,
@@ -151,7 +237,8 @@ impl StatePublisher {
                 })
                 .collect(),
             ports: state.ports(),
-            updated_unix_ms: crate::api::unix_ms(),
+            draining: draining.entries(now),
+            updated_unix_ms: now,
         };
         let mut text = serde_json::to_string(&file).map_err(std::io::Error::other)?;
         text.push('\n');
@@ -185,6 +272,80 @@ mod tests {
         }
     }
 
+    fn moved(routes: &[Route]) -> Vec<MovedRoute> {
+        routes
+            .iter()
+            .map(|route| MovedRoute {
+                route: *route,
+                ports: vec![7999 + route, 8999 + route],
+                to: Some("n2".into()),
+            })
+            .collect()
+    }
+
+    fn route_ports(routes: &[Route]) -> Vec<RoutePorts> {
+        routes
+            .iter()
+            .map(|route| RoutePorts {
+                route: *route,
+                ports: vec![7999 + route, 8999 + route],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_drain_lasts_until_its_drain_done_its_window_or_the_route_coming_back() {
+        let mut draining = Draining::default();
+        draining.start(&moved(&[2, 3]), 30_000, 1_000);
+        draining.start(&moved(&[5]), 10_000, 2_000);
+        let served = state(Role::Active, &[1]).routes;
+        draining.retain_valid(&served, 11_999);
+        let routes = |d: &Draining| d.routes.keys().copied().collect::<Vec<_>>();
+        assert_eq!(routes(&draining), [2, 3, 5]);
+        assert_eq!(draining.entries(11_999)[2].until_unix_ms, 12_000);
+        // The state file leaves out what ended, even before it is pruned.
+        let shown = draining.entries(12_000);
+        assert_eq!(shown.iter().map(|e| e.route).collect::<Vec<_>>(), [2, 3]);
+        // Route 5's window is over (a drain_done lost with a reconnect).
+        draining.retain_valid(&served, 12_000);
+        assert_eq!(routes(&draining), [2, 3]);
+        // Route 3 is served again (assigned back): nothing of it drains.
+        draining.retain_valid(&state(Role::Active, &[1, 3]).routes, 12_000);
+        assert_eq!(routes(&draining), [2]);
+        // drain_done: removed, and its connections are lost unless the node
+        // serves the route again by now.
+        let mut again = draining.clone();
+        let drained = draining.done(&route_ports(&[2]), &served);
+        assert_eq!(drained, BTreeMap::from([(2, vec![8001, 9001])]));
+        assert!(draining.is_empty());
+        let drained = again.done(&route_ports(&[2]), &state(Role::Active, &[2]).routes);
+        assert!(drained.is_empty());
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn the_hook_hears_the_drain_and_its_end() {
+        let before = state(Role::Active, &[1, 2, 3]);
+        let after = state(Role::Active, &[1]);
+        let mut change = Change::between("moved", Some(&before), &after);
+        let environment: BTreeMap<_, _> = change.environment("n1").into_iter().collect();
+        assert_eq!(environment["HALOD_DRAIN_MS"], "0");
+        assert_eq!(environment["HALOD_DRAINED_ROUTES"], "");
+        change.drain_ms = 30_000;
+        let environment: BTreeMap<_, _> = change.environment("n1").into_iter().collect();
+        assert_eq!(environment["HALOD_DRAIN_MS"], "30000");
+        assert_eq!(environment["HALOD_LOST_PORTS"], "8001,8002,9001,9002");
+        let mut done = Change::between("drain_done", Some(&after), &after);
+        done.drained = BTreeMap::from([(3, vec![8002, 9002]), (2, vec![8001, 9001])]);
+        let environment: BTreeMap<_, _> = done.environment("n1").into_iter().collect();
+        assert_eq!(environment["HALOD_EVENT"], "drain_done");
+        assert_eq!(environment["HALOD_DRAINED_ROUTES"], "2,3");
+        assert_eq!(environment["HALOD_DRAINED_PORTS"], "8001,8002,9001,9002");
+        assert_eq!(environment["HALOD_LOST_ROUTES"], "");
+        assert_eq!(environment["HALOD_DRAIN_MS"], "0");
+        assert_eq!(environment["HALOD_ROUTES"], "1");
+    }
+
     #[test]
     fn a_change_carries_the_full_set_and_what_moved() {
         let first = Change::between("welcome", None, &state(Role::Active, &[1, 2, 3]));
@@ -214,7 +375,13 @@ mod tests {
         let path = dir.join("node.json");
         let publisher = StatePublisher::new(path.clone());
         publisher
-            .write("n1", "198.19.0.1:7000", true, &state(Role::Active, &[2]))
+            .write(
+                "n1",
+                "198.19.0.1:7000",
+                true,
+                &state(Role::Active, &[2]),
+                &Draining::default(),
+            )
             .unwrap();
         let written: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -226,12 +393,27 @@ mod tests {
             serde_json::json!([{"route": 2, "ports": [8001, 9001]}])
         );
         assert_eq!(written["ports"], serde_json::json!([8001, 9001]));
+        assert_eq!(written["draining"], serde_json::json!([]));
+        let mut draining = Draining::default();
+        let now = crate::api::unix_ms();
+        draining.start(&moved(&[3]), 30_000, now);
+        draining.start(&moved(&[4]), 30_000, now - 30_000);
         publisher
-            .write("n1", "198.19.0.1:7000", false, &state(Role::Active, &[2]))
+            .write(
+                "n1",
+                "198.19.0.1:7000",
+                false,
+                &state(Role::Active, &[2]),
+                &draining,
+            )
             .unwrap();
         let rewritten: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(rewritten["connected"], false);
+        assert_eq!(
+            rewritten["draining"],
+            serde_json::json!([{"route": 3, "ports": [8002, 9002], "until_unix_ms": now + 30_000}])
+        );
         // Only the file itself is left in the directory: no temporary file.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         publisher.remove().unwrap();

@@ -138,3 +138,251 @@ fn jitter_stays_within_half_again() {
         assert!((100..=150).contains(&delay.as_millis()), "{delay:?}");
     }
 }
+
+/// One step of a [`scripted_gateway`].
+enum Step {
+    Send(&'static str),
+    Sleep(Duration),
+    /// Reads the node's lines (hello, heartbeats) until its `bye`.
+    AwaitBye,
+    /// Keeps the connection open (and unread) until the test ends.
+    Hold,
+}
+
+/// A fake gateway on loopback that reads `hello`, then plays `script` on the
+/// first connection, then closes it. Returns its address.
+async fn scripted_gateway(script: Vec<Step>) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let mut lines = BufReader::new(reader).lines();
+        let hello = lines.next_line().await.unwrap().unwrap();
+        assert!(hello.starts_with(r#"{"type":"hello""#), "{hello}");
+        for step in script {
+            match step {
+                Step::Send(line) => writer
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .unwrap(),
+                Step::Sleep(delay) => tokio::time::sleep(delay).await,
+                Step::AwaitBye => {
+                    while let Some(line) = lines.next_line().await.unwrap() {
+                        if line == r#"{"type":"bye"}"# {
+                            break;
+                        }
+                    }
+                }
+                Step::Hold => std::future::pending::<()>().await,
+            }
+        }
+    });
+    address
+}
+
+const WELCOME_1_2_3: &str = r#"{"type":"welcome","role":"active","heartbeat_ms":50,"routes":[{"route":1,"ports":[8000,9000]},{"route":2,"ports":[8001,9001]},{"route":3,"ports":[8002,9002]}]}"#;
+const MOVED_2_3_DRAIN: &str = r#"{"type":"moved","routes":[{"route":2,"ports":[8001,9001],"to":"n2"},{"route":3,"ports":[8002,9002],"to":"n2"}],"drain_ms":30000}"#;
+const DRAIN_DONE_2: &str = r#"{"type":"drain_done","routes":[{"route":2,"ports":[8001,9001]}]}"#;
+const DRAIN_DONE_3: &str = r#"{"type":"drain_done","routes":[{"route":3,"ports":[8002,9002]}]}"#;
+
+/// A scratch directory for one test.
+fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("halod-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An agent whose hook appends its drain variables to `dir/hook.log`, and
+/// whose state file is `dir/node.json`.
+fn test_agent(gateway: &str, dir: &std::path::Path) -> Agent {
+    let hook = format!(
+        "echo \"$HALOD_EVENT routes=$HALOD_ROUTES lost=$HALOD_LOST_ROUTES drain_ms=$HALOD_DRAIN_MS \
+         drained=$HALOD_DRAINED_ROUTES drained_ports=$HALOD_DRAINED_PORTS\" >> {}",
+        dir.join("hook.log").display()
+    );
+    Agent {
+        options: options(gateway, "n1", 11),
+        hook: Some(Hook::spawn(hook, "n1".into())),
+        publisher: Some(StatePublisher::new(dir.join("node.json"))),
+        known: None,
+        draining: Draining::default(),
+        hurry: false,
+    }
+}
+
+fn draining_routes(dir: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(dir.join("node.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["draining"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no draining list: {text}"))
+        .iter()
+        .map(|entry| {
+            let until = entry["until_unix_ms"].as_u64().unwrap();
+            let left = until.saturating_sub(crate::api::unix_ms());
+            assert!((20_000..=30_000).contains(&left), "{text}");
+            entry["route"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn hook_log(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("hook.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_agent_tells_the_drain_and_its_end_to_the_hook_and_the_state_file() {
+    let dir = scratch("agent-drain");
+    let gateway = scripted_gateway(vec![
+        Step::Send(WELCOME_1_2_3),
+        Step::Send(MOVED_2_3_DRAIN),
+        Step::Send(DRAIN_DONE_2),
+        Step::Send(DRAIN_DONE_3),
+        Step::Hold,
+    ])
+    .await;
+    let mut agent = test_agent(&gateway, &dir);
+    let (mut client, welcome) = Client::connect(&agent.options).await.unwrap();
+    agent.apply(&client, &welcome.message);
+    assert!(draining_routes(&dir).is_empty());
+    let moved = client.recv().await.unwrap();
+    assert_eq!(moved.line, MOVED_2_3_DRAIN, "printed as received");
+    agent.apply(&client, &moved.message);
+    assert_eq!(draining_routes(&dir), [2, 3]);
+    let done = client.recv().await.unwrap();
+    assert_eq!(done.line, DRAIN_DONE_2);
+    agent.apply(&client, &done.message);
+    assert_eq!(draining_routes(&dir), [3]);
+    let done = client.recv().await.unwrap();
+    agent.apply(&client, &done.message);
+    assert!(draining_routes(&dir).is_empty());
+    assert_eq!(client.routes(), [1]);
+    agent.hook.take().unwrap().finish().await;
+    assert_eq!(
+        hook_log(&dir),
+        [
+            "welcome routes=1,2,3 lost= drain_ms=0 drained= drained_ports=",
+            "moved routes=1 lost=2,3 drain_ms=30000 drained= drained_ports=",
+            "drain_done routes=1 lost= drain_ms=0 drained=2 drained_ports=8001,9001",
+            "drain_done routes=1 lost= drain_ms=0 drained=3 drained_ports=8002,9002",
+        ]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn bye_waits_out_a_drain_longer_than_its_timeout() {
+    let gateway = scripted_gateway(vec![
+        Step::Send(WELCOME_1_2_3),
+        Step::AwaitBye,
+        Step::Send(
+            r#"{"type":"moved","routes":[{"route":1,"ports":[8000,9000],"to":"n2"}],"drain_ms":10000}"#,
+        ),
+        Step::Sleep(BYE_TIMEOUT + Duration::from_secs(2)),
+        Step::Send(r#"{"type":"drain_done","routes":[{"route":1,"ports":[8000,9000]}]}"#),
+    ])
+    .await;
+    let (mut client, _) = Client::connect(&options(&gateway, "n1", 11)).await.unwrap();
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    let messages = client.bye().await.unwrap();
+    let types: Vec<_> = messages
+        .iter()
+        .map(|m| m.line.split('"').nth(3).unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["moved", "drain_done"]);
+    assert!(start.elapsed() >= BYE_TIMEOUT + Duration::from_secs(2));
+    assert_eq!(client.routes(), [2, 3]);
+
+    // A gateway that never closes: bye gives up BYE_TIMEOUT after the window.
+    let gateway = scripted_gateway(vec![
+        Step::Send(WELCOME_1_2_3),
+        Step::AwaitBye,
+        Step::Send(MOVED_2_3_DRAIN),
+        Step::Hold,
+    ])
+    .await;
+    tokio::time::resume();
+    let (mut client, _) = Client::connect(&options(&gateway, "n1", 11)).await.unwrap();
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    assert_eq!(client.bye().await.unwrap().len(), 1);
+    let waited = start.elapsed();
+    let window = Duration::from_millis(30_000) + BYE_TIMEOUT;
+    assert!(
+        waited >= window && waited < window + Duration::from_secs(1),
+        "{waited:?}"
+    );
+}
+
+/// The agent after `bye`, with signal handlers installed in the test process
+/// (this is the only test that installs them, and it raises SIGTERM itself).
+#[tokio::test]
+async fn after_bye_the_agent_runs_the_hook_until_the_drain_ends_or_it_is_asked_again() {
+    let dir = scratch("agent-bye-drain");
+    let mut signals = Signals::install().unwrap();
+    let mut stdout = tokio::io::stdout();
+    let gateway = scripted_gateway(vec![
+        Step::Send(WELCOME_1_2_3),
+        Step::AwaitBye,
+        Step::Send(MOVED_2_3_DRAIN),
+        Step::Send(r#"{"type":"moved","routes":[{"route":1,"ports":[8000,9000],"to":"n2"}],"drain_ms":30000}"#),
+        Step::Sleep(Duration::from_secs(20)),
+        Step::Send(
+            r#"{"type":"drain_done","routes":[{"route":1,"ports":[8000,9000]},{"route":2,"ports":[8001,9001]},{"route":3,"ports":[8002,9002]}]}"#,
+        ),
+    ])
+    .await;
+    let mut agent = test_agent(&gateway, &dir);
+    let (client, welcome) = Client::connect(&agent.options).await.unwrap();
+    agent.apply(&client, &welcome.message);
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    agent.leave(client, &mut stdout, &mut signals).await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "waited for the drain"
+    );
+    assert!(!agent.hurry);
+    assert!(agent.draining.is_empty());
+    tokio::time::resume();
+    agent.hook.take().unwrap().finish().await;
+    assert_eq!(
+        hook_log(&dir),
+        [
+            "welcome routes=1,2,3 lost= drain_ms=0 drained= drained_ports=",
+            "moved routes=1 lost=2,3 drain_ms=30000 drained= drained_ports=",
+            "moved routes= lost=1 drain_ms=30000 drained= drained_ports=",
+            "drain_done routes= lost= drain_ms=0 drained=1,2,3 drained_ports=8000,8001,8002,9000,9001,9002",
+        ]
+    );
+
+    // A second SIGTERM during the drain: the agent stops waiting at once.
+    let gateway = scripted_gateway(vec![
+        Step::Send(WELCOME_1_2_3),
+        Step::AwaitBye,
+        Step::Send(MOVED_2_3_DRAIN),
+        Step::Hold,
+    ])
+    .await;
+    let mut agent = test_agent(&gateway, &dir);
+    agent.hook = None;
+    let (client, _) = Client::connect(&agent.options).await.unwrap();
+    let start = std::time::Instant::now();
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+    });
+    agent.leave(client, &mut stdout, &mut signals).await;
+    assert!(agent.hurry);
+    assert!(start.elapsed() < BYE_TIMEOUT, "{:?}", start.elapsed());
+    assert_eq!(draining_routes(&dir), [2, 3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
