@@ -217,7 +217,7 @@ impl Drains {
                 ));
             }
         }
-        saved.sort_by(|a, b| (a.1.route, a.0).cmp(&(b.1.route, b.0)));
+        saved.sort_by_key(|(later, drain)| (drain.route, *later));
         saved.into_iter().map(|(_, drain)| drain).collect()
     }
 

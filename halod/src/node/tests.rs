@@ -13,8 +13,15 @@ use crate::control::tables::Recorder;
 use crate::control::wiring::{Wiring, test_config};
 use crate::protocol::Role;
 
+/// A gateway whose moves do not drain.
 async fn gateway(token: Option<&str>) -> (String, CancellationToken) {
-    let config = test_config("heartbeat_ms: 50, dead_after: 3, max_nodes: 10");
+    gateway_draining(token, 0).await
+}
+
+async fn gateway_draining(token: Option<&str>, drain_ms: u64) -> (String, CancellationToken) {
+    let config = test_config(&format!(
+        "heartbeat_ms: 50, dead_after: 3, max_nodes: 10, drain_ms: {drain_ms}"
+    ));
     let shutdown = CancellationToken::new();
     let wired = Wiring::new(&config, Recorder::default())
         .unwrap()
@@ -385,4 +392,38 @@ async fn after_bye_the_agent_runs_the_hook_until_the_drain_ends_or_it_is_asked_a
     assert!(start.elapsed() < BYE_TIMEOUT, "{:?}", start.elapsed());
     assert_eq!(draining_routes(&dir), [2, 3]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_drains_until_the_gateway_says_drain_done() {
+    let (gateway, shutdown) = gateway_draining(Some("t0ken"), 300).await;
+    let (mut n1, _) = Client::connect(&options(&gateway, "n1", 11)).await.unwrap();
+    let (mut n2, _) = Client::connect(&options(&gateway, "n2", 12)).await.unwrap();
+    let moved = n1.recv().await.unwrap();
+    assert!(
+        matches!(moved.message, GatewayMessage::Moved { drain_ms: 300, .. }),
+        "{}",
+        moved.line
+    );
+    let started = std::time::Instant::now();
+    let goodbye = n2.bye().await.unwrap();
+    let kinds: Vec<String> = goodbye
+        .iter()
+        .map(|m| m.line.split('"').nth(3).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(kinds, ["moved", "drain_done"], "{goodbye:?}");
+    assert!(
+        goodbye[0].line.contains(r#""drain_ms":300"#),
+        "{}",
+        goodbye[0].line
+    );
+    match &goodbye[1].message {
+        GatewayMessage::DrainDone { routes } => assert_eq!(routes.len(), 12),
+        other => panic!("expected drain_done, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "drain_done came before the window ended"
+    );
+    shutdown.cancel();
 }
