@@ -44,6 +44,17 @@ pub struct RouteRow {
     pub node: Option<String>,
     pub slot: Option<Slot>,
     pub addr: Option<Ipv4Addr>,
+    /// While the route drains: the node its connections older than the move
+    /// still reach, and for how long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<Draining>,
+}
+
+/// A route's drain, as `halod routes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    pub from: String,
+    pub left_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +147,23 @@ pub struct StatsReply {
     pub nodes: Vec<NodeStats>,
     /// Packets per verdict of the XDP program (forwarded, passed, dropped).
     pub reasons: BTreeMap<String, u64>,
+    /// Draining routes and what their packets did.
+    #[serde(default)]
+    pub drain: DrainCounts,
+}
+
+/// `halod stats`' drain part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainCounts {
+    /// Routes that drain now.
+    pub routes: usize,
+    /// Packets of connections older than a move, sent to the old node.
+    pub to_old: u64,
+    /// Connections opened to draining routes (they reach the new node).
+    pub new_flows: u64,
+    /// Connections opened to draining routes that `nodes.drain_flows` had no
+    /// room for (they stayed with the old node).
+    pub full: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +189,10 @@ pub struct DrainReply {
     /// The nodes that took them, ascending by name (empty: no node is left).
     #[serde(default)]
     pub to: Vec<String>,
+    /// How long the node keeps the connections open at the move (0: none);
+    /// it is told `drained` when this ends.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drain_ms: u64,
 }
 
 /// `watch`'s first line.
@@ -284,4 +316,8 @@ pub struct StateFileHealth {
     pub write_failures: u64,
     /// The last failure, while writes fail; null once one landed.
     pub last_error: Option<String>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }

@@ -117,6 +117,13 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
         "Registered nodes by role (disconnected: within a reconnect or restart grace)",
         roles,
     );
+    let draining: Gauge = Gauge::default();
+    draining.set(snapshot.drains.len() as i64);
+    registry.register(
+        "draining_routes",
+        "Routes whose connections older than their last move still reach the old node (nodes.drain_ms)",
+        draining,
+    );
 
     match services.dataplane.stats().await {
         Ok(stats) => {
@@ -171,6 +178,27 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
                 "Packets seen by the XDP program, by verdict reason",
                 reasons,
             );
+            for (name, help, value) in [
+                (
+                    "drain_old_packets",
+                    "Packets of draining routes' connections older than the move, sent to the old node",
+                    stats.drain.to_old,
+                ),
+                (
+                    "drain_new_connections",
+                    "Connections opened to draining routes, recorded for the new node",
+                    stats.drain.new_flows,
+                ),
+                (
+                    "drain_flows_full",
+                    "Connections opened to draining routes that nodes.drain_flows had no room for (kept on the old node)",
+                    stats.drain.full,
+                ),
+            ] {
+                let counter: Counter = Counter::default();
+                counter.inc_by(value);
+                registry.register(name, help, counter);
+            }
         }
         Err(err) => debug!("metrics: no data plane counters: {err}"),
     }

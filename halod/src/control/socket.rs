@@ -30,9 +30,9 @@ use super::manager::{Drained, Request, Snapshot};
 use super::metrics::Metrics;
 use super::tables::DataplaneView;
 use crate::api::{
-    ConfigSummary, Counts, DrainReply, ErrorReply, InterfaceMode, ListenerSummary, NodeRow,
-    NodeStats, NodesReply, OperatorRequest, RouteRow, RouteStats, RoutesReply, Stamped, StatsReply,
-    StatusReply, WatchingReply, unix_ms,
+    ConfigSummary, Counts, DrainCounts, DrainReply, Draining, ErrorReply, InterfaceMode,
+    ListenerSummary, NodeRow, NodeStats, NodesReply, OperatorRequest, RouteRow, RouteStats,
+    RoutesReply, Stamped, StatsReply, StatusReply, WatchingReply, unix_ms,
 };
 use crate::config::Config;
 use crate::protocol::{LineError, LineReader};
@@ -135,6 +135,7 @@ impl<D: DataplaneView> Services<D> {
                     drained: drained.node,
                     moved: drained.moved,
                     to: drained.to,
+                    drain_ms: drained.drain_ms,
                 })),
                 Ok(Err(message)) => Err(anyhow::anyhow!(message)),
                 Err(err) => Err(err),
@@ -154,6 +155,19 @@ impl<D: DataplaneView> Services<D> {
                 }
             }
         }
+        let draining: BTreeMap<Route, Draining> = snapshot
+            .drains
+            .iter()
+            .map(|(drain, left_ms)| {
+                (
+                    drain.route,
+                    Draining {
+                        from: drain.node.clone(),
+                        left_ms: *left_ms,
+                    },
+                )
+            })
+            .collect();
         let routes = (1..=Route::try_from(self.info.config.routes).unwrap_or(Route::MAX))
             .map(|route| {
                 let owner = served.get(&route);
@@ -163,6 +177,7 @@ impl<D: DataplaneView> Services<D> {
                     node: owner.map(|(name, _, _)| name.to_string()),
                     slot: owner.map(|(_, slot, _)| *slot),
                     addr: owner.map(|(_, _, addr)| *addr),
+                    draining: draining.get(&route).cloned(),
                 }
             })
             .collect();
@@ -281,6 +296,12 @@ impl<D: DataplaneView> Services<D> {
             routes,
             nodes,
             reasons,
+            drain: DrainCounts {
+                routes: snapshot.drains.len(),
+                to_old: stats.drain.to_old,
+                new_flows: stats.drain.new_flows,
+                full: stats.drain.full,
+            },
         })
     }
 }

@@ -309,19 +309,35 @@ fn watch(mut connection: Connection, target: &Target) -> Result<(), Failure> {
 
 fn render_routes(reply: &RoutesReply) -> String {
     let served = reply.routes.iter().filter(|r| r.node.is_some()).count();
-    let mut table = Table::new(&["Route", "Ports", "Node", "Slot", "Address"]);
+    let draining = reply.routes.iter().filter(|r| r.draining.is_some()).count();
+    let mut columns = vec!["Route", "Ports", "Node", "Slot", "Address"];
+    if draining > 0 {
+        columns.push("Draining");
+    }
+    let mut table = Table::new(&columns);
     for route in &reply.routes {
         let ports: Vec<String> = route.ports.iter().map(u16::to_string).collect();
-        table.row(vec![
+        let mut row = vec![
             route.route.to_string(),
             ports.join(","),
             route.node.clone().unwrap_or_else(|| "-".into()),
             route.slot.map_or("-".into(), |s| s.to_string()),
             route.addr.map_or("-".into(), |a| a.to_string()),
-        ]);
+        ];
+        if draining > 0 {
+            row.push(route.draining.as_ref().map_or("-".into(), |d| {
+                format!("from {}, {} left", d.from, duration(d.left_ms))
+            }));
+        }
+        table.row(row);
     }
+    let draining = if draining > 0 {
+        format!(", {draining} draining")
+    } else {
+        String::new()
+    };
     format!(
-        "{} routes, {served} served\n{}",
+        "{} routes, {served} served{draining}\n{}",
         reply.routes.len(),
         table.render()
     )
@@ -527,11 +543,17 @@ fn render_stats(stats: &StatsReply) -> String {
     for (reason, count) in &stats.reasons {
         reasons.row(vec![reason.clone(), count.to_string()]);
     }
+    let drain = &stats.drain;
     format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\ndraining routes {}: {} packets to their old nodes, {} new connections to \
+         their new nodes, {} kept on the old nodes (nodes.drain_flows full)\n",
         routes.render(),
         nodes.render(),
-        reasons.render()
+        reasons.render(),
+        drain.routes,
+        drain.to_old,
+        drain.new_flows,
+        drain.full
     )
 }
 
@@ -544,8 +566,16 @@ fn drained_text(reply: &DrainReply) -> String {
         [one] => format!(" to {one}"),
         many => format!(" to {} nodes ({})", many.len(), many.join(", ")),
     };
+    let drain = if reply.drain_ms > 0 {
+        format!(
+            "; its connections open now stay on it for {} (nodes.drain_ms), then it is disconnected",
+            duration(reply.drain_ms)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "drained {}: it left the cluster; {} {routes} moved{whereto}\n",
+        "drained {}: it left the cluster; {} {routes} moved{whereto}{drain}\n",
         reply.drained, reply.moved
     )
 }

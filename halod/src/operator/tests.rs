@@ -688,10 +688,19 @@ fn drain_says_where_the_routes_went() {
         drained: "n3".into(),
         moved,
         to: to.iter().map(|n| n.to_string()).collect(),
+        drain_ms: 0,
     };
     assert_eq!(
         drained_text(&reply(6, &["n1"])),
         "drained n3: it left the cluster; 6 routes moved to n1\n"
+    );
+    assert_eq!(
+        drained_text(&DrainReply {
+            drain_ms: 30_000,
+            ..reply(6, &["n1"])
+        }),
+        "drained n3: it left the cluster; 6 routes moved to n1; its connections open now stay \
+         on it for 30.0s (nodes.drain_ms), then it is disconnected\n"
     );
     assert_eq!(
         drained_text(&reply(6, &["n1", "n2"])),
