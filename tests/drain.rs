@@ -9,12 +9,10 @@
 //! new node, which resets them (what their clients see). Needs root; run by
 //! `cargo xtask test`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use xtask::testbed::run_in_netns;
+use xtask::echo::EchoClients;
 
 mod support;
 use support::Process;
@@ -90,96 +88,34 @@ impl Bed {
     }
 }
 
-/// One client connection through the VIP.
-struct Conn {
-    route: u16,
-    /// The node that answered it (the backend's first line).
-    node: String,
-    stream: BufReader<TcpStream>,
-    /// Why it ended, if it did.
-    ended: Option<String>,
+const TICK: Duration = Duration::from_millis(100);
+
+/// Route of a VIP port.
+fn route(port: u16) -> u16 {
+    port - BASE + 1
 }
 
-/// The client's connections.
-struct Clients {
-    bed_client_ns: String,
-    conns: Vec<Conn>,
+fn port(route: u16) -> u16 {
+    BASE + route - 1
 }
 
-impl Clients {
-    /// Opens `count` connections to each of `routes` from the client
-    /// namespace (a socket stays in the namespace it was made in).
-    fn open(&mut self, routes: impl IntoIterator<Item = u16>, count: usize) -> Vec<usize> {
-        let vip = xtask::testbed::VIP;
-        let routes: Vec<u16> = routes.into_iter().collect();
-        let opened = run_in_netns(&self.bed_client_ns, move || {
-            let mut conns = Vec::new();
-            for route in routes {
-                for _ in 0..count {
-                    let target = SocketAddr::from((vip, BASE + route - 1));
-                    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
-                        .unwrap_or_else(|e| panic!("connecting to route {route}: {e}"));
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(3)))
-                        .unwrap();
-                    stream.set_nodelay(true).unwrap();
-                    let mut stream = BufReader::new(stream);
-                    let mut node = String::new();
-                    stream
-                        .read_line(&mut node)
-                        .unwrap_or_else(|e| panic!("route {route}: no greeting: {e}"));
-                    conns.push(Conn {
-                        route,
-                        node: node.trim().to_string(),
-                        stream,
-                        ended: None,
-                    });
-                }
-            }
-            conns
+/// Echoes every 100 ms for `time`.
+fn run_for(clients: &mut EchoClients, time: Duration) {
+    clients.run_for(time, TICK);
+}
+
+/// The connections that ended: (route, node, why).
+fn ended_conns(clients: &EchoClients) -> Vec<(u16, String, String)> {
+    clients
+        .ended()
+        .map(|c| {
+            (
+                route(c.port),
+                c.node.clone(),
+                c.ended.clone().unwrap_or_default(),
+            )
         })
-        .unwrap();
-        let first = self.conns.len();
-        self.conns.extend(opened);
-        (first..self.conns.len()).collect()
-    }
-
-    /// One echo on every open connection.
-    fn tick(&mut self) {
-        for conn in self.conns.iter_mut().filter(|c| c.ended.is_none()) {
-            let outcome = conn.stream.get_mut().write_all(b"p\n").and_then(|()| {
-                let mut echo = [0u8; 2];
-                conn.stream.read_exact(&mut echo).map(|()| echo)
-            });
-            match outcome {
-                Ok(echo) if &echo == b"p\n" => {}
-                Ok(other) => conn.ended = Some(format!("wrong echo {other:?}")),
-                Err(err) => conn.ended = Some(format!("{:?}: {err}", err.kind())),
-            }
-        }
-    }
-
-    /// Echoes every 100 ms for `time`.
-    fn run_for(&mut self, time: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < time {
-            let tick = Instant::now();
-            self.tick();
-            std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
-        }
-    }
-
-    /// The connections that ended, with why.
-    fn ended(&self) -> Vec<(u16, &str, &str)> {
-        self.conns
-            .iter()
-            .filter_map(|c| Some((c.route, c.node.as_str(), c.ended.as_deref()?)))
-            .collect()
-    }
-
-    fn open_count(&self) -> usize {
-        self.conns.iter().filter(|c| c.ended.is_none()).count()
-    }
+        .collect()
 }
 
 /// The node names `halod routes` should show, for 8 routes over `active`
@@ -212,71 +148,84 @@ fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
         .map(|i| bed.backend(i, &format!("n{i}"), (0..ROUTES).map(|r| BASE + r)))
         .collect();
     let (n1, _, _) = bed.registered_agent(1, "n1");
-    let mut clients = Clients {
-        bed_client_ns: bed.bed.client_ns(1),
-        conns: Vec::new(),
-    };
-    clients.open(1..=ROUTES, PER_ROUTE);
+    let mut clients = EchoClients::new(&bed.bed, 1);
+    clients.open((1..=ROUTES).map(port), PER_ROUTE).unwrap();
     assert_eq!(clients.conns.len(), 120);
     assert!(clients.conns.iter().all(|c| c.node == "n1"));
-    clients.run_for(Duration::from_millis(500));
-    assert_eq!(clients.ended(), [], "before any move");
+    run_for(&mut clients, Duration::from_millis(500));
+    assert_eq!(
+        ended_conns(&clients),
+        Vec::<(u16, String, String)>::new(),
+        "before any move"
+    );
 
     // 1. A join: n2 takes half of the routes; n1 keeps their connections.
     let (mut n2, _, _) = bed.registered_agent(2, "n2");
     let after_join = table(&["n1", "n2"]);
     bed.wait_owners(&after_join);
     assert!(bed.draining() > 0, "the moved routes drain");
-    clients.run_for(Duration::from_millis(1000));
-    assert_eq!(clients.ended(), [], "the join reset connections");
+    run_for(&mut clients, Duration::from_millis(1000));
+    assert_eq!(
+        ended_conns(&clients),
+        Vec::<(u16, String, String)>::new(),
+        "the join reset connections"
+    );
     let moved: Vec<u16> = (1..=ROUTES)
         .filter(|r| after_join[usize::from(*r) - 1] == "n2")
         .collect();
-    let fresh = clients.open(moved.iter().copied(), 2);
+    let fresh = clients.open(moved.iter().copied().map(port), 2).unwrap();
     for &i in &fresh {
         assert_eq!(
-            clients.conns[i].node, "n2",
+            clients.conns[i].node,
+            "n2",
             "a new connection of draining route {} reached {}",
-            clients.conns[i].route, clients.conns[i].node
+            route(clients.conns[i].port),
+            clients.conns[i].node
         );
     }
-    clients.run_for(Duration::from_millis(500));
-    assert_eq!(clients.ended(), [], "during the join's drain");
+    run_for(&mut clients, Duration::from_millis(500));
+    assert_eq!(
+        ended_conns(&clients),
+        Vec::<(u16, String, String)>::new(),
+        "during the join's drain"
+    );
     // The window ends: n1's connections of the moved routes reach n2, which
     // resets them; nothing else ends.
-    clients.run_for(Duration::from_millis(DRAIN_MS + 500));
-    let ended = clients.ended();
+    run_for(&mut clients, Duration::from_millis(DRAIN_MS + 500));
+    let handed_over = ended_conns(&clients);
     assert!(
-        !ended.is_empty(),
+        !handed_over.is_empty(),
         "the old node's connections are handed over"
     );
-    for (route, node, why) in &ended {
+    for (route, node, why) in &handed_over {
         assert!(
-            moved.contains(route) && *node == "n1",
+            moved.contains(route) && node == "n1",
             "route {route} on {node} ended: {why}"
         );
         assert!(why.contains("ConnectionReset"), "{why}");
     }
-    assert_eq!(ended.len(), moved.len() * PER_ROUTE);
+    assert_eq!(handed_over.len(), moved.len() * PER_ROUTE);
     assert_eq!(bed.draining(), 0);
     // The clients reconnect (to n2).
-    clients.open(moved.iter().copied(), PER_ROUTE);
+    clients
+        .open(moved.iter().copied().map(port), PER_ROUTE)
+        .unwrap();
 
     // 2. The operator drains n2: its routes go back to n1, draining.
-    let baseline = clients.ended().len();
+    let baseline = ended_conns(&clients).len();
     let output = bed.halod(&["drain", "n2"]);
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("stay on it for 3.0s"), "{text}");
     bed.wait_owners(&table(&["n1"]));
-    clients.run_for(Duration::from_millis(1000));
+    run_for(&mut clients, Duration::from_millis(1000));
     assert_eq!(
-        clients.ended().len(),
+        ended_conns(&clients).len(),
         baseline,
         "halod drain reset connections: {:?}",
-        &clients.ended()[baseline..]
+        &ended_conns(&clients)[baseline..]
     );
-    let fresh = clients.open(moved.iter().copied(), 1);
+    let fresh = clients.open(moved.iter().copied().map(port), 1).unwrap();
     assert!(fresh.iter().all(|&i| clients.conns[i].node == "n1"));
     // n2's agent hears drained when the window ends, and exits 0 (a
     // planned departure).
@@ -289,44 +238,41 @@ fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
         started.elapsed() >= Duration::from_millis(DRAIN_MS / 2),
         "the drained agent left before its window ended"
     );
-    clients.run_for(Duration::from_millis(500));
+    run_for(&mut clients, Duration::from_millis(500));
     assert_eq!(bed.draining(), 0);
 
     // 3. A leave: n3 joins, then says bye (SIGTERM to its agent).
     let (mut n3, _, _) = bed.registered_agent(3, "n3");
     bed.wait_owners(&table(&["n1", "n3"]));
-    clients.run_for(Duration::from_millis(DRAIN_MS + 500));
+    run_for(&mut clients, Duration::from_millis(DRAIN_MS + 500));
     // Connections the join handed over: reopen what ended.
-    let reopen: Vec<u16> = clients
-        .conns
-        .iter()
-        .filter(|c| c.ended.is_some())
-        .map(|c| c.route)
-        .collect();
-    clients.conns.retain(|c| c.ended.is_none());
-    for route in reopen {
-        clients.open([route], 1);
-    }
+    let reopen: Vec<u16> = clients.ended().map(|c| c.port).collect();
+    clients.forget_ended();
+    clients.open(reopen, 1).unwrap();
     let on_n3: Vec<u16> = clients
         .conns
         .iter()
         .filter(|c| c.node == "n3")
-        .map(|c| c.route)
+        .map(|c| c.port)
         .collect();
     assert!(!on_n3.is_empty());
     n3.signal(Signal::SIGTERM);
     bed.wait_owners(&table(&["n1"]));
-    clients.run_for(Duration::from_millis(1000));
-    assert_eq!(clients.ended(), [], "bye reset connections");
-    let fresh = clients.open(on_n3.iter().copied(), 1);
+    run_for(&mut clients, Duration::from_millis(1000));
+    assert_eq!(
+        ended_conns(&clients),
+        Vec::<(u16, String, String)>::new(),
+        "bye reset connections"
+    );
+    let fresh = clients.open(on_n3.iter().copied(), 1).unwrap();
     assert!(fresh.iter().all(|&i| clients.conns[i].node == "n1"));
     assert!(
         n3.wait(Duration::from_millis(DRAIN_MS) + DEADLINE)
             .success(),
         "the agent exits 0 after its drain"
     );
-    clients.run_for(Duration::from_millis(500));
-    clients.conns.retain(|c| c.ended.is_none());
+    run_for(&mut clients, Duration::from_millis(500));
+    clients.forget_ended();
 
     // 4. A failure without spare: n1, n2', n4 active; n1's agent is killed
     // (its machine stays up). n4 (the last slot) takes slot 1; its own routes
@@ -336,17 +282,15 @@ fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
     let (_n4, _, _) = bed.registered_agent(4, "n4");
     let three = table(&["n1", "n2b", "n4"]);
     bed.wait_owners(&three);
-    clients.run_for(Duration::from_millis(DRAIN_MS + 500));
-    clients.conns.retain(|c| c.ended.is_none());
-    for route in 1..=ROUTES {
-        clients.open([route], 2);
-    }
+    run_for(&mut clients, Duration::from_millis(DRAIN_MS + 500));
+    clients.forget_ended();
+    clients.open((1..=ROUTES).map(port), 2).unwrap();
     let open_before = clients.open_count();
     drop(n1);
     let after_failure = table(&["n4", "n2b"]);
     bed.wait_owners(&after_failure);
-    clients.run_for(Duration::from_millis(1000));
-    for (route, node, why) in clients.ended() {
+    run_for(&mut clients, Duration::from_millis(1000));
+    for (route, node, why) in ended_conns(&clients) {
         assert_eq!(
             node, "n1",
             "route {route}: a connection on {node} ended at the failure of n1: {why}"
@@ -355,7 +299,7 @@ fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
     let n4_moved = clients
         .conns
         .iter()
-        .filter(|c| c.node == "n4" && after_failure[usize::from(c.route) - 1] != "n4")
+        .filter(|c| c.node == "n4" && after_failure[usize::from(route(c.port)) - 1] != "n4")
         .count();
     assert!(n4_moved > 0, "the failure moved some of n4's routes");
     assert!(

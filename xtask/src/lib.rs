@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod command;
 pub mod demo;
 pub mod ebpf_build;
+pub mod echo;
 pub mod fuzz;
 pub mod setup;
 pub mod test_suite;

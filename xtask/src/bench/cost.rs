@@ -26,7 +26,7 @@ use aya::{Ebpf, EbpfLoader};
 use halod_common::listener::MAX_LISTENERS;
 use halod_common::maps::{self as common, CONFIG_ENABLED, NODE_PRESENT, NodeAddr, SlotNode, names};
 
-use super::traffic::{mac_of, pin_thread, udp_frame};
+use super::traffic::{mac_of, pin_thread, tcp_frame, udp_frame};
 use crate::command;
 use crate::testbed::{EXTERNAL_IF, HOST_IF, INTERNAL_IF, Testbed, VIP, run_in_netns};
 
@@ -97,6 +97,11 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
     // the identity too), arriving on the internal interface.
     let reply = ttl255(udp_frame(
         node_mac, int_mac, node, client, BASE_PORT, 40000, 60,
+    ));
+    // A bare ACK of an open TCP connection through the VIP: the packet that
+    // meets a draining route's connection lookup.
+    let routed_tcp = ttl255(tcp_frame(
+        client_mac, ext_mac, client, vip, 40000, BASE_PORT, 0x10, 60,
     ));
     // To the VIP, but port 0, outside the listener group (ports 1..=65535): parsed to
     // the end, then passed.
@@ -179,9 +184,42 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
                 XDP_REDIRECT,
             )?;
             set_next_hop_ttl(&mut halod, NEXT_HOP_TTL_MS)?;
+            let tcp = measure(
+                "halod, routed TCP packet (ACK), route not draining",
+                program(&halod)?,
+                &routed_tcp,
+                ext,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            // The route drains (node1 is its old and its new node, so the
+            // rewrite stays the identity): the ACK's connection is looked up,
+            // not found (older than the move), and goes to the old node; a
+            // UDP packet goes to the new node.
+            start_drain(&mut halod, node)?;
+            let tcp_draining = measure(
+                "halod, routed TCP packet (ACK), route draining: older than the move, to the old node",
+                program(&halod)?,
+                &routed_tcp,
+                ext,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            let udp_draining = measure(
+                "halod, routed packet (UDP), route draining: to the new node",
+                program(&halod)?,
+                &routed,
+                ext,
+                repeat,
+                XDP_REDIRECT,
+            )?;
+            end_drain(&mut halod)?;
             Ok(vec![
                 routed_cached,
                 routed_lookup,
+                tcp,
+                tcp_draining,
+                udp_draining,
                 reply_cached,
                 reply_lookup,
                 measure(
@@ -293,6 +331,8 @@ fn load_halod(object: &[u8], ext: u32, int: u32, vip: Ipv4Addr, node: Ipv4Addr) 
         .map_max_entries(names::NODE_COUNTERS, MAX_NODES)
         .map_max_entries(names::NODE_BY_ADDR, MAX_NODES)
         .map_max_entries(names::NEXT_HOP, MAX_NODES)
+        .map_max_entries(names::ROUTE_DRAIN, routes)
+        .map_max_entries(names::DRAIN_FLOWS, 1024)
         .load(object)
         .context("loading halod's XDP object")?;
     let program: &mut Xdp = ebpf
@@ -346,6 +386,36 @@ fn load_halod(object: &[u8], ext: u32, int: u32, vip: Ipv4Addr, node: Ipv4Addr) 
         route_slot.set(route, 1, 0)?;
     }
     Ok(ebpf)
+}
+
+/// Route 1 (port `BASE_PORT`) drains from `node` to `node`, with no end in
+/// sight: what `Dataplane::apply` writes for a `Write::Drain`.
+fn start_drain(ebpf: &mut Ebpf, node: Ipv4Addr) -> Result<()> {
+    Array::<&mut MapData, common::RouteDrain>::try_from(
+        ebpf.map_mut(names::ROUTE_DRAIN).context("ROUTE_DRAIN")?,
+    )?
+    .set(
+        0,
+        common::RouteDrain {
+            old_addr: node.octets(),
+            old_index: 0,
+            new_addr: node.octets(),
+            new_index: 0,
+            flags: common::DRAIN_ACTIVE | common::DRAIN_NEW_PRESENT,
+            _pad: 0,
+            until_ns: u64::MAX / 2,
+        },
+        0,
+    )?;
+    Array::<&mut MapData, u32>::try_from(ebpf.map_mut(names::ROUTE_SLOT).context("ROUTE_SLOT")?)?
+        .set(0, 1 | common::ROUTE_DRAINING, 0)?;
+    Ok(())
+}
+
+fn end_drain(ebpf: &mut Ebpf) -> Result<()> {
+    Array::<&mut MapData, u32>::try_from(ebpf.map_mut(names::ROUTE_SLOT).context("ROUTE_SLOT")?)?
+        .set(0, 1, 0)?;
+    Ok(())
 }
 
 /// Average ns per packet over `repeat` repetitions, made of calls of [`REPS`]

@@ -91,6 +91,52 @@ pub fn udp_frame(
     f
 }
 
+/// A TCP/IPv4 Ethernet frame of `len` bytes (at least 54) with flags `flags`
+/// (0x10: a bare ACK of an open connection) and correct checksums.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    src_port: u16,
+    dst_port: u16,
+    flags: u8,
+    len: usize,
+) -> Vec<u8> {
+    assert!(len >= 54, "a TCP/IPv4 frame has at least 54 bytes");
+    // The UDP frame's Ethernet and IPv4 headers, with protocol 6 (and the
+    // header checksum done again).
+    let mut f = udp_frame(src_mac, dst_mac, src, dst, src_port, dst_port, len);
+    f[23] = 6;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let check = internet_checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&check.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp.fill(0);
+    tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&2000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let segment_len = (len - 34) as u32;
+    let mut pseudo = 0u32;
+    for pair in [
+        &src.octets()[..2],
+        &src.octets()[2..],
+        &dst.octets()[..2],
+        &dst.octets()[2..],
+    ] {
+        pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    pseudo += 6 + segment_len;
+    let check = internet_checksum(&f[34..], pseudo);
+    f[50..52].copy_from_slice(&check.to_be_bytes());
+    f
+}
+
 /// RFC 1071 checksum of `data`, starting from the partial sum `initial`.
 fn internet_checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
