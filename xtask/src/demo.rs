@@ -3,7 +3,10 @@
 //! Builds halod, brings up a test bed (prefix `hd-demo-`: 4 nodes, 1 client), starts `halod run`
 //! in the gateway namespace and, in each node namespace, a backend server that answers every
 //! route port with the node's name plus the `halod node` agent (the second node to join waits as
-//! the spare). Then it sends client traffic to every route of the VIP, prints `halod routes` and
+//! the spare). With the first three nodes up, client1 holds two echoing connections per route
+//! while n4 joins: the moved routes drain, no connection is reset, and after the window the old
+//! nodes' connections are handed over. Then it sends client traffic to every route of the VIP,
+//! prints `halod routes` and
 //! `halod nodes`, kills the agent and backend of n1 and measures how long until n1's first route
 //! answers from its new owner, prints `halod status` and `halod stats`, and tears everything
 //! down (the gateway, its pinned program and state with `halod teardown`, the test bed).
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::command::describe;
+use crate::echo::{Conn, EchoClients};
 use crate::testbed::{Testbed, TestbedOptions};
 use crate::{setup, workspace};
 
@@ -28,6 +32,9 @@ pub const PREFIX: &str = "hd-demo-";
 const ROUTES: u16 = 12;
 const BASES: [u16; 2] = [8000, 9000];
 const NODES: usize = 4;
+/// `nodes.drain_ms` of the demo gateway: short, to show the window's end.
+const DRAIN_MS: u64 = 3000;
+const TICK: Duration = Duration::from_millis(100);
 const NODES_PORT: u16 = 7000;
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -104,11 +111,12 @@ impl Demo {
             self.bed.gateway_internal_addr()
         );
 
-        step("starting a backend server and the halod node agent in every node");
-        for node in 1..=NODES {
+        step("starting a backend server and the halod node agent in nodes 1 to 3");
+        for node in 1..NODES {
             self.start_node(node)?;
         }
-        self.wait_served(NODES)?;
+        self.wait_served(NODES - 1)?;
+        self.join_under_traffic()?;
 
         step("client1 connects to every route of the VIP (through the XDP program)");
         let answers = self.answers()?;
@@ -166,6 +174,62 @@ impl Demo {
         Ok(())
     }
 
+    /// n4 joins while client1 holds two long-lived connections per route,
+    /// each echoing every 100 ms: the routes that move drain, so no
+    /// connection is reset; new connections reach n4 at once.
+    fn join_under_traffic(&mut self) -> Result<()> {
+        step(&format!(
+            "client1 opens 2 long-lived connections per route ({} in all), each echoing every 100 ms",
+            2 * ROUTES
+        ));
+        // The joins of n1 to n3 made drains too: let them end first.
+        let start = Instant::now();
+        while self
+            .halod_output(&["routes", "--json"])?
+            .contains(r#""draining""#)
+        {
+            if start.elapsed() > DEADLINE {
+                bail!("the drains of the first joins did not end");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let mut clients = EchoClients::new(&self.bed, 1);
+        clients.open((0..ROUTES).map(|r| BASES[0] + r), 2)?;
+        clients.run_for(Duration::from_millis(500), TICK);
+        step("n4 joins under that traffic (nodes.drain_ms: 3000)");
+        self.start_node(NODES)?;
+        self.wait_served(NODES)?;
+        clients.run_for(Duration::from_millis(1000), TICK);
+        print!("{}", self.halod_output(&["routes"])?);
+        let owners = self.answers()?;
+        let moved: Vec<&Conn> = clients
+            .conns
+            .iter()
+            .filter(|c| owners.get(&(c.port - BASES[0] + 1)) != Some(&c.node))
+            .collect();
+        let reset = clients.ended().filter(|c| c.reset()).count();
+        println!(
+            "{} connections were on routes that moved to n4; they stay on their old nodes \
+             for the drain: {reset} connections reset by the join, {} still echoing",
+            moved.len(),
+            clients.open_count()
+        );
+        let fresh = clients.open([BASES[0] + ROUTES - 1], 1)?;
+        println!(
+            "a new connection to route {ROUTES} (moved) reached {}",
+            clients.conns[fresh[0]].node
+        );
+        clients.run_for(Duration::from_millis(DRAIN_MS + 500), TICK);
+        let handed = clients.ended().filter(|c| c.reset()).count();
+        println!(
+            "after the {:.0} s window, {handed} connections still open on the old nodes reached \
+             n4, which reset them (a push server closes them within the window, spread out: \
+             examples/node.py does)",
+            DRAIN_MS as f64 / 1000.0
+        );
+        Ok(())
+    }
+
     fn start_gateway(&mut self) -> Result<()> {
         let config = format!(
             "instance: hd_demo\n\
@@ -173,7 +237,8 @@ impl Demo {
              vip: {vip}\n\
              routes: {ROUTES}\n\
              listeners:\n  - {{name: browser, base_port: {b0}}}\n  - {{name: app, base_port: {b1}}}\n\
-             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 1\n\
+             nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  spares: 1\n  \
+             drain_ms: {DRAIN_MS}\n\
              control: {{socket: {socket}}}\n\
              state_file: {dir}/state.json\n",
             vip = self.bed.vip(),
