@@ -157,6 +157,7 @@ fn halod(bed: &Testbed, objects: &Objects, trials: usize) -> Result<(Trials, Tri
         dead_after: DEAD_AFTER,
         spares: 1,
         max_nodes: 16,
+        drain_ms: None,
     };
     let _gateway = start_gateway(&objects.halod, bed, &settings)?;
     let base = Instant::now();

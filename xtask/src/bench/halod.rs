@@ -26,6 +26,8 @@ pub struct GatewaySettings {
     pub dead_after: u32,
     pub spares: u32,
     pub max_nodes: u32,
+    /// `nodes.drain_ms`; `None` leaves the key out (the default, 30 s).
+    pub drain_ms: Option<u64>,
 }
 
 /// The config file text (keys as in deploy/halod.example.yaml). The control socket and
@@ -42,13 +44,16 @@ pub fn config_text(s: &GatewaySettings) -> String {
          routes: {routes}\n\
          listeners:\n  - {{name: bench, base_port: {base}}}\n\
          nodes:\n  listen: {NODES_LISTEN}\n  heartbeat_ms: {hb}\n  dead_after: {dead}\n  \
-         reconnect_grace_ms: 0\n  spares: {spares}\n  max_nodes: {max}\n",
+         reconnect_grace_ms: 0\n  spares: {spares}\n  max_nodes: {max}\n{drain}",
         routes = s.routes,
         base = s.base_port,
         hb = s.heartbeat_ms,
         dead = s.dead_after,
         spares = s.spares,
         max = s.max_nodes,
+        drain = s
+            .drain_ms
+            .map_or(String::new(), |ms| format!("  drain_ms: {ms}\n")),
         dir = dir.display(),
     )
 }

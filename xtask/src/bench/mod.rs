@@ -8,6 +8,7 @@
 //! - [`forwarding`]: UDP and TCP through the gateway: halod, nftables, IPVS, HAProxy.
 //! - [`failover`]: node death to first packet at the new owner: halod and HAProxy.
 //! - [`scale`]: 1,000-10,000 simulated nodes heartbeating: daemon memory, CPU, detection.
+//! - [`drain`]: connections a join resets, with and without the drain of planned moves.
 //!
 //! The "## Routing core" section of docs/benchmarks.md comes from
 //! `cargo bench -p halod --bench routing` and is written by hand; it is kept verbatim.
@@ -15,6 +16,7 @@
 mod chart;
 mod churn;
 mod cost;
+mod drain;
 mod failover;
 mod forwarding;
 mod halod;
@@ -49,15 +51,17 @@ pub enum Section {
     Forwarding,
     Failover,
     Scale,
+    Drain,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Churn,
         Section::Cost,
         Section::Forwarding,
         Section::Failover,
         Section::Scale,
+        Section::Drain,
     ];
 }
 
@@ -110,6 +114,7 @@ pub struct Results {
     pub forwarding: Option<Result<forwarding::Forwarding, String>>,
     pub failover: Option<Result<failover::Failover, String>>,
     pub scale: Option<Result<scale::Scale, String>>,
+    pub drain: Option<Result<drain::Drain, String>>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -162,6 +167,10 @@ pub fn run(options: &Options) -> Result<()> {
                     with_bed(2, |bed| failover::run(bed, &objects, plan.failover_trials))
                         .map_err(text),
                 );
+            }
+            Section::Drain => {
+                results.drain =
+                    Some(with_bed(2, |bed| drain::run(bed, &objects)).map_err(text));
             }
             Section::Scale => {
                 results.scale = Some(
@@ -217,6 +226,7 @@ pub fn run(options: &Options) -> Result<()> {
             .map(|r| ("forwarding", r.is_err())),
         results.failover.as_ref().map(|r| ("failover", r.is_err())),
         results.scale.as_ref().map(|r| ("scale", r.is_err())),
+        results.drain.as_ref().map(|r| ("drain", r.is_err())),
     ]
     .into_iter()
     .flatten()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::failover::{self, Trials};
 use super::forwarding::{Figure, Method};
-use super::{Options, Plan, Results, Section, scale};
+use super::{drain, Options, Plan, Results, Section, scale};
 use crate::command;
 
 /// The machine the run happened on.
@@ -186,6 +186,18 @@ pub fn targets(results: &Results) -> Vec<Target> {
                 .into(),
         });
     }
+    // Planned moves reset no connection.
+    if let Some(Ok(d)) = &results.drain {
+        out.push(Target {
+            name: "a join resets no connection (nodes.drain_ms)".into(),
+            met: Some(d.with.reset == 0 && d.with.on_moved_routes > 0),
+            figure: format!(
+                "{} of {} connections on moved routes reset with the drain, {} of {} without",
+                d.with.reset, d.with.on_moved_routes, d.without.reset, d.without.on_moved_routes
+            ),
+            why: "".into(),
+        });
+    }
     // 3, 4. Failover.
     if let Some(Ok(f)) = &results.failover {
         let crash = f.halod_crash.as_ref().ok().map(|t| t.percentile(99.0));
@@ -338,6 +350,7 @@ pub fn render(ctx: &Context, results: &Results) -> String {
     cost_section(&mut md, ctx, results);
     failover_section(&mut md, ctx, results);
     scale_section(&mut md, ctx, results);
+    drain_section(&mut md, ctx, results);
     churn_section(&mut md, ctx, results);
 
     // The hand-written section, verbatim.
@@ -461,6 +474,38 @@ fn forwarding_section(md: &mut String, ctx: &Context, results: &Results) {
                 let _ = writeln!(md, "- {} n/a: {}", r.method.name(), first_line(&reason));
             }
         }
+    }
+    let _ = writeln!(md);
+}
+
+fn drain_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Planned moves: connections a join resets\n");
+    let state = results.drain.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Drain, state) {
+        return;
+    }
+    let Some(Ok(d)) = &results.drain else { return };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `drain`). Code: `xtask/src/bench/drain.rs`. `halod run` with \
+         16 routes, echo backends on node1 and node2, `halod node` on node1; client1 holds {} \
+         connections per route through the VIP, each echoing every 100 ms; node2 joins and \
+         takes half of the routes; the connections are watched for 1 s. Without the drain \
+         (`nodes.drain_ms: 0`, halod before it) the moved routes' packets reach node2 at once, \
+         which resets their connections; with it they stay on node1 for the window.\n",
+        ctx.command,
+        drain::PER_ROUTE
+    );
+    let _ = writeln!(
+        md,
+        "| nodes.drain_ms | connections | on moved routes | reset by the join |\n|---|---|---|---|"
+    );
+    for join in [&d.without, &d.with] {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            join.drain_ms, join.connections, join.on_moved_routes, join.reset
+        );
     }
     let _ = writeln!(md);
 }
