@@ -18,7 +18,7 @@ mod table;
 
 use std::{
     fs, io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     num::NonZeroU16,
     path::{Path, PathBuf},
     time::Duration,
@@ -609,6 +609,32 @@ impl Dataplane {
             .into_iter()
             .map(|hop| hop.filter(|hop| hop.addr == client))
             .collect())
+    }
+
+    /// The connections the program recorded in `DRAIN_FLOWS` (opened to a
+    /// draining route): route, client address and port, and the node they
+    /// reach; sorted. For tests and diagnostics.
+    pub fn drain_flows(&self) -> Result<Vec<(u16, SocketAddrV4, NodeTarget)>, DataplaneError> {
+        let map: BpfHashMap<&MapData, DrainFlow, FlowNode> =
+            BpfHashMap::try_from(self.map_ref(names::DRAIN_FLOWS)?)
+                .map_err(map_error(names::DRAIN_FLOWS, "opening"))?;
+        let mut flows = map
+            .iter()
+            .map(|entry| {
+                let (flow, node) = entry.map_err(map_error(names::DRAIN_FLOWS, "reading"))?;
+                let client = SocketAddrV4::new(
+                    Ipv4Addr::from(flow.client),
+                    u16::from_be_bytes(flow.client_port),
+                );
+                let node = NodeTarget {
+                    addr: Ipv4Addr::from(node.addr),
+                    index: node.index,
+                };
+                Ok((flow.route, client, node))
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        flows.sort_by_key(|(route, client, _)| (*route, *client));
+        Ok(flows)
     }
 
     fn next_hops(
