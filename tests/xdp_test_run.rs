@@ -1579,3 +1579,26 @@ fn a_node_that_left_keeps_its_connections_and_its_answers_leave_from_the_vip() {
         ]);
     });
 }
+
+#[test]
+fn a_batch_that_ends_a_route_s_drain_and_starts_another_keeps_the_new_one() {
+    in_netns(false, |bed| {
+        bed.table();
+        c_joins(bed, &[2], WINDOW);
+        bed.check_all([via("a SYN to node C", 40001, 8001, TcpSyn, C)]);
+        // Node A fails (its drains end) and the same plan moves route 2 on
+        // from node C, alive, to node B: a new drain, from node C.
+        bed.apply(&[
+            Write::DrainEnd { route: 2 },
+            drain(2, C, WINDOW),
+            route(2, 2),
+        ]);
+        assert_eq!(bed.drains(), vec![(2, NODE_C)]);
+        bed.check_all([
+            via("an older connection", 40000, 8001, TcpData, C),
+            via("the connection opened to node C", 40001, 8001, TcpData, C),
+            via("a SYN", 40002, 8001, TcpSyn, B),
+            via("its ACK", 40002, 8001, TcpData, B),
+        ]);
+    });
+}

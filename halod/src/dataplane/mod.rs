@@ -677,9 +677,23 @@ impl Dataplane {
             after.record(write);
         }
         // New drains first: the entry (old and new node), then the route's
-        // flag, in one write of its `ROUTE_SLOT` value.
+        // flag, in one write of its `ROUTE_SLOT` value. A drain the batch
+        // ends before it starts the route's next one ends first, in order:
+        // else it would end the new drain.
         let now = monotonic_ns();
-        for write in writes {
+        let mut done = vec![false; writes.len()];
+        let mut ended = false;
+        for (position, write) in writes.iter().enumerate() {
+            if let Write::DrainEnd { route } = *write {
+                let restarts = writes[position + 1..]
+                    .iter()
+                    .any(|later| matches!(*later, Write::Drain { route: r, .. } if r == route));
+                if restarts {
+                    self.table.record(write);
+                    done[position] = true;
+                    ended = true;
+                }
+            }
             if let Write::Drain {
                 route,
                 from,
@@ -705,8 +719,7 @@ impl Dataplane {
                 self.write_route(route)?;
             }
         }
-        let mut ended = false;
-        for write in writes {
+        for (write, _) in writes.iter().zip(&done).filter(|(_, done)| !**done) {
             match *write {
                 Write::Drain { .. } => continue,
                 Write::Route { route, .. } => {
