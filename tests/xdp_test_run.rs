@@ -19,7 +19,7 @@
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use halod::dataplane::{Dataplane, NextHop, NodeTarget, Write};
+use halod::dataplane::{Dataplane, DrainStats, NextHop, NodeTarget, Write};
 
 mod support;
 use support::bpf::*;
@@ -27,6 +27,9 @@ use support::bpf::*;
 const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
 
 const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xb0, 0x0b];
+/// A third node, for the drains: it joins into slot 4 with index 3.
+const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 13);
+const NODE_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc0, 0x0c];
 
 /// The namespace, the interfaces and the loaded program.
 struct Bed {
@@ -38,13 +41,26 @@ struct Bed {
 /// Runs `test` in a fresh gateway namespace (`support::in_gateway_netns`) with the
 /// program loaded; `shared` puts clients and nodes on one interface (XDP_TX).
 fn in_netns(shared: bool, test: impl FnOnce(&mut Bed) + Send + 'static) {
+    in_netns_with(
+        shared,
+        dataplane_config("xdp-test-run", "int0").drain_flows,
+        test,
+    );
+}
+
+/// [`in_netns`] with a `DRAIN_FLOWS` of `drain_flows` entries.
+fn in_netns_with(shared: bool, drain_flows: u32, test: impl FnOnce(&mut Bed) + Send + 'static) {
     const NEIGHBOURS: &[(Ipv4Addr, [u8; 6])] = &[
         (CLIENT, CLIENT_MAC),
         (NODE_A, NODE_A_MAC),
         (NODE_B, NODE_B_MAC),
+        (NODE_C, NODE_C_MAC),
     ];
     in_gateway_netns(shared, NEIGHBOURS, move |interfaces| {
-        let config = dataplane_config("xdp-test-run", interfaces.int_name);
+        let config = halod::dataplane::DataplaneConfig {
+            drain_flows,
+            ..dataplane_config("xdp-test-run", interfaces.int_name)
+        };
         let dataplane = Dataplane::load_unattached(&config).unwrap_or_else(|e| panic!("{e}"));
         let mut bed = Bed {
             dataplane,
@@ -1114,5 +1130,475 @@ fn an_adopting_program_gets_a_fresh_config_and_cache() {
         assert_eq!(&out[..6], &NODE_A_MAC);
         drop(adopted);
         assert!(!pins.exists(), "pins left behind");
+    });
+}
+
+/// A node of the drain tests, as the data plane knows it.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    addr: Ipv4Addr,
+    mac: Mac,
+    index: u32,
+}
+
+/// Node A (slot 1), node B (slot 2) of [`Bed::table`]; node C joins into slot 4.
+const A: Node = Node {
+    addr: NODE_A,
+    mac: NODE_A_MAC,
+    index: 0,
+};
+const B: Node = Node {
+    addr: NODE_B,
+    mac: NODE_B_MAC,
+    index: 1,
+};
+const C: Node = Node {
+    addr: NODE_C,
+    mac: NODE_C_MAC,
+    index: 3,
+};
+
+impl Node {
+    fn target(self) -> NodeTarget {
+        NodeTarget {
+            addr: self.addr,
+            index: self.index,
+        }
+    }
+}
+
+/// A drain window no test outlives.
+const WINDOW: Duration = Duration::from_secs(600);
+
+fn drain(route: u16, from: Node, window: Duration) -> Write {
+    Write::Drain {
+        route,
+        from: from.target(),
+        window,
+    }
+}
+
+fn route(route: u16, slot: u16) -> Write {
+    Write::Route {
+        route,
+        slot: Some(slot),
+    }
+}
+
+/// Node C joins into slot 4 and takes `routes` from node A, which stays
+/// alive: the manager's batch, its drains first.
+fn c_joins(bed: &mut Bed, routes: &[u16], window: Duration) {
+    let mut writes: Vec<Write> = routes.iter().map(|&r| drain(r, A, window)).collect();
+    writes.push(slot(4, NODE_C, C.index));
+    writes.extend(routes.iter().map(|&r| route(r, 4)));
+    bed.apply(&writes);
+}
+
+/// The case of a client's `seg` from `port` to VIP port `vip_port`, which
+/// must leave for `node`.
+fn via(
+    name: &str,
+    port: u16,
+    vip_port: u16,
+    seg: Segment,
+    node: Node,
+) -> (String, Side, Vec<u8>, Expect) {
+    let payload: &[u8] = match seg {
+        TcpData | Udp => b"data",
+        TcpSyn | TcpFin => b"",
+    };
+    let client = (CLIENT, port);
+    let input = frame(
+        (CLIENT_MAC, EXT_MAC),
+        client,
+        (VIP, vip_port),
+        64,
+        seg,
+        payload,
+    );
+    let out = frame(
+        (INT_MAC, node.mac),
+        client,
+        (node.addr, vip_port),
+        63,
+        seg,
+        payload,
+    );
+    let name = format!("{name} (port {port} to {vip_port}, for {})", node.addr);
+    (name, Ext, input, In(out))
+}
+
+/// The case of `node`'s answer from route port `vip_port` to client port
+/// `port`, which must leave from the VIP.
+fn answer(name: &str, node: Node, vip_port: u16, port: u16) -> (String, Side, Vec<u8>, Expect) {
+    let client = (CLIENT, port);
+    let input = frame(
+        (node.mac, INT_MAC),
+        (node.addr, vip_port),
+        client,
+        64,
+        TcpData,
+        b"answer",
+    );
+    let out = frame(
+        (EXT_MAC, CLIENT_MAC),
+        (VIP, vip_port),
+        client,
+        63,
+        TcpData,
+        b"answer",
+    );
+    (
+        format!("{name} ({} port {vip_port})", node.addr),
+        Int,
+        input,
+        Out(out),
+    )
+}
+
+impl Bed {
+    fn drain_stats(&self) -> DrainStats {
+        self.dataplane.stats().unwrap().drain
+    }
+
+    fn node_packets(&self, node: Node) -> u64 {
+        self.dataplane.stats().unwrap().nodes[node.index as usize].packets
+    }
+
+    /// The recorded connections: (route, client port, node).
+    fn drain_flows(&self) -> Vec<(u16, u16, Ipv4Addr)> {
+        let flows = self
+            .dataplane
+            .drain_flows()
+            .unwrap_or_else(|e| panic!("{e}"));
+        flows
+            .into_iter()
+            .map(|(route, client, node)| {
+                assert_eq!(*client.ip(), CLIENT);
+                (route, client.port(), node.addr)
+            })
+            .collect()
+    }
+
+    /// The drains in progress: (route, old node).
+    fn drains(&self) -> Vec<(u16, Ipv4Addr)> {
+        let drains = self.dataplane.drains();
+        drains.iter().map(|(r, from, _)| (*r, from.addr)).collect()
+    }
+}
+
+fn drain_stats(to_old: u64, new_flows: u64, full: u64) -> DrainStats {
+    DrainStats {
+        to_old,
+        new_flows,
+        full,
+    }
+}
+
+#[test]
+fn a_moved_route_s_open_connections_drain_to_the_old_node() {
+    in_netns(false, |bed| {
+        bed.table();
+        c_joins(bed, &[2], WINDOW);
+        // ROUTE_SLOT holds the slot with the DRAINING bit: read back without it.
+        let (routes, slots) = bed.dataplane.table().unwrap();
+        assert_eq!(routes[1], Some(4), "route 2, draining");
+        assert_eq!((routes[0], routes[2]), (Some(1), Some(1)));
+        assert_eq!(slots[3], Some(C.target()));
+        assert_eq!(bed.drains(), vec![(2, NODE_A)]);
+        // Client port 40000 had a connection open at the move; 40001 opens
+        // one since. The flow key is the route: route 2's port in the other
+        // listener group (9001) is the same route.
+        bed.check_all([
+            via("an older connection's data", 40000, 8001, TcpData, A),
+            via("a new connection's SYN", 40001, 8001, TcpSyn, C),
+            via("its ACK", 40001, 8001, TcpData, C),
+            via("the older connection again", 40000, 8001, TcpData, A),
+            via("the other listener group", 40000, 9001, TcpData, A),
+            via("the older connection's FIN", 40000, 8001, TcpFin, A),
+            via("the new connection's FIN", 40001, 8001, TcpFin, C),
+            via("UDP", 5353, 8001, Udp, C),
+            via("UDP in the other group", 5353, 9001, Udp, C),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(4, 1, 0));
+        assert_eq!(bed.drain_flows(), vec![(2, 40001, NODE_C)]);
+        assert_eq!((bed.node_packets(A), bed.node_packets(C)), (4, 5));
+        // Routes that do not drain, on the old node's slot and another:
+        // untouched, and nothing counted for drains.
+        bed.check_all([
+            via("route 3's data", 40000, 8002, TcpData, A),
+            via("route 3's SYN", 40001, 8002, TcpSyn, A),
+            via("route 10's data", 40000, 8009, TcpData, B),
+            via("route 10's SYN", 40002, 9009, TcpSyn, B),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(4, 1, 0));
+        assert_eq!(bed.drain_flows(), vec![(2, 40001, NODE_C)]);
+        // Both nodes' answers leave from the VIP.
+        bed.check_all([
+            answer("the old node's answer", A, 8001, 40000),
+            answer("the new node's answer", C, 8001, 40001),
+        ]);
+        let stats = bed.dataplane.stats().unwrap();
+        assert_eq!(stats.nodes[0].packets, 4 + 2 + 1);
+        assert_eq!(stats.nodes[1].packets, 2);
+        assert_eq!(stats.nodes[3].packets, 5 + 1);
+        assert_eq!(stats.routes[1].packets, 9 + 2);
+    });
+}
+
+#[test]
+fn a_drain_past_its_window_follows_the_slot() {
+    in_netns(false, |bed| {
+        bed.table();
+        // Route 2 with no window at all, route 3 with 1 ms.
+        bed.apply(&[
+            drain(2, A, Duration::ZERO),
+            drain(3, A, Duration::from_millis(1)),
+            slot(4, NODE_C, C.index),
+            route(2, 4),
+            route(3, 4),
+        ]);
+        // bpf_ktime_get_coarse_ns advances once per jiffy (1-10 ms).
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(bed.drains(), vec![], "no drain in progress");
+        let (routes, _) = bed.dataplane.table().unwrap();
+        assert_eq!((routes[1], routes[2]), (Some(4), Some(4)));
+        bed.check_all([
+            via("an older connection's data", 40000, 8001, TcpData, C),
+            via("a SYN", 40001, 8001, TcpSyn, C),
+            via("UDP", 5353, 8001, Udp, C),
+            via("an older connection's data", 40000, 8002, TcpData, C),
+            via("a SYN", 40001, 8002, TcpSyn, C),
+            via("its ACK", 40001, 8002, TcpData, C),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(0, 0, 0));
+        assert_eq!(bed.drain_flows(), vec![]);
+        assert_eq!((bed.node_packets(A), bed.node_packets(C)), (0, 6));
+    });
+}
+
+#[test]
+fn a_drain_s_end_sends_everything_through_the_slot_and_forgets_its_flows() {
+    in_netns(false, |bed| {
+        bed.table();
+        c_joins(bed, &[2, 3], WINDOW);
+        bed.check_all([
+            via("a SYN to route 2", 40001, 8001, TcpSyn, C),
+            via("a SYN to route 3", 40001, 8002, TcpSyn, C),
+            via("route 2's older connection", 40000, 8001, TcpData, A),
+        ]);
+        let both = vec![(2, 40001, NODE_C), (3, 40001, NODE_C)];
+        assert_eq!(bed.drain_flows(), both);
+        bed.apply(&[Write::DrainEnd { route: 2 }]);
+        assert_eq!(bed.drains(), vec![(3, NODE_A)]);
+        assert_eq!(bed.drain_flows(), vec![(3, 40001, NODE_C)]);
+        let (routes, _) = bed.dataplane.table().unwrap();
+        assert_eq!((routes[1], routes[2]), (Some(4), Some(4)));
+        bed.check_all([
+            via("route 2's older connection", 40000, 8001, TcpData, C),
+            via("route 2's new connection", 40001, 8001, TcpData, C),
+            via("a SYN to route 2", 40002, 8001, TcpSyn, C),
+            via("route 3's older connection", 40000, 8002, TcpData, A),
+            via("route 3's new connection", 40001, 8002, TcpData, C),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(2, 2, 0));
+        assert_eq!(bed.drain_flows(), vec![(3, 40001, NODE_C)]);
+        // The last one ends: nothing is recorded any more.
+        bed.apply(&[Write::DrainEnd { route: 3 }]);
+        assert_eq!(bed.drain_flows(), vec![]);
+        bed.check_all([via("route 3's older connection", 40000, 8002, TcpData, C)]);
+        assert_eq!(bed.drain_stats(), drain_stats(2, 2, 0));
+    });
+}
+
+#[test]
+fn a_route_that_moves_again_while_it_drains_keeps_its_old_node_and_its_flows() {
+    in_netns(false, |bed| {
+        bed.table();
+        c_joins(bed, &[2], WINDOW);
+        bed.check_all([via("a SYN while on node C", 40001, 8001, TcpSyn, C)]);
+        let (_, _, left) = bed.dataplane.drains()[0];
+        // Route 2 moves on from node C to node B (slot 2): the manager names
+        // the node the route left first.
+        bed.apply(&[drain(2, A, WINDOW), route(2, 2)]);
+        assert_eq!(bed.drains(), vec![(2, NODE_A)]);
+        let (_, _, now_left) = bed.dataplane.drains()[0];
+        assert!(now_left >= left - Duration::from_secs(1), "{now_left:?}");
+        let (routes, _) = bed.dataplane.table().unwrap();
+        assert_eq!(routes[1], Some(2));
+        bed.check_all([
+            via(
+                "the connection older than both moves",
+                40000,
+                8001,
+                TcpData,
+                A,
+            ),
+            via("the connection opened on node C", 40001, 8001, TcpData, C),
+            via("a SYN while on node B", 40002, 8001, TcpSyn, B),
+            via("its ACK", 40002, 8001, TcpData, B),
+            via("UDP", 5353, 8001, Udp, B),
+        ]);
+        assert_eq!(
+            bed.drain_flows(),
+            vec![(2, 40001, NODE_C), (2, 40002, NODE_B)]
+        );
+        assert_eq!(bed.drain_stats(), drain_stats(1, 2, 0));
+        let counts = [A, B, C].map(|node| bed.node_packets(node));
+        assert_eq!(counts, [1, 3, 2]);
+    });
+}
+
+#[test]
+fn a_drain_s_new_node_replaced_in_its_slot_gets_the_new_connections() {
+    in_netns(false, |bed| {
+        bed.table();
+        c_joins(bed, &[2], WINDOW);
+        bed.check_all([via("a SYN to node C", 40001, 8001, TcpSyn, C)]);
+        // Node C fails and a spare takes its slot: the drain follows.
+        let spare = Node {
+            addr: Ipv4Addr::new(198, 19, 0, 20),
+            mac: [0x02, 0, 0, 0, 0x20, 0x20],
+            index: 5,
+        };
+        set_neighbour(spare.addr, spare.mac, "int0");
+        bed.apply(&[slot(4, spare.addr, spare.index)]);
+        bed.check_all([
+            via("a SYN", 40002, 8001, TcpSyn, spare),
+            via("its ACK", 40002, 8001, TcpData, spare),
+            via("UDP", 5353, 8001, Udp, spare),
+            via("the connection opened to node C", 40001, 8001, TcpData, C),
+            via("an older connection", 40000, 8001, TcpData, A),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(1, 2, 0));
+        // The route loses its node: new connections have nowhere to go,
+        // older ones still reach the old node.
+        bed.apply(&[Write::Route {
+            route: 2,
+            slot: None,
+        }]);
+        let syn = from_client((VIP, 8001), 64, TcpSyn, &[]);
+        let udp = from_client((VIP, 8001), 64, Udp, b"x");
+        bed.check_all([
+            (
+                "a SYN to the emptied route".into(),
+                Ext,
+                syn,
+                Pass("pass_no_node"),
+            ),
+            (
+                "UDP to the emptied route".into(),
+                Ext,
+                udp,
+                Pass("pass_no_node"),
+            ),
+            via("an older connection", 40000, 8001, TcpData, A),
+            via("the connection opened to node C", 40001, 8001, TcpData, C),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(2, 2, 0));
+    });
+}
+
+#[test]
+fn a_full_drain_flow_table_leaves_new_connections_with_the_old_node() {
+    in_netns_with(false, 4, |bed| {
+        bed.table();
+        c_joins(bed, &[2, 3], WINDOW);
+        bed.check_all([
+            via("route 3's SYN", 41000, 8002, TcpSyn, C),
+            via("route 3's SYN", 41001, 8002, TcpSyn, C),
+            via("route 2's SYN", 41002, 8001, TcpSyn, C),
+            via("route 2's SYN", 41003, 8001, TcpSyn, C),
+        ]);
+        assert_eq!(bed.drain_flows().len(), 4);
+        assert_eq!(bed.drain_stats(), drain_stats(0, 4, 0));
+        // No room: the connection is the old node's, from its SYN on.
+        bed.check_all([
+            via("a SYN with no room", 41004, 8001, TcpSyn, A),
+            via("its ACK", 41004, 8001, TcpData, A),
+            via("a recorded connection", 41002, 8001, TcpData, C),
+            via("a recorded connection's SYN again", 41003, 8001, TcpSyn, C),
+            via("an older connection", 40000, 8001, TcpData, A),
+        ]);
+        let stats = bed.drain_stats();
+        assert_eq!((stats.full, stats.to_old), (1, 3), "{stats:?}");
+        assert!(
+            !bed.drain_flows().iter().any(|(_, port, _)| *port == 41004),
+            "{:?}",
+            bed.drain_flows()
+        );
+        // Route 3's drain ends: its room goes to route 2's new connections.
+        bed.apply(&[Write::DrainEnd { route: 3 }]);
+        assert_eq!(bed.drain_flows().len(), 2);
+        bed.check_all([
+            via("a SYN after the room was freed", 41005, 8001, TcpSyn, C),
+            via("its ACK", 41005, 8001, TcpData, C),
+            via("the connection that found no room", 41004, 8001, TcpData, A),
+        ]);
+        assert_eq!(bed.drain_stats().full, 1);
+    });
+}
+
+#[test]
+fn a_node_that_left_keeps_its_connections_and_its_answers_leave_from_the_vip() {
+    in_netns(false, |bed| {
+        bed.table();
+        // Node B leaves (`bye`): its routes 9-16 drain from it to node A, its
+        // slot is emptied.
+        let mut writes: Vec<Write> = (9..=16).map(|r| drain(r, B, WINDOW)).collect();
+        writes.extend((9..=16).map(|r| route(r, 1)));
+        writes.push(Write::Slot {
+            slot: 2,
+            node: None,
+        });
+        bed.apply(&writes);
+        let (routes, slots) = bed.dataplane.table().unwrap();
+        assert_eq!(routes[9], Some(1));
+        assert_eq!(slots[1], None);
+        bed.check_all([
+            via("an older connection", 40000, 8009, TcpData, B),
+            answer("the node that left answers", B, 8009, 40000),
+            via("a SYN", 40001, 8009, TcpSyn, A),
+            answer("the new node answers", A, 8009, 40001),
+            via("the older connection's FIN", 40000, 9009, TcpFin, B),
+        ]);
+        assert_eq!(bed.drain_stats(), drain_stats(2, 1, 0));
+        assert_eq!((bed.node_packets(A), bed.node_packets(B)), (2, 3));
+        // Once the drains end, the node's late answers still leave from the VIP.
+        let ends: Vec<Write> = (9..=16).map(|route| Write::DrainEnd { route }).collect();
+        bed.apply(&ends);
+        bed.check_all([
+            via(
+                "the older connection after the end",
+                40000,
+                8009,
+                TcpData,
+                A,
+            ),
+            answer("the node that left, late", B, 8009, 40000),
+        ]);
+    });
+}
+
+#[test]
+fn a_batch_that_ends_a_route_s_drain_and_starts_another_keeps_the_new_one() {
+    in_netns(false, |bed| {
+        bed.table();
+        c_joins(bed, &[2], WINDOW);
+        bed.check_all([via("a SYN to node C", 40001, 8001, TcpSyn, C)]);
+        // Node A fails (its drains end) and the same plan moves route 2 on
+        // from node C, alive, to node B: a new drain, from node C.
+        bed.apply(&[
+            Write::DrainEnd { route: 2 },
+            drain(2, C, WINDOW),
+            route(2, 2),
+        ]);
+        assert_eq!(bed.drains(), vec![(2, NODE_C)]);
+        bed.check_all([
+            via("an older connection", 40000, 8001, TcpData, C),
+            via("the connection opened to node C", 40001, 8001, TcpData, C),
+            via("a SYN", 40002, 8001, TcpSyn, B),
+            via("its ACK", 40002, 8001, TcpData, B),
+        ]);
     });
 }

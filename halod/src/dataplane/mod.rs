@@ -18,7 +18,7 @@ mod table;
 
 use std::{
     fs, io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     num::NonZeroU16,
     path::{Path, PathBuf},
     time::Duration,
@@ -611,6 +611,32 @@ impl Dataplane {
             .collect())
     }
 
+    /// The connections the program recorded in `DRAIN_FLOWS` (opened to a
+    /// draining route): route, client address and port, and the node they
+    /// reach; sorted. For tests and diagnostics.
+    pub fn drain_flows(&self) -> Result<Vec<(u16, SocketAddrV4, NodeTarget)>, DataplaneError> {
+        let map: BpfHashMap<&MapData, DrainFlow, FlowNode> =
+            BpfHashMap::try_from(self.map_ref(names::DRAIN_FLOWS)?)
+                .map_err(map_error(names::DRAIN_FLOWS, "opening"))?;
+        let mut flows = map
+            .iter()
+            .map(|entry| {
+                let (flow, node) = entry.map_err(map_error(names::DRAIN_FLOWS, "reading"))?;
+                let client = SocketAddrV4::new(
+                    Ipv4Addr::from(flow.client),
+                    u16::from_be_bytes(flow.client_port),
+                );
+                let node = NodeTarget {
+                    addr: Ipv4Addr::from(node.addr),
+                    index: node.index,
+                };
+                Ok((flow.route, client, node))
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        flows.sort_by_key(|(route, client, _)| (*route, *client));
+        Ok(flows)
+    }
+
     fn next_hops(
         &self,
         name: &'static str,
@@ -651,9 +677,23 @@ impl Dataplane {
             after.record(write);
         }
         // New drains first: the entry (old and new node), then the route's
-        // flag, in one write of its `ROUTE_SLOT` value.
+        // flag, in one write of its `ROUTE_SLOT` value. A drain the batch
+        // ends before it starts the route's next one ends first, in order:
+        // else it would end the new drain.
         let now = monotonic_ns();
-        for write in writes {
+        let mut done = vec![false; writes.len()];
+        let mut ended = false;
+        for (position, write) in writes.iter().enumerate() {
+            if let Write::DrainEnd { route } = *write {
+                let restarts = writes[position + 1..]
+                    .iter()
+                    .any(|later| matches!(*later, Write::Drain { route: r, .. } if r == route));
+                if restarts {
+                    self.table.record(write);
+                    done[position] = true;
+                    ended = true;
+                }
+            }
             if let Write::Drain {
                 route,
                 from,
@@ -679,8 +719,7 @@ impl Dataplane {
                 self.write_route(route)?;
             }
         }
-        let mut ended = false;
-        for write in writes {
+        for (write, _) in writes.iter().zip(&done).filter(|(_, done)| !**done) {
             match *write {
                 Write::Drain { .. } => continue,
                 Write::Route { route, .. } => {
