@@ -133,8 +133,14 @@ pub fn start_agent(
         cmd.args(["--addr", addr]);
     }
     let mut agent = Process::start(&format!("halod node {name}"), &mut cmd)?;
-    let line = agent.wait_for("registered with", Duration::from_secs(10))?;
-    let role = line.rsplit(' ').next().unwrap_or("?").to_string();
+    // `... INFO halod::node: registered as active node=NAME gateway=... routes=N`
+    let line = agent.wait_for("registered as ", Duration::from_secs(10))?;
+    let role = line
+        .split("registered as ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
     Ok((agent, role))
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::failover::{self, Trials};
 use super::forwarding::{Figure, Method};
-use super::{drain, Options, Plan, Results, Section, scale};
+use super::{Options, Plan, Results, Section, drain, scale};
 use crate::command;
 
 /// The machine the run happened on.
