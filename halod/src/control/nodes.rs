@@ -210,14 +210,7 @@ impl NodeTable {
     /// Drops a node's entry (its connection closes after what is queued) and
     /// frees its counter index.
     pub fn remove(&mut self, name: &str) -> Option<NodeEntry> {
-        let entry = self.nodes.remove(name)?;
-        if self
-            .by_addr
-            .get(&entry.addr)
-            .is_some_and(|owner| owner == name)
-        {
-            self.by_addr.remove(&entry.addr);
-        }
+        let entry = self.retire(name)?;
         self.free_indexes.push(entry.index);
         Some(entry)
     }

@@ -72,18 +72,7 @@ pub fn udp_frame(
     for (i, byte) in f[42..].iter_mut().enumerate() {
         *byte = b'a' + (i % 26) as u8;
     }
-    // Pseudo header: addresses, protocol, UDP length.
-    let mut pseudo = 0u32;
-    for pair in [
-        &src.octets()[..2],
-        &src.octets()[2..],
-        &dst.octets()[..2],
-        &dst.octets()[2..],
-    ] {
-        pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    pseudo += 17 + u32::from(udp_len);
-    let mut check = internet_checksum(&f[34..], pseudo);
+    let mut check = internet_checksum(&f[34..], pseudo_header(src, dst, 17, udp_len.into()));
     if check == 0 {
         check = 0xffff;
     }
@@ -121,20 +110,18 @@ pub fn tcp_frame(
     tcp[12] = 5 << 4;
     tcp[13] = flags;
     tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    let segment_len = (len - 34) as u32;
-    let mut pseudo = 0u32;
-    for pair in [
-        &src.octets()[..2],
-        &src.octets()[2..],
-        &dst.octets()[..2],
-        &dst.octets()[2..],
-    ] {
-        pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    pseudo += 6 + segment_len;
-    let check = internet_checksum(&f[34..], pseudo);
+    let check = internet_checksum(&f[34..], pseudo_header(src, dst, 6, (len - 34) as u32));
     f[50..52].copy_from_slice(&check.to_be_bytes());
     f
+}
+
+/// The partial sum of the TCP/UDP pseudo header: addresses, protocol, length.
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u32, len: u32) -> u32 {
+    let words = |addr: Ipv4Addr| {
+        let o = addr.octets();
+        u32::from(u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([o[2], o[3]]))
+    };
+    words(src) + words(dst) + protocol + len
 }
 
 /// RFC 1071 checksum of `data`, starting from the partial sum `initial`.
