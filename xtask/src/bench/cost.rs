@@ -149,95 +149,80 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
             .context("attaching halod's program to an idle veth")?;
 
         let rows = (|| -> Result<Vec<Cost>> {
-            let routed_cached = measure(
-                "halod, routed packet",
-                program(&halod)?,
-                &routed,
-                ext,
-                repeat,
-                XDP_REDIRECT,
-            )?;
-            let reply_cached = measure(
-                "halod, node reply (node -> client)",
-                program(&halod)?,
-                &reply,
-                int,
-                repeat,
-                XDP_REDIRECT,
+            // Each phase measures its cases in the program's current state; the rows
+            // are reported in the order of their numbers.
+            let mut rows: Vec<(u8, Cost)> = Vec::new();
+            let mut phase = |halod: &Ebpf, cases: &[Case]| -> Result<()> {
+                for (order, label, frame, ifindex, expected) in cases {
+                    let cost = measure(label, program(halod)?, frame, *ifindex, repeat, *expected)?;
+                    rows.push((*order, cost));
+                }
+                Ok(())
+            };
+            phase(
+                &halod,
+                &[
+                    (0, "halod, routed packet", &routed, ext, XDP_REDIRECT),
+                    (5, "halod, node reply (node -> client)", &reply, int, XDP_REDIRECT),
+                    (
+                        2,
+                        "halod, routed TCP packet (ACK), route not draining",
+                        &routed_tcp,
+                        ext,
+                        XDP_REDIRECT,
+                    ),
+                    (7, "halod, passed packet (VIP, port 0: no route)", &not_route, ext, XDP_PASS),
+                    (8, "halod, passed packet (not for the VIP)", &not_ours, ext, XDP_PASS),
+                ],
             )?;
             // The same with the next-hop caches off: `bpf_fib_lookup` for every packet.
             set_next_hop_ttl(&mut halod, 0)?;
-            let routed_lookup = measure(
-                "halod, routed packet, next-hop cache off (bpf_fib_lookup every packet)",
-                program(&halod)?,
-                &routed,
-                ext,
-                repeat,
-                XDP_REDIRECT,
-            )?;
-            let reply_lookup = measure(
-                "halod, node reply, next-hop cache off (bpf_fib_lookup every packet)",
-                program(&halod)?,
-                &reply,
-                int,
-                repeat,
-                XDP_REDIRECT,
+            phase(
+                &halod,
+                &[
+                    (
+                        1,
+                        "halod, routed packet, next-hop cache off (bpf_fib_lookup every packet)",
+                        &routed,
+                        ext,
+                        XDP_REDIRECT,
+                    ),
+                    (
+                        6,
+                        "halod, node reply, next-hop cache off (bpf_fib_lookup every packet)",
+                        &reply,
+                        int,
+                        XDP_REDIRECT,
+                    ),
+                ],
             )?;
             set_next_hop_ttl(&mut halod, NEXT_HOP_TTL_MS)?;
-            let tcp = measure(
-                "halod, routed TCP packet (ACK), route not draining",
-                program(&halod)?,
-                &routed_tcp,
-                ext,
-                repeat,
-                XDP_REDIRECT,
-            )?;
-            // The route drains (node1 is its old and its new node, so the
-            // rewrite stays the identity): the ACK's connection is looked up,
-            // not found (older than the move), and goes to the old node; a
-            // UDP packet goes to the new node.
+            // The route drains (node1 is its old and its new node, so the rewrite stays
+            // the identity): the ACK's connection is looked up, not found (older than the
+            // move), and goes to the old node; a UDP packet goes to the new node.
             start_drain(&mut halod, node)?;
-            let tcp_draining = measure(
-                "halod, routed TCP packet (ACK), route draining: older than the move, to the old node",
-                program(&halod)?,
-                &routed_tcp,
-                ext,
-                repeat,
-                XDP_REDIRECT,
-            )?;
-            let udp_draining = measure(
-                "halod, routed packet (UDP), route draining: to the new node",
-                program(&halod)?,
-                &routed,
-                ext,
-                repeat,
-                XDP_REDIRECT,
+            phase(
+                &halod,
+                &[
+                    (
+                        3,
+                        "halod, routed TCP packet (ACK), route draining: older than the move, to the old node",
+                        &routed_tcp,
+                        ext,
+                        XDP_REDIRECT,
+                    ),
+                    (
+                        4,
+                        "halod, routed packet (UDP), route draining: to the new node",
+                        &routed,
+                        ext,
+                        XDP_REDIRECT,
+                    ),
+                ],
             )?;
             end_drain(&mut halod)?;
-            Ok(vec![
-                routed_cached,
-                routed_lookup,
-                tcp,
-                tcp_draining,
-                udp_draining,
-                reply_cached,
-                reply_lookup,
-                measure(
-                    "halod, passed packet (VIP, port 0: no route)",
-                    program(&halod)?,
-                    &not_route,
-                    ext,
-                    repeat,
-                    XDP_PASS,
-                )?,
-                measure(
-                    "halod, passed packet (not for the VIP)",
-                    program(&halod)?,
-                    &not_ours,
-                    ext,
-                    repeat,
-                    XDP_PASS,
-                )?,
+            rows.push((
+                9,
                 measure(
                     "floor: parse-and-pass (bench_floor)",
                     floor_program,
@@ -246,7 +231,9 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
                     repeat,
                     XDP_PASS,
                 )?,
-            ])
+            ));
+            rows.sort_by_key(|(order, _)| *order);
+            Ok(rows.into_iter().map(|(_, cost)| cost).collect())
         })()
         .map_err(|e| e.context(format!("halod's verdict counters: {}", reasons(&halod))))?;
         let (takeover, full_table) = push_times(&mut halod, node)?;
@@ -259,6 +246,10 @@ pub fn run(bed: &Testbed, halod_xdp: &Path, bench_xdp: &Path, repeat: u32) -> Re
         })
     })?
 }
+
+/// One measurement: its place in the report, label, frame, ingress interface and
+/// expected verdict.
+type Case<'a> = (u8, &'static str, &'a Vec<u8>, u32, u32);
 
 /// halod's program in its loaded object.
 fn program(ebpf: &Ebpf) -> Result<&Xdp> {
