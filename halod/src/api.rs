@@ -136,6 +136,9 @@ pub struct StatsReply {
     pub nodes: Vec<NodeStats>,
     /// Packets per verdict of the XDP program (forwarded, passed, dropped).
     pub reasons: BTreeMap<String, u64>,
+    /// What the dead-node flush did since the daemon started.
+    #[serde(default)]
+    pub flush: crate::dataplane::FlushStats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -171,6 +171,26 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
                 "Packets seen by the XDP program, by verdict reason",
                 reasons,
             );
+            let flush = |value: u64| {
+                let counter: Counter = Counter::default();
+                counter.inc_by(value);
+                counter
+            };
+            registry.register(
+                "flush_connections",
+                "Connections of failed nodes whose clients the dead-node flush told",
+                flush(stats.flush.connections),
+            );
+            registry.register(
+                "flush_segments",
+                "Segments the dead-node flush sent (two per connection)",
+                flush(stats.flush.segments),
+            );
+            registry.register(
+                "flush_unknown_connections",
+                "Connections of failed nodes the recent-flows map no longer held (not told)",
+                flush(stats.flush.unknown),
+            );
         }
         Err(err) => debug!("metrics: no data plane counters: {err}"),
     }

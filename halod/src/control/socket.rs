@@ -281,6 +281,7 @@ impl<D: DataplaneView> Services<D> {
             routes,
             nodes,
             reasons,
+            flush: stats.flush,
         })
     }
 }

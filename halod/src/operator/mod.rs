@@ -527,11 +527,16 @@ fn render_stats(stats: &StatsReply) -> String {
     for (reason, count) in &stats.reasons {
         reasons.row(vec![reason.clone(), count.to_string()]);
     }
+    let flush = &stats.flush;
     format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\ndead-node flush: {} connections told ({} segments, {} refused), {} not known (recent-flows map)\n",
         routes.render(),
         nodes.render(),
-        reasons.render()
+        reasons.render(),
+        flush.connections,
+        flush.segments,
+        flush.errors,
+        flush.unknown,
     )
 }
 
