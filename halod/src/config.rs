@@ -973,6 +973,16 @@ nodes:
             ("heartbeat_ms: 100", "heartbeat_ms: 0", "nodes.heartbeat_ms"),
             ("dead_after: 3", "dead_after: 0", "nodes.dead_after"),
             (
+                "spares: 0",
+                "spares: 0\n  flush_pps: 1000001",
+                "nodes.flush_pps",
+            ),
+            (
+                "spares: 0",
+                "spares: 0\n  flush_flows: 1000",
+                "nodes.flush_flows",
+            ),
+            (
                 "{name: app, base_port: 9000}",
                 "{name: browser, base_port: 9000}",
                 "listeners[1].name",
@@ -987,6 +997,14 @@ nodes:
             let message = err(&EXAMPLE.replace(from, to));
             assert!(message.contains(&format!("`{key}`")), "{to}: {message}");
         }
+        let defaults = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(
+            (defaults.nodes.flush_pps, defaults.nodes.flush_flows),
+            (10_000, 262_144)
+        );
+        let off =
+            Config::parse(&EXAMPLE.replace("spares: 0", "spares: 0\n  flush_pps: 0")).unwrap();
+        assert_eq!(off.nodes.flush_pps, 0);
         let message = err(&EXAMPLE.replace("vip: 198.18.0.1", "vip: nowhere"));
         assert!(message.contains("vip"), "{message}");
         let message = err(&EXAMPLE.replace("  listen: 198.19.0.1:7000\n", ""));
