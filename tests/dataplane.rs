@@ -127,6 +127,7 @@ fn tcp_and_udp_reach_the_node_the_table_names() {
         listeners: GROUPS.to_vec(),
         max_nodes: 4,
         drain_flows: 1024,
+        flush_flows: 1024,
     };
     let mut dataplane = testbed::run_in_netns(&bed.gateway_ns(), || Dataplane::start(&config))
         .unwrap()

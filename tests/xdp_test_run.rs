@@ -1602,3 +1602,80 @@ fn a_batch_that_ends_a_route_s_drain_and_starts_another_keeps_the_new_one() {
         ]);
     });
 }
+
+/// The dead-node flush's record: a SYN through the VIP is recorded in
+/// `RECENT_FLOWS` with the node it went to and the VIP port it used; data and
+/// UDP are not; the client's FIN removes it.
+#[test]
+fn syns_through_the_vip_are_recorded_for_the_flush() {
+    in_netns(false, |bed| {
+        bed.table();
+        let flows = |bed: &Bed| {
+            let mut flows: Vec<(Ipv4Addr, u16, u16, u32)> = bed
+                .dataplane
+                .recent_flows()
+                .unwrap()
+                .into_iter()
+                .map(|(flow, index)| {
+                    (
+                        Ipv4Addr::from(flow.client),
+                        u16::from_be_bytes(flow.client_port),
+                        u16::from_be_bytes(flow.vip_port),
+                        index,
+                    )
+                })
+                .collect();
+            flows.sort();
+            flows
+        };
+        assert!(flows(bed).is_empty());
+        // Data of a connection opened before, and UDP: nothing recorded.
+        bed.check(
+            "data",
+            Ext,
+            &from_client((VIP, 8001), 64, TcpData, b"x"),
+            &Redirected,
+        );
+        bed.check(
+            "udp",
+            Ext,
+            &from_client((VIP, 8002), 64, Udp, b"x"),
+            &Redirected,
+        );
+        assert!(flows(bed).is_empty(), "only SYNs are recorded");
+        // A SYN to route 2 (slot 1, node A, index 0) on the second listener
+        // group's port, and one to route 10 (node B, index 1).
+        bed.check(
+            "syn A",
+            Ext,
+            &from_client((VIP, 9001), 64, TcpSyn, b""),
+            &Redirected,
+        );
+        bed.check(
+            "syn B",
+            Ext,
+            &from_client((VIP, 8009), 64, TcpSyn, b""),
+            &Redirected,
+        );
+        assert_eq!(
+            flows(bed),
+            vec![(CLIENT, 40000, 8009, 1), (CLIENT, 40000, 9001, 0)]
+        );
+        // A SYN to a route without a node: passed, not recorded.
+        bed.check(
+            "syn no node",
+            Ext,
+            &from_client((VIP, 8022), 64, TcpSyn, b""),
+            &Pass("pass_no_node"),
+        );
+        assert_eq!(flows(bed).len(), 2);
+        // The client's FIN ends the record of its connection only.
+        bed.check(
+            "fin",
+            Ext,
+            &from_client((VIP, 9001), 64, TcpFin, b""),
+            &Redirected,
+        );
+        assert_eq!(flows(bed), vec![(CLIENT, 40000, 8009, 1)]);
+    });
+}

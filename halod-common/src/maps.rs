@@ -25,8 +25,10 @@ pub mod names {
     pub const ROUTE_DRAIN: &str = "ROUTE_DRAIN";
     pub const DRAIN_FLOWS: &str = "DRAIN_FLOWS";
     pub const DRAIN_COUNTERS: &str = "DRAIN_COUNTERS";
+    pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
+    pub const RECENT_NODES: &str = "RECENT_NODES";
     /// Every pinned map, in the order user space pins them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         ROUTE_SLOT,
         SLOT_NODE,
@@ -39,15 +41,19 @@ pub mod names {
         ROUTE_DRAIN,
         DRAIN_FLOWS,
         DRAIN_COUNTERS,
+        RECENT_FLOWS,
+        RECENT_NODES,
     ];
     /// Pinned maps that a daemon of an older build did not pin: a restart
     /// adopts that daemon's data plane all the same and creates them.
-    pub const ADDED_LATER: [&str; 5] = [
+    pub const ADDED_LATER: [&str; 7] = [
         DIRECT_FLOWS,
         DIRECT_NODES,
         ROUTE_DRAIN,
         DRAIN_FLOWS,
         DRAIN_COUNTERS,
+        RECENT_FLOWS,
+        RECENT_NODES,
     ];
 }
 
@@ -61,6 +67,9 @@ pub const MAX_ROUTES: u32 = 65535;
 /// `Config::flags`: user space has written a complete configuration. Until then
 /// the program passes every packet.
 pub const CONFIG_ENABLED: u32 = 1;
+/// `Config::flags`: record TCP connections opened through the VIP in
+/// `RECENT_FLOWS` (the dead-node flush is on). Without it, nothing is recorded.
+pub const CONFIG_RECENT_FLOWS: u32 = 2;
 
 /// The gateway's configuration, the single entry (index 0) of `CONFIG`.
 #[repr(C)]
@@ -162,6 +171,24 @@ pub mod drain_counter {
     pub const FULL: u32 = 2;
     pub const COUNT: u32 = 3;
 }
+
+/// Key of `RECENT_FLOWS`: a TCP connection a client opened through the VIP
+/// (recorded from its SYN), as wire bytes. The VIP port names the route and
+/// is the port a flush segment comes from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RecentFlow {
+    pub client: [u8; 4],
+    pub client_port: [u8; 2],
+    pub vip_port: [u8; 2],
+}
+const _: () = assert!(size_of::<RecentFlow>() == 8);
+
+/// Value of `RECENT_FLOWS`: the counter index of the node the SYN went to.
+pub type RecentNode = u32;
+
+/// Default of `nodes.flush_flows`: the size of `RECENT_FLOWS`.
+pub const DEFAULT_FLUSH_FLOWS: u32 = 262_144;
 
 /// `SlotNode::flags`: the slot has a node.
 pub const NODE_PRESENT: u32 = 1;
@@ -361,6 +388,7 @@ mod pod {
     unsafe impl aya::Pod for super::RouteDrain {}
     unsafe impl aya::Pod for super::DrainFlow {}
     unsafe impl aya::Pod for super::FlowNode {}
+    unsafe impl aya::Pod for super::RecentFlow {}
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@ use halod_common::{
     checksum,
     listener::route_for_port,
     maps::{
-        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, Config, Counter, DIRECT_FLOW_SLOTS, DRAIN_ACTIVE,
-        DRAIN_NEW_PRESENT, DirectFlow, DrainFlow, FlowNode, NODE_PRESENT, NextHop, NodeAddr,
-        NodeIndex, ROUTE_DRAINING, Reason, RouteDrain, RouteSlot, SlotNode, client_slot,
-        drain_counter,
+        CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, CONFIG_RECENT_FLOWS, Config, Counter,
+        DIRECT_FLOW_SLOTS, DRAIN_ACTIVE, DRAIN_NEW_PRESENT, DirectFlow, DrainFlow, FlowNode,
+        NODE_PRESENT, NextHop, NodeAddr, NodeIndex, ROUTE_DRAINING, Reason, RecentFlow, RecentNode,
+        RouteDrain, RouteSlot, SlotNode, client_slot, drain_counter,
     },
     packet::{self, IPPROTO_TCP},
 };
@@ -113,8 +113,27 @@ static DRAIN_FLOWS: HashMap<DrainFlow, FlowNode> = HashMap::with_max_entries(1, 
 #[map]
 static DRAIN_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drain_counter::COUNT, 0);
 
+/// TCP connections clients opened through the VIP (from their SYN), with the
+/// node the SYN went to, so that user space can tell the clients of a node
+/// that died (the dead-node flush). Bounded (`nodes.flush_flows`), least
+/// recently used first out; an entry goes at the client's FIN or RST.
+/// Written by the program only while `CONFIG_RECENT_FLOWS` is set; read (and
+/// pruned) by user space when a node fails.
+#[map]
+static RECENT_FLOWS: LruHashMap<RecentFlow, RecentNode> = LruHashMap::with_max_entries(1, 0);
+
+/// Per node index: connections `RECENT_FLOWS` gained (SYN) minus those it lost
+/// to a FIN or RST (wrapping per CPU; user space sums). What the map lost to
+/// its LRU is not subtracted: at a failure, this minus the node's entries is
+/// what the map forgot. Written by the program; read and reset by user space.
+#[map]
+static RECENT_NODES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 const AF_INET: u8 = 2;
+const BPF_NOEXIST: u64 = 1;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -203,6 +222,8 @@ struct Segment {
     destination_port: [u8; 2],
     /// A connection's first packet: a TCP SYN without ACK, or any UDP datagram.
     opening: bool,
+    /// A TCP FIN or RST.
+    closing: bool,
     total_len: u16,
     frame_len: usize,
 }
@@ -236,7 +257,13 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, Reason> {
     let route = route_of(config, direction, &segment)?;
     let target = match direction {
         Direction::Direct(index) => return Err(note_direct(index, &frame, &segment)),
-        Direction::Inbound => to_node(route, &frame, &segment)?,
+        Direction::Inbound => {
+            let target = to_node(route, &frame, &segment)?;
+            if config.flags & CONFIG_RECENT_FLOWS != 0 {
+                note_recent(&frame, &segment, target.node_index);
+            }
+            target
+        }
         Direction::Return(index) => to_client(config, index, &frame, &segment)?,
     };
     let hop = next_hop(ctx, config, &frame, &segment, &target)?;
@@ -344,6 +371,7 @@ fn transport(ctx: &XdpContext, frame: &Frame) -> Result<Segment, Reason> {
             source_port,
             destination_port,
             opening: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            closing: flags & (TCP_FIN | TCP_RST) != 0,
             total_len,
             frame_len,
         })
@@ -358,6 +386,7 @@ fn transport(ctx: &XdpContext, frame: &Frame) -> Result<Segment, Reason> {
             source_port,
             destination_port,
             opening: true,
+            closing: false,
             total_len,
             frame_len,
         })
@@ -474,6 +503,62 @@ fn to_node(route: u16, frame: &Frame, segment: &Segment) -> Result<Target, Reaso
         fib_source: header.src_addr,
         fib_destination: addr,
     })
+}
+
+/// Records a TCP connection opened through the VIP in `RECENT_FLOWS` with
+/// the node its SYN goes to, and forgets it at the client's FIN or RST. Every
+/// other packet costs nothing here.
+#[inline(always)]
+fn note_recent(frame: &Frame, segment: &Segment, index: NodeIndex) {
+    if !matches!(segment.l4, L4::Tcp(_)) || !(segment.opening || segment.closing) {
+        return;
+    }
+    let key = RecentFlow {
+        client: frame.header.src_addr,
+        client_port: segment.source_port,
+        vip_port: segment.destination_port,
+    };
+    let known = RECENT_FLOWS.get_ptr_mut(key);
+    if segment.opening {
+        match known {
+            // A retransmitted SYN, or a port used again: the node it goes to now.
+            Some(value) => {
+                // SAFETY: a u32 in the map's value, copied out and written whole.
+                let old = unsafe { *value };
+                if old != index {
+                    unsafe { *value = index };
+                    count_recent(old, false);
+                    count_recent(index, true);
+                }
+            }
+            None => {
+                // An LRU map makes room by itself (forgetting the oldest).
+                if RECENT_FLOWS.insert(key, index, BPF_NOEXIST).is_ok() {
+                    count_recent(index, true);
+                }
+            }
+        }
+    } else if let Some(value) = known {
+        // SAFETY: as above.
+        let old = unsafe { *value };
+        if RECENT_FLOWS.remove(key).is_ok() {
+            count_recent(old, false);
+        }
+    }
+}
+
+#[inline(always)]
+fn count_recent(index: NodeIndex, gained: bool) {
+    if let Some(counter) = RECENT_NODES.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe {
+            *counter = if gained {
+                (*counter).wrapping_add(1)
+            } else {
+                (*counter).wrapping_sub(1)
+            }
+        };
+    }
 }
 
 /// The node (address, counter index) of a packet of a draining route, or

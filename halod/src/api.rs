@@ -150,6 +150,9 @@ pub struct StatsReply {
     /// Draining routes and what their packets did.
     #[serde(default)]
     pub drain: DrainCounts,
+    /// What the dead-node flush did since the daemon started.
+    #[serde(default)]
+    pub flush: crate::dataplane::FlushStats,
 }
 
 /// `halod stats`' drain part.

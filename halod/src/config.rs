@@ -202,6 +202,16 @@ pub struct NodesConfig {
     /// once (the size of its `DRAIN_FLOWS` map, 8 bytes of key each).
     #[serde(default = "default_drain_flows")]
     pub drain_flows: u32,
+    /// Dead-node flush: most segments a second sent to the clients of a
+    /// failed node's connections (two per connection); 0 turns the flush
+    /// off (and the recording of connections with it).
+    #[serde(default = "default_flush_pps")]
+    pub flush_pps: u32,
+    /// Most connections opened through the VIP that the data plane records
+    /// for the flush (the size of its `RECENT_FLOWS` map, 8 bytes of key and
+    /// 4 of value each); the least recently used go first.
+    #[serde(default = "default_flush_flows")]
+    pub flush_flows: u32,
 }
 
 /// Default of `nodes.drain_ms`.
@@ -210,6 +220,21 @@ pub const DEFAULT_DRAIN_MS: u64 = 30_000;
 pub const MAX_DRAIN_MS: u64 = 3_600_000;
 /// Range of `nodes.drain_flows`.
 pub const DRAIN_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
+
+/// Default of `nodes.flush_pps`.
+pub const DEFAULT_FLUSH_PPS: u32 = 10_000;
+/// Most `nodes.flush_pps`.
+pub const MAX_FLUSH_PPS: u32 = 1_000_000;
+/// Range of `nodes.flush_flows`.
+pub const FLUSH_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
+
+fn default_flush_pps() -> u32 {
+    DEFAULT_FLUSH_PPS
+}
+
+fn default_flush_flows() -> u32 {
+    halod_common::maps::DEFAULT_FLUSH_FLOWS
+}
 
 fn default_drain_ms() -> u64 {
     DEFAULT_DRAIN_MS
@@ -532,6 +557,26 @@ impl Config {
                     nodes.drain_flows,
                     DRAIN_FLOWS.start(),
                     DRAIN_FLOWS.end()
+                ),
+            ));
+        }
+        if nodes.flush_pps > MAX_FLUSH_PPS {
+            return Err(invalid(
+                "nodes.flush_pps",
+                format!(
+                    "{} is out of range: use 0..={MAX_FLUSH_PPS} (0 turns the dead-node flush off)",
+                    nodes.flush_pps
+                ),
+            ));
+        }
+        if !FLUSH_FLOWS.contains(&nodes.flush_flows) {
+            return Err(invalid(
+                "nodes.flush_flows",
+                format!(
+                    "{} is out of range: use {}..={}",
+                    nodes.flush_flows,
+                    FLUSH_FLOWS.start(),
+                    FLUSH_FLOWS.end()
                 ),
             ));
         }
@@ -928,6 +973,16 @@ nodes:
             ("heartbeat_ms: 100", "heartbeat_ms: 0", "nodes.heartbeat_ms"),
             ("dead_after: 3", "dead_after: 0", "nodes.dead_after"),
             (
+                "spares: 0",
+                "spares: 0\n  flush_pps: 1000001",
+                "nodes.flush_pps",
+            ),
+            (
+                "spares: 0",
+                "spares: 0\n  flush_flows: 1000",
+                "nodes.flush_flows",
+            ),
+            (
                 "{name: app, base_port: 9000}",
                 "{name: browser, base_port: 9000}",
                 "listeners[1].name",
@@ -942,6 +997,14 @@ nodes:
             let message = err(&EXAMPLE.replace(from, to));
             assert!(message.contains(&format!("`{key}`")), "{to}: {message}");
         }
+        let defaults = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(
+            (defaults.nodes.flush_pps, defaults.nodes.flush_flows),
+            (10_000, 262_144)
+        );
+        let off =
+            Config::parse(&EXAMPLE.replace("spares: 0", "spares: 0\n  flush_pps: 0")).unwrap();
+        assert_eq!(off.nodes.flush_pps, 0);
         let message = err(&EXAMPLE.replace("vip: 198.18.0.1", "vip: nowhere"));
         assert!(message.contains("vip"), "{message}");
         let message = err(&EXAMPLE.replace("  listen: 198.19.0.1:7000\n", ""));

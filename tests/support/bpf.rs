@@ -38,6 +38,7 @@ pub fn dataplane_config(instance: &str, internal: &str) -> DataplaneConfig {
         listeners: GROUPS.to_vec(),
         max_nodes: 8,
         drain_flows: 1024,
+        flush_flows: 1024,
     }
 }
 

@@ -105,6 +105,14 @@ impl Drains {
         }
     }
 
+    /// The routes that drain from `node`.
+    pub fn routes_from(&self, node: &str) -> Vec<Route> {
+        self.nodes
+            .get(node)
+            .map(|drains| drains.routes.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether any route drains from `node`.
     pub fn drains_from(&self, node: &str) -> bool {
         self.nodes.contains_key(node)

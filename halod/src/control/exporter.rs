@@ -194,6 +194,21 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
                     "Connections opened to draining routes that nodes.drain_flows had no room for (kept on the old node)",
                     stats.drain.full,
                 ),
+                (
+                    "flush_connections",
+                    "Connections of failed nodes whose clients the dead-node flush told",
+                    stats.flush.connections,
+                ),
+                (
+                    "flush_segments",
+                    "Segments the dead-node flush sent (two per connection)",
+                    stats.flush.segments,
+                ),
+                (
+                    "flush_unknown_connections",
+                    "Connections of failed nodes the recent-flows map no longer held (not told)",
+                    stats.flush.unknown,
+                ),
             ] {
                 let counter: Counter = Counter::default();
                 counter.inc_by(value);

@@ -21,7 +21,7 @@ use super::nodes::{Awaiting, Connection, NodeTable};
 pub use super::nodes::{ConnId, Outbound};
 pub use super::policy::Refusal;
 use super::state::{Coalescer, Fingerprint, STATE_VERSION, SavedNode, SavedState};
-use super::tables::{NodeTarget, TablePush, Write};
+use super::tables::{Flush, NodeTarget, TablePush, Write};
 use crate::api::{Failover, Stamped, WatchEvent, unix_ms};
 use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
@@ -849,7 +849,11 @@ impl<T: TablePush> Manager<T> {
         let moved = match self.cluster.apply(Event::Fail(name.clone())) {
             Ok(plan) => {
                 let moved = plan.moves.len();
+                let flush = self.flush_of(&name, &plan);
                 self.carry_out(plan).await;
+                if let Some(flush) = flush {
+                    self.tables.flush(flush);
+                }
                 moved
             }
             Err(err) => {
@@ -871,6 +875,27 @@ impl<T: TablePush> Manager<T> {
             self.emit(WatchEvent::Failover(failover.clone()));
             self.last_failover = Some(failover);
         }
+    }
+
+    /// What the dead-node flush is to tell about a failed node: the routes it
+    /// loses in `plan`, and those that still drained from it (it had left,
+    /// or lost them while alive). `None` when it served none.
+    fn flush_of(&self, name: &str, plan: &Plan) -> Option<Flush> {
+        let index = self.nodes.get(name)?.index();
+        let mut routes: Vec<Route> = plan
+            .moves
+            .iter()
+            .filter(|m| m.from.as_deref() == Some(name))
+            .map(|m| m.route)
+            .collect();
+        routes.extend(self.drains.routes_from(name));
+        routes.sort_unstable();
+        routes.dedup();
+        (!routes.is_empty()).then(|| Flush {
+            node: name.to_string(),
+            index,
+            routes,
+        })
     }
 
     /// Drops a node's entry: closes its connection (after what is queued) and

@@ -386,6 +386,12 @@ fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::Da
         listeners: config.base_ports(),
         max_nodes: config.nodes.max_nodes,
         drain_flows: config.nodes.drain_flows,
+        // Nothing is recorded while the flush is off.
+        flush_flows: if config.nodes.flush_pps > 0 {
+            config.nodes.flush_flows
+        } else {
+            0
+        },
     };
     let adopted = if adopt {
         dataplane::Dataplane::adopt(&dataplane_config)
@@ -421,6 +427,18 @@ fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::Da
             config.next_hop_ttl_ms.into(),
         ))
         .context("writing next_hop_ttl_ms into the data plane")?;
+    if config.nodes.flush_pps > 0 {
+        match dataplane.start_flusher(config.nodes.flush_pps) {
+            Ok(()) => info!(
+                pps = config.nodes.flush_pps,
+                flows = config.nodes.flush_flows,
+                "dead-node flush on"
+            ),
+            Err(error) => warn!(
+                "dead-node flush off: {error}; clients of a failed node learn it only when they next send"
+            ),
+        }
+    }
     Ok(dataplane::spawn(dataplane))
 }
 

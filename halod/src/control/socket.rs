@@ -302,6 +302,7 @@ impl<D: DataplaneView> Services<D> {
                 new_flows: stats.drain.new_flows,
                 full: stats.drain.full,
             },
+            flush: stats.flush,
         })
     }
 }

@@ -3,17 +3,26 @@
 
 use std::future::Future;
 
-pub use crate::dataplane::{AttachMode, Counter, NodeTarget, Stats, Write};
+pub use crate::dataplane::{AttachMode, Counter, Flush, NodeTarget, Stats, Write};
 
-/// Where the manager pushes each plan's table writes, in order.
+/// Where the manager pushes each plan's table writes, in order, and the
+/// failed nodes whose clients are to be told (the dead-node flush).
 pub trait TablePush: Send {
     /// Applies `writes` in order; returns when they are in effect.
     fn push(&self, writes: Vec<Write>) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Tells the clients of a failed node's connections of `flush.routes`
+    /// (after the routes moved); returns at once, the flush runs on its own.
+    fn flush(&self, flush: Flush);
 }
 
 impl TablePush for crate::dataplane::DataplaneHandle {
     async fn push(&self, writes: Vec<Write>) -> anyhow::Result<()> {
         self.apply(writes).await.map_err(anyhow::Error::from)
+    }
+
+    fn flush(&self, flush: Flush) {
+        crate::dataplane::DataplaneHandle::flush(self, flush);
     }
 }
 
@@ -56,6 +65,7 @@ mod recorder {
     #[derive(Clone, Default)]
     pub(crate) struct Recorder {
         batches: Arc<Mutex<Vec<Vec<Write>>>>,
+        flushes: Arc<Mutex<Vec<Flush>>>,
         refuse: bool,
         tries: Arc<AtomicUsize>,
     }
@@ -68,6 +78,10 @@ mod recorder {
             }
             self.batches.lock().unwrap().push(writes);
             Ok(())
+        }
+
+        fn flush(&self, flush: Flush) {
+            self.flushes.lock().unwrap().push(flush);
         }
     }
 
@@ -88,6 +102,7 @@ mod recorder {
                     .collect(),
                 reasons: vec![("forwarded_in", 7), ("pass_no_node", 1)],
                 drain: Default::default(),
+                flush: Default::default(),
             })
         }
 
@@ -115,6 +130,11 @@ mod recorder {
 
         pub(crate) fn batches(&self) -> Vec<Vec<Write>> {
             self.batches.lock().unwrap().clone()
+        }
+
+        /// Every flush asked for so far, in order.
+        pub(crate) fn flushes(&self) -> Vec<Flush> {
+            self.flushes.lock().unwrap().clone()
         }
 
         /// Every write so far, in order.

@@ -321,6 +321,37 @@ async fn a_closed_connection_fails_the_node_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_node_is_flushed_with_its_routes_and_a_leaving_one_is_not() {
+    let mut gateway = gateway(0, 0, 100).await;
+    let mut n1 = gateway.join(1, "n1").await;
+    let mut n2 = gateway.join(2, "n2").await;
+    let n3 = gateway.join(3, "n3").await;
+    gateway.check(&mut [&mut n1, &mut n2]).await;
+    let snapshot = gateway.snapshot().await;
+    let status = snapshot
+        .nodes
+        .iter()
+        .find(|node| node.name == "n3")
+        .unwrap();
+    let (index, routes) = (status.index, status.routes.clone());
+    assert!(!routes.is_empty());
+    drop(n3);
+    n1.drain().await;
+    n2.drain().await;
+    settle().await;
+    let flushes = gateway.recorder.flushes();
+    assert_eq!(flushes.len(), 1, "{flushes:?}");
+    assert_eq!(flushes[0].node, "n3");
+    assert_eq!(flushes[0].index, index);
+    assert_eq!(flushes[0].routes, routes);
+    // A node that says bye is not flushed: its connections drain or close.
+    n2.send(r#"{"type":"bye"}"#).await;
+    n2.until_closed().await;
+    settle().await;
+    assert_eq!(gateway.recorder.flushes().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_silent_node_fails_after_the_dead_window() {
     let mut gateway = gateway(0, 0, 100).await;
     let mut n1 = gateway.join(1, "n1").await;

@@ -3,7 +3,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AttachMode, Dataplane, DataplaneError, NodeTarget, Stats, Write};
+use super::{AttachMode, Dataplane, DataplaneError, Flush, FlushSender, NodeTarget, Stats, Write};
 
 type TableView = (Vec<Option<u16>>, Vec<Option<NodeTarget>>);
 
@@ -21,6 +21,8 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct DataplaneHandle {
     requests: mpsc::Sender<Request>,
+    /// The dead-node flusher (its own thread), when it runs.
+    flusher: Option<FlushSender>,
 }
 
 /// Moves `dataplane` into its own task. The task ends on
@@ -29,6 +31,7 @@ pub struct DataplaneHandle {
 /// every handle is dropped (as the dataplane's `keep_on_drop` says). Must be
 /// called inside a tokio runtime.
 pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
+    let flusher = dataplane.flusher();
     let (requests, mut inbox) = mpsc::channel::<Request>(64);
     // Map updates are short syscalls; a blocking thread keeps them off the
     // async workers anyway.
@@ -67,7 +70,7 @@ pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
             }
         }
     });
-    DataplaneHandle { requests }
+    DataplaneHandle { requests, flusher }
 }
 
 impl DataplaneHandle {
@@ -81,6 +84,14 @@ impl DataplaneHandle {
             .await
             .map_err(|_| DataplaneError::Stopped)?;
         answer.await.map_err(|_| DataplaneError::Stopped)
+    }
+
+    /// Hands a failed node's connections to the flusher (at once, without
+    /// waiting for it); nothing when the flush is off.
+    pub fn flush(&self, flush: Flush) {
+        if let Some(flusher) = &self.flusher {
+            flusher.send(flush);
+        }
     }
 
     /// Carries out `writes` in order (see [`Dataplane::apply`]).

@@ -13,6 +13,7 @@
 
 mod actor;
 pub mod attached;
+mod flush;
 mod object;
 mod table;
 
@@ -36,13 +37,15 @@ use aya::{
 use halod_common::{
     listener::{MAX_LISTENERS, last_port},
     maps::{
-        self as common, CONFIG_ENABLED, DRAIN_ACTIVE, DRAIN_NEW_PRESENT, DrainFlow, FlowNode,
-        NODE_PRESENT, NodeAddr, ROUTE_DRAINING, Reason, RouteDrain, SlotNode, drain_counter, names,
+        self as common, CONFIG_ENABLED, CONFIG_RECENT_FLOWS, DRAIN_ACTIVE, DRAIN_NEW_PRESENT,
+        DrainFlow, FlowNode, NODE_PRESENT, NodeAddr, ROUTE_DRAINING, Reason, RouteDrain, SlotNode,
+        drain_counter, names,
     },
 };
 use serde::Serialize;
 
 pub use actor::{DataplaneHandle, spawn};
+pub use flush::{Flush, FlushSender, FlushStats, segment as flush_segment};
 use table::{AddrChange, Table};
 
 /// Where the maps of every instance are pinned (bpffs).
@@ -75,6 +78,10 @@ pub struct DataplaneConfig {
     /// Most connections opened during drains that are recorded at once
     /// (`nodes.drain_flows`): the size of `DRAIN_FLOWS`.
     pub drain_flows: u32,
+    /// Most connections opened through the VIP that are recorded for the
+    /// dead-node flush (`nodes.flush_flows`): the size of `RECENT_FLOWS`;
+    /// 0 records none (the flush is off).
+    pub flush_flows: u32,
 }
 
 /// A node as the data plane sees it.
@@ -168,6 +175,8 @@ pub struct Stats {
     pub reasons: Vec<(&'static str, u64)>,
     /// What happened to packets of draining routes.
     pub drain: DrainStats,
+    /// What the dead-node flush did.
+    pub flush: FlushStats,
 }
 
 /// The `DRAIN_COUNTERS`, summed over CPUs.
@@ -300,6 +309,9 @@ pub struct Dataplane {
     /// Leave the program attached and everything pinned when dropped (a
     /// stopping daemon that a restart will adopt).
     keep: bool,
+    /// The dead-node flusher, once started ([`Dataplane::start_flusher`]).
+    flusher: Option<FlushSender>,
+    flush_counters: std::sync::Arc<flush::FlushCounters>,
 }
 
 /// Name prefix of the pinned XDP links in the pin directory:
@@ -366,7 +378,9 @@ impl Dataplane {
             .map_max_entries(names::NEXT_HOP, config.max_nodes)
             .map_max_entries(names::DIRECT_NODES, config.max_nodes)
             .map_max_entries(names::ROUTE_DRAIN, routes)
-            .map_max_entries(names::DRAIN_FLOWS, config.drain_flows.max(1));
+            .map_max_entries(names::DRAIN_FLOWS, config.drain_flows.max(1))
+            .map_max_entries(names::RECENT_FLOWS, config.flush_flows.max(1))
+            .map_max_entries(names::RECENT_NODES, config.max_nodes);
         if let Some(dir) = pinned {
             replace_smaller_reason_counters(dir);
             // CONFIG is written whole below, so it is not taken over: a new one
@@ -406,7 +420,11 @@ impl Dataplane {
             routes: config.routes.get(),
             listener_count: config.listeners.len() as u16,
             listeners,
-            flags: CONFIG_ENABLED,
+            flags: if config.flush_flows > 0 {
+                CONFIG_ENABLED | CONFIG_RECENT_FLOWS
+            } else {
+                CONFIG_ENABLED
+            },
             next_hop_ttl_ms: NEXT_HOP_TTL.as_millis() as u32,
         };
         let mut dataplane = Dataplane {
@@ -416,6 +434,8 @@ impl Dataplane {
             modes: Vec::new(),
             table: Table::new(config.routes.get(), config.max_nodes),
             keep: false,
+            flusher: None,
+            flush_counters: Default::default(),
         };
         dataplane
             .array::<common::Config>(names::CONFIG)?
@@ -659,6 +679,56 @@ impl Dataplane {
                 })
             })
             .collect())
+    }
+
+    /// Starts the dead-node flusher ([`flush`]): its own thread, with a raw
+    /// socket opened here (in the calling thread's network namespace, which
+    /// must be the VIP's) and its own handles on `RECENT_FLOWS` and
+    /// `RECENT_NODES`, sending at most `pps` segments a second. Needs
+    /// `flush_flows` > 0 and CAP_NET_RAW.
+    pub fn start_flusher(&mut self, pps: u32) -> Result<(), DataplaneError> {
+        if self.config.flush_flows == 0 || pps == 0 {
+            return Err(DataplaneError::Config(
+                "the dead-node flush needs nodes.flush_flows and nodes.flush_pps above 0"
+                    .to_owned(),
+            ));
+        }
+        let id = |name: &'static str| -> Result<u32, DataplaneError> {
+            let data = match self.map_ref(name)? {
+                aya::maps::Map::LruHashMap(data) | aya::maps::Map::PerCpuArray(data) => data,
+                _ => return Err(DataplaneError::MissingMap { map: name }),
+            };
+            Ok(data
+                .info()
+                .map_err(map_error(name, "reading the map's info"))?
+                .id())
+        };
+        let (flows_id, nodes_id) = (id(names::RECENT_FLOWS)?, id(names::RECENT_NODES)?);
+        let config = flush::FlusherConfig {
+            vip: self.config.vip,
+            routes: self.config.routes.get(),
+            listeners: self.config.listeners.clone(),
+            pps,
+            flows: self.config.flush_flows,
+        };
+        let sender = flush::Flusher::start(config, flows_id, nodes_id, self.flush_counters.clone())
+            .map_err(DataplaneError::Config)?;
+        self.flusher = Some(sender);
+        Ok(())
+    }
+
+    /// The way to the flusher, once started.
+    pub fn flusher(&self) -> Option<FlushSender> {
+        self.flusher.clone()
+    }
+
+    /// The connections `RECENT_FLOWS` holds, with the node index each was
+    /// opened to. For tests and diagnostics.
+    pub fn recent_flows(&self) -> Result<Vec<(common::RecentFlow, u32)>, DataplaneError> {
+        let map: BpfHashMap<&MapData, common::RecentFlow, u32> =
+            BpfHashMap::try_from(self.map_ref(names::RECENT_FLOWS)?)
+                .map_err(map_error(names::RECENT_FLOWS, "opening"))?;
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// The configuration it was started with.
@@ -1002,6 +1072,7 @@ impl Dataplane {
             nodes,
             reasons,
             drain: self.drain_stats()?,
+            flush: self.flush_counters.read(),
         })
     }
 
@@ -1412,6 +1483,7 @@ mod tests {
             listeners: vec![8000, 9000],
             max_nodes: 16,
             drain_flows: 1024,
+            flush_flows: 1024,
         }
     }
 

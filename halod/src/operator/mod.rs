@@ -543,17 +543,23 @@ fn render_stats(stats: &StatsReply) -> String {
     for (reason, count) in &stats.reasons {
         reasons.row(vec![reason.clone(), count.to_string()]);
     }
-    let drain = &stats.drain;
+    let (drain, flush) = (&stats.drain, &stats.flush);
     format!(
         "{}\n{}\n{}\ndraining routes {}: {} packets to their old nodes, {} new connections to \
-         their new nodes, {} kept on the old nodes (nodes.drain_flows full)\n",
+         their new nodes, {} kept on the old nodes (nodes.drain_flows full)\n\
+         dead-node flush: {} connections told ({} segments, {} refused), {} not known \
+         (recent-flows map)\n",
         routes.render(),
         nodes.render(),
         reasons.render(),
         drain.routes,
         drain.to_old,
         drain.new_flows,
-        drain.full
+        drain.full,
+        flush.connections,
+        flush.segments,
+        flush.errors,
+        flush.unknown,
     )
 }
 
