@@ -36,7 +36,7 @@ struct Options {
 
 support::gateway::bed!(
     /// The control tests' gateway: 12 routes on two listener groups, no reconnect
-    /// grace.
+    /// grace, no drain (tests/drain.rs has the drains).
     Bed
 );
 
@@ -55,7 +55,7 @@ impl Bed {
             format!(
                 "{head}\
                  nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
-                 reconnect_grace_ms: 0\n  spares: {spares}\n{token_line}\
+                 reconnect_grace_ms: 0\n  spares: {spares}\n  drain_ms: 0\n{token_line}\
                  control: {{socket: {dir}/halod.sock}}\n\
                  state_file: {dir}/state.json\n",
                 head = config_head(bed, instance, ROUTES, &BASES),

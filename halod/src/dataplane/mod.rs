@@ -1307,9 +1307,16 @@ impl Drop for Dataplane {
 /// An instance name (`instance:` in the config), checked once when it is
 /// made: 1 to 32 of `A-Z a-z 0-9 _ -`. The name is a directory under
 /// `/sys/fs/bpf/halod` and part of the lock and state-file names.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(try_from = "String")]
 pub struct InstanceName(String);
+
+/// As the name's string: `"edge"`, in messages that quote it.
+impl std::fmt::Debug for InstanceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
 
 impl InstanceName {
     pub fn new(name: impl Into<String>) -> Result<InstanceName, String> {
