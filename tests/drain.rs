@@ -20,13 +20,13 @@ use support::gateway::{Gateway, NODES_PORT, config_head};
 
 const ROUTES: u16 = 8;
 const BASE: u16 = 8000;
-const DRAIN_MS: u64 = 3000;
+const DRAIN_MS: u64 = 5000;
 const PER_ROUTE: usize = 15;
 /// Generous: correctness deadlines, never performance checks.
 const DEADLINE: Duration = Duration::from_secs(20);
 
 support::gateway::bed!(
-    /// A gateway with 8 routes and a 3 s drain, and four nodes with backends.
+    /// A gateway with 8 routes and a 5 s drain, and four nodes with backends.
     Bed
 );
 
@@ -143,7 +143,7 @@ fn table(slots: &[&'static str]) -> Vec<&'static str> {
 
 #[test]
 fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
-    let bed = Bed::start("hd-dr-");
+    let mut bed = Bed::start("hd-dr-");
     let _backends: Vec<Process> = (1..=4)
         .map(|i| bed.backend(i, &format!("n{i}"), (0..ROUTES).map(|r| BASE + r)))
         .collect();
@@ -189,6 +189,23 @@ fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
         Vec::<(u16, String, String)>::new(),
         "during the join's drain"
     );
+    // The daemon is killed mid-drain and started again: the pinned data plane
+    // drains on without it, and the new daemon adopts it with its drains.
+    std::thread::sleep(Duration::from_millis(200)); // the state file has the drains
+    let gateway = bed.gateway.as_mut().unwrap();
+    gateway.signal(Signal::SIGKILL);
+    gateway.wait(DEADLINE);
+    bed.gateway = None;
+    run_for(&mut clients, Duration::from_millis(300));
+    bed.run();
+    assert!(bed.logged("data plane adopted"));
+    assert!(bed.draining() > 0, "the restarted daemon knows the drains");
+    run_for(&mut clients, Duration::from_millis(300));
+    assert_eq!(
+        ended_conns(&clients),
+        Vec::<(u16, String, String)>::new(),
+        "across the restart mid-drain"
+    );
     // The window ends: n1's connections of the moved routes reach n2, which
     // resets them; nothing else ends.
     run_for(&mut clients, Duration::from_millis(DRAIN_MS + 500));
@@ -216,7 +233,7 @@ fn planned_moves_reset_no_connection_and_new_ones_reach_the_new_node() {
     let output = bed.halod(&["drain", "n2"]);
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("stay on it for 3.0s"), "{text}");
+    assert!(text.contains("stay on it for 5.0s"), "{text}");
     bed.wait_owners(&table(&["n1"]));
     run_for(&mut clients, Duration::from_millis(1000));
     assert_eq!(

@@ -47,7 +47,7 @@ impl Bed {
             format!(
                 "{head}\
                  nodes:\n  listen: {gw}:{NODES_PORT}\n  heartbeat_ms: 100\n  dead_after: 3\n  \
-                 restart_grace_ms: 15000\n  spares: {spares}\n  drain_ms: 1000\n\
+                 restart_grace_ms: 15000\n  spares: {spares}\n  drain_ms: 0\n\
                  control: {{socket: {dir}/halod.sock}}\n\
                  state_file: {dir}/state.json\n\
                  metrics: {{listen: {gw}:{METRICS_PORT}}}\n",

@@ -481,14 +481,25 @@ impl Chaos {
                     }
                     match std::fs::read_to_string(self.dir.join("state.json")) {
                         Ok(state) => {
+                            // The saved nodes (active, then spares); a node that left
+                            // may still be named by a drain in progress, which is no
+                            // registration.
+                            let state: serde_json::Value =
+                                serde_json::from_str(&state).unwrap_or_default();
+                            let saved: Vec<&str> = ["active", "spares"]
+                                .iter()
+                                .filter_map(|key| state[*key].as_array())
+                                .flatten()
+                                .filter_map(|node| node["name"].as_str())
+                                .collect();
                             for name in &registered {
-                                if !state.contains(&format!("\"{name}\"")) {
+                                if !saved.contains(&name.as_str()) {
                                     problems.push(format!("state file lacks {name}"));
                                 }
                             }
                             for node in &self.nodes {
                                 if !registered.contains(&node.name)
-                                    && state.contains(&format!("\"{}\"", node.name))
+                                    && saved.contains(&node.name.as_str())
                                 {
                                     problems.push(format!("state file still has {}", node.name));
                                 }

@@ -6,10 +6,11 @@
 //! the spare). With the first three nodes up, client1 holds two echoing connections per route
 //! while n4 joins: the moved routes drain, no connection is reset, and after the window the old
 //! nodes' connections are handed over. Then it sends client traffic to every route of the VIP,
-//! prints `halod routes` and
-//! `halod nodes`, kills the agent and backend of n1 and measures how long until n1's first route
-//! answers from its new owner, prints `halod status` and `halod stats`, and tears everything
-//! down (the gateway, its pinned program and state with `halod teardown`, the test bed).
+//! prints `halod routes` and `halod nodes`, lets n1's machine die (its link goes down, then its
+//! agent and backend are killed) under idle client connections, measures how long until n1's
+//! first route answers from its new owner and until each idle client is reset (the dead-node
+//! flush), prints `halod status` and `halod stats`, and tears everything down (the gateway, its
+//! pinned program and state with `halod teardown`, the test bed).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -133,31 +134,79 @@ impl Demo {
         step("halod nodes");
         print!("{}", self.halod_output(&["nodes"])?);
 
-        step("killing node n1 (agent and backend, kill -9)");
+        step(
+            "n1's machine dies: its link goes down (no FIN or RST gets out), then its agent and backend are killed",
+        );
         let first = answers
             .iter()
             .find(|(_, node)| *node == "n1")
             .map(|(route, _)| *route)
             .context("n1 serves no route")?;
+        let n1_ports: Vec<u16> = answers
+            .iter()
+            .filter(|(_, node)| *node == "n1")
+            .map(|(route, _)| BASES[0] + route - 1)
+            .collect();
+        let mut idle = EchoClients::new(&self.bed, 1);
+        idle.open(n1_ports, 2)?;
+        println!(
+            "client1 holds {} idle connections to n1's routes (nothing sent from now on)",
+            idle.conns.len()
+        );
+        crate::command::run(Command::new("ip").args([
+            "-n",
+            &self.bed.node_ns(1),
+            "link",
+            "set",
+            crate::testbed::HOST_IF,
+            "down",
+        ]))?;
         let killed = Instant::now();
         for label in ["agent n1", "backend n1"] {
             if let Some((_, child)) = self.children.iter_mut().find(|(l, _)| l == label) {
                 let _ = child.kill();
             }
         }
-        let new_owner = loop {
-            match self.probe(BASES[0] + first - 1) {
-                Some(node) if node != "n1" => break node,
-                _ => {}
-            }
-            if killed.elapsed() > DEADLINE {
-                bail!("route {first} was not served again within {DEADLINE:?}");
-            }
-            thread::sleep(Duration::from_millis(2));
+        let (new_owner, reset) = thread::scope(|scope| -> Result<(String, Vec<Duration>)> {
+            let waiting = scope.spawn(|| idle.await_idle(killed, Duration::from_secs(5)));
+            let new_owner = loop {
+                match self.probe(BASES[0] + first - 1) {
+                    Some(node) if node != "n1" => break node,
+                    _ => {}
+                }
+                if killed.elapsed() > DEADLINE {
+                    bail!("route {first} was not served again within {DEADLINE:?}");
+                }
+                thread::sleep(Duration::from_millis(2));
+            };
+            let failover = killed.elapsed();
+            let ended = waiting.join().expect("the idle clients' watch");
+            println!(
+                "failover: route {first} (n1's) answered by {new_owner} {:.0} ms after the link \
+                 went down (the gateway fails a node after dead_after x heartbeat_ms = 300 ms of \
+                 silence; client-side, probing every 2 ms)",
+                failover.as_secs_f64() * 1000.0
+            );
+            Ok((
+                new_owner,
+                ended
+                    .into_iter()
+                    .filter(|(_, _, why)| why.starts_with("ConnectionReset"))
+                    .map(|(_, after, _)| after)
+                    .collect(),
+            ))
+        })?;
+        let ms = |t: Option<&Duration>| {
+            t.map_or("-".into(), |t| format!("{:.0}", t.as_secs_f64() * 1000.0))
         };
         println!(
-            "failover: route {first} (n1's) answered by {new_owner} {:.1} ms after the kill (client-side, probing every 2 ms)",
-            killed.elapsed().as_secs_f64() * 1000.0
+            "n1's idle clients: {} of {} reset without sending anything, {}..{} ms after the link \
+             went down (the gateway's dead-node flush; the browsers reconnect to {new_owner} at \
+             once instead of waiting for their next send or TCP keepalive)",
+            reset.len(),
+            idle.conns.len(),
+            ms(reset.first()),
+            ms(reset.last())
         );
         let after = self.answers()?;
         let moved: Vec<u16> = after

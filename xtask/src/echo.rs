@@ -128,6 +128,58 @@ impl EchoClients {
         self.conns.iter().filter(|c| c.ended.is_none()).count()
     }
 
+    /// Sends nothing and waits until the read of each open connection ends
+    /// (the peer closed or reset it) or `within` passes. For each connection
+    /// (index into `conns`) that ended: how long after `from`, and why. An
+    /// idle push client learns of a dead server this way only if something
+    /// reaches it. Marks them ended.
+    pub fn await_idle(
+        &mut self,
+        from: Instant,
+        within: Duration,
+    ) -> Vec<(usize, Duration, String)> {
+        let (events, outcomes) = std::sync::mpsc::channel();
+        let mut waiting = 0;
+        for (i, conn) in self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.ended.is_none())
+        {
+            let Ok(mut stream) = conn.stream.get_ref().try_clone() else {
+                continue;
+            };
+            let _ = stream.set_read_timeout(Some(within));
+            let events = events.clone();
+            waiting += 1;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                let why = match stream.read(&mut buf) {
+                    Ok(0) => Some("UnexpectedEof: closed".to_string()),
+                    Ok(_) => Some("data while idle".to_string()),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => None,
+                    Err(err) if err.kind() == std::io::ErrorKind::TimedOut => None,
+                    Err(err) => Some(format!("{:?}: {err}", err.kind())),
+                };
+                let _ = events.send((i, why, Instant::now()));
+            });
+        }
+        drop(events);
+        let mut ended = Vec::new();
+        for _ in 0..waiting {
+            let Ok((i, why, at)) = outcomes.recv_timeout(within + Duration::from_secs(1)) else {
+                break;
+            };
+            if let Some(why) = why {
+                self.conns[i].ended = Some(why.clone());
+                self.conns[i].ended_at = Some(at);
+                ended.push((i, at.saturating_duration_since(from), why));
+            }
+        }
+        ended.sort_by_key(|(_, after, _)| *after);
+        ended
+    }
+
     /// Forgets the connections that ended.
     pub fn forget_ended(&mut self) {
         self.conns.retain(|c| c.ended.is_none());

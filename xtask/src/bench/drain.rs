@@ -40,12 +40,101 @@ pub struct Join {
 pub struct Drain {
     pub without: Join,
     pub with: Join,
+    /// A machine dies under idle clients: with the dead-node flush, and without.
+    pub flush: Death,
+    pub no_flush: Death,
 }
+
+/// Idle clients of a node whose machine dies (its link goes down, then its
+/// processes are killed).
+#[derive(Debug, Clone)]
+pub struct Death {
+    pub flush_pps: u64,
+    /// Idle connections on the dead node.
+    pub idle: usize,
+    /// When each of them was reset, after the link went down (within [`WATCH`]).
+    pub reset_after: Vec<Duration>,
+    /// Connections on the live node that ended (must be 0).
+    pub others_ended: usize,
+}
+
+/// How long the idle clients are watched after a machine dies.
+pub const WATCH: Duration = Duration::from_secs(3);
 
 pub fn run(bed: &Testbed, objects: &Objects) -> Result<Drain> {
     let without = join(bed, &objects.halod, 0).context("a join without drain")?;
     let with = join(bed, &objects.halod, DRAIN_MS).context("a join with drain")?;
-    Ok(Drain { without, with })
+    let flush = death(bed, &objects.halod, None).context("a machine death, flush on")?;
+    let no_flush = death(bed, &objects.halod, Some(0)).context("a machine death, flush off")?;
+    Ok(Drain {
+        without,
+        with,
+        flush,
+        no_flush,
+    })
+}
+
+/// node1 and node2 serve; client1 holds idle connections to every route; node2's
+/// link goes down and its agent and backend are killed.
+fn death(bed: &Testbed, halod: &Path, flush_pps: Option<u64>) -> Result<Death> {
+    let settings = GatewaySettings {
+        routes: u32::from(ROUTES),
+        base_port: BASE_PORT,
+        heartbeat_ms: 100,
+        dead_after: 3,
+        spares: 0,
+        max_nodes: 16,
+        drain_ms: Some(0),
+        flush_pps,
+    };
+    let _gateway = start_gateway(halod, bed, &settings)?;
+    let ports: Vec<u16> = (0..ROUTES).map(|r| BASE_PORT + r).collect();
+    let _backend1 = backend(bed, 1, &ports)?;
+    let backend2 = backend(bed, 2, &ports)?;
+    let (_first, _) = start_agent(halod, bed, 1, "node1", None)?;
+    let (second, _) = start_agent(halod, bed, 2, "node2", None)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut clients = EchoClients::new(bed, 1);
+    clients.open(ports.iter().copied(), PER_ROUTE)?;
+    let idle = clients.conns.iter().filter(|c| c.node == "node2").count();
+    let link = |state: &str| {
+        crate::command::run(std::process::Command::new("ip").args([
+            "-n",
+            &bed.node_ns(2),
+            "link",
+            "set",
+            crate::testbed::HOST_IF,
+            state,
+        ]))
+    };
+    link("down")?;
+    let died = std::time::Instant::now();
+    drop(second);
+    drop(backend2);
+    let ended = clients.await_idle(died, WATCH);
+    link("up")?;
+    let reset_after = ended
+        .iter()
+        .filter(|(i, _, why)| {
+            clients.conns[*i].node == "node2" && why.starts_with("ConnectionReset")
+        })
+        .map(|(_, after, _)| *after)
+        .collect();
+    let others_ended = ended
+        .iter()
+        .filter(|(i, _, _)| clients.conns[*i].node != "node2")
+        .count();
+    Ok(Death {
+        flush_pps: flush_pps.unwrap_or(halod_default_flush_pps()),
+        idle,
+        reset_after,
+        others_ended,
+    })
+}
+
+/// `nodes.flush_pps` when the config leaves it out.
+fn halod_default_flush_pps() -> u64 {
+    10_000
 }
 
 fn join(bed: &Testbed, halod: &Path, drain_ms: u64) -> Result<Join> {
@@ -57,6 +146,7 @@ fn join(bed: &Testbed, halod: &Path, drain_ms: u64) -> Result<Join> {
         spares: 0,
         max_nodes: 16,
         drain_ms: Some(drain_ms),
+        flush_pps: None,
     };
     let _gateway = start_gateway(halod, bed, &settings)?;
     let ports: Vec<u16> = (0..ROUTES).map(|r| BASE_PORT + r).collect();

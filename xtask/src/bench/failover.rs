@@ -158,6 +158,7 @@ fn halod(bed: &Testbed, objects: &Objects, trials: usize) -> Result<(Trials, Tri
         spares: 1,
         max_nodes: 16,
         drain_ms: None,
+        flush_pps: None,
     };
     let _gateway = start_gateway(&objects.halod, bed, &settings)?;
     let base = Instant::now();

@@ -455,6 +455,7 @@ fn activate(bed: &Testbed, objects: &Objects, method: Method) -> Result<Active> 
                 spares: 0,
                 max_nodes: 16,
                 drain_ms: None,
+                flush_pps: None,
             };
             let gw = start_gateway(&objects.halod, bed, &settings)?;
             let (agent, _) = start_agent(&objects.halod, bed, 1, "node1", None)?;

@@ -28,6 +28,8 @@ pub struct GatewaySettings {
     pub max_nodes: u32,
     /// `nodes.drain_ms`; `None` leaves the key out (the default, 30 s).
     pub drain_ms: Option<u64>,
+    /// `nodes.flush_pps`; `None` leaves the key out (the default: on).
+    pub flush_pps: Option<u64>,
 }
 
 /// The config file text (keys as in deploy/halod.example.yaml). The control socket and
@@ -53,7 +55,9 @@ pub fn config_text(s: &GatewaySettings) -> String {
         max = s.max_nodes,
         drain = s
             .drain_ms
-            .map_or(String::new(), |ms| format!("  drain_ms: {ms}\n")),
+            .map_or(String::new(), |ms| format!("  drain_ms: {ms}\n"))
+            + &s.flush_pps
+                .map_or(String::new(), |pps| format!("  flush_pps: {pps}\n")),
         dir = dir.display(),
     )
 }

@@ -198,6 +198,27 @@ pub fn targets(results: &Results) -> Vec<Target> {
             why: "".into(),
         });
     }
+    if let Some(Ok(d)) = &results.drain {
+        let f = &d.flush;
+        let last = f.reset_after.last().copied();
+        out.push(Target {
+            name: "a dead machine's idle clients learn within 1 s".into(),
+            met: Some(
+                f.reset_after.len() == f.idle
+                    && f.idle > 0
+                    && last.is_some_and(|t| t < std::time::Duration::from_secs(1))
+                    && f.others_ended == 0,
+            ),
+            figure: format!(
+                "{} of {} idle clients reset, the last {} after the link went down ({} without the flush)",
+                f.reset_after.len(),
+                f.idle,
+                last.map_or("-".into(), |t| format!("{:.0} ms", t.as_secs_f64() * 1000.0)),
+                d.no_flush.reset_after.len()
+            ),
+            why: "".into(),
+        });
+    }
     // 3, 4. Failover.
     if let Some(Ok(f)) = &results.failover {
         let crash = f.halod_crash.as_ref().ok().map(|t| t.percentile(99.0));
@@ -505,6 +526,43 @@ fn drain_section(md: &mut String, ctx: &Context, results: &Results) {
             md,
             "| {} | {} | {} | {} |",
             join.drain_ms, join.connections, join.on_moved_routes, join.reset
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n### A machine dies under idle clients\n\nSame set-up with node1 and node2 serving \
+         (`drain_ms: 0`), {} connections per route, all idle (nothing sent). node2's link \
+         goes down (no FIN or RST of its own escapes), then its agent and backend are killed; \
+         the clients are watched for {} s without sending. With the dead-node flush the \
+         gateway, once it has failed node2 (`dead_after` × `heartbeat_ms` = 300 ms of \
+         silence), sends each of node2's clients an out-of-window ACK from the VIP; the \
+         client's answer reaches node1, whose reset ends the connection. Without it an idle \
+         client waits for its next send or its TCP keepalive (Chromium: 45 s).\n",
+        drain::PER_ROUTE,
+        drain::WATCH.as_secs()
+    );
+    let _ = writeln!(
+        md,
+        "| nodes.flush_pps | idle on the dead node | reset within {} s | first | median | last | others ended |\n|---|---|---|---|---|---|---|",
+        drain::WATCH.as_secs()
+    );
+    for death in [&d.flush, &d.no_flush] {
+        let at = |i: usize| {
+            death.reset_after.get(i).map_or("-".into(), |t| {
+                format!("{:.0} ms", t.as_secs_f64() * 1000.0)
+            })
+        };
+        let n = death.reset_after.len();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            death.flush_pps,
+            death.idle,
+            n,
+            at(0),
+            at(n / 2),
+            at(n.saturating_sub(1)),
+            death.others_ended
         );
     }
     let _ = writeln!(md);

@@ -130,6 +130,7 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
         spares: 0,
         max_nodes: (nodes + 16) as u32,
         drain_ms: None,
+        flush_pps: None,
     };
     let path = std::env::temp_dir().join(format!("{}scale.yaml", bed.prefix()));
     super::halod::remove_state();
