@@ -64,8 +64,10 @@ pub const WATCH: Duration = Duration::from_secs(3);
 pub fn run(bed: &Testbed, objects: &Objects) -> Result<Drain> {
     let without = join(bed, &objects.halod, 0).context("a join without drain")?;
     let with = join(bed, &objects.halod, DRAIN_MS).context("a join with drain")?;
-    let flush = death(bed, &objects.halod, None).context("a machine death, flush on")?;
-    let no_flush = death(bed, &objects.halod, Some(0)).context("a machine death, flush off")?;
+    // A dead machine's link stays down (and its routes gone): each run kills
+    // another node.
+    let flush = death(bed, &objects.halod, None, 2).context("a machine death, flush on")?;
+    let no_flush = death(bed, &objects.halod, Some(0), 3).context("a machine death, flush off")?;
     Ok(Drain {
         without,
         with,
@@ -74,9 +76,9 @@ pub fn run(bed: &Testbed, objects: &Objects) -> Result<Drain> {
     })
 }
 
-/// node1 and node2 serve; client1 holds idle connections to every route; node2's
-/// link goes down and its agent and backend are killed.
-fn death(bed: &Testbed, halod: &Path, flush_pps: Option<u64>) -> Result<Death> {
+/// node1 and node `victim` serve; client1 holds idle connections to every route;
+/// the victim's link goes down and its agent and backend are killed.
+fn death(bed: &Testbed, halod: &Path, flush_pps: Option<u64>, victim: usize) -> Result<Death> {
     let settings = GatewaySettings {
         routes: u32::from(ROUTES),
         base_port: BASE_PORT,
@@ -89,40 +91,35 @@ fn death(bed: &Testbed, halod: &Path, flush_pps: Option<u64>) -> Result<Death> {
     };
     let _gateway = start_gateway(halod, bed, &settings)?;
     let ports: Vec<u16> = (0..ROUTES).map(|r| BASE_PORT + r).collect();
+    let name = format!("node{victim}");
     let _backend1 = backend(bed, 1, &ports)?;
-    let backend2 = backend(bed, 2, &ports)?;
+    let dying_backend = backend(bed, victim, &ports)?;
     let (_first, _) = start_agent(halod, bed, 1, "node1", None)?;
-    let (second, _) = start_agent(halod, bed, 2, "node2", None)?;
+    let (dying_agent, _) = start_agent(halod, bed, victim, &name, None)?;
     std::thread::sleep(Duration::from_millis(300));
     let mut clients = EchoClients::new(bed, 1);
     clients.open(ports.iter().copied(), PER_ROUTE)?;
-    let idle = clients.conns.iter().filter(|c| c.node == "node2").count();
-    let link = |state: &str| {
-        crate::command::run(std::process::Command::new("ip").args([
-            "-n",
-            &bed.node_ns(2),
-            "link",
-            "set",
-            crate::testbed::HOST_IF,
-            state,
-        ]))
-    };
-    link("down")?;
+    let idle = clients.conns.iter().filter(|c| c.node == name).count();
+    crate::command::run(std::process::Command::new("ip").args([
+        "-n",
+        &bed.node_ns(victim),
+        "link",
+        "set",
+        crate::testbed::HOST_IF,
+        "down",
+    ]))?;
     let died = std::time::Instant::now();
-    drop(second);
-    drop(backend2);
+    dying_agent.kill();
+    dying_backend.kill();
     let ended = clients.await_idle(died, WATCH);
-    link("up")?;
     let reset_after = ended
         .iter()
-        .filter(|(i, _, why)| {
-            clients.conns[*i].node == "node2" && why.starts_with("ConnectionReset")
-        })
+        .filter(|(i, _, why)| clients.conns[*i].node == name && why.starts_with("ConnectionReset"))
         .map(|(_, after, _)| *after)
         .collect();
     let others_ended = ended
         .iter()
-        .filter(|(i, _, _)| clients.conns[*i].node != "node2")
+        .filter(|(i, _, _)| clients.conns[*i].node != name)
         .count();
     Ok(Death {
         flush_pps: flush_pps.unwrap_or(halod_default_flush_pps()),

@@ -169,7 +169,7 @@ pub fn run(options: &Options) -> Result<()> {
                 );
             }
             Section::Drain => {
-                results.drain = Some(with_bed(2, |bed| drain::run(bed, &objects)).map_err(text));
+                results.drain = Some(with_bed(3, |bed| drain::run(bed, &objects)).map_err(text));
             }
             Section::Scale => {
                 results.scale = Some(
