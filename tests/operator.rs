@@ -185,14 +185,14 @@ fn operator_commands_against_a_running_gateway() {
     let text = String::from_utf8(routes.stdout).unwrap();
     assert!(
         text.starts_with(
-            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":"n1","slot":1,"addr":"198.19.0.11"},"#
+            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":"n1","slot":1,"addr":"198.19.0.11","connections":"#
         ),
         "{text}"
     );
     let human = String::from_utf8(bed.halod(&["routes"]).stdout).unwrap();
     assert!(
         human.contains(
-            "Route  Ports      Node  Slot  Address\n1      8000,9000  n1    1     198.19.0.11\n"
+            "Route  Ports      Node  Slot  Address      Conns\n1      8000,9000  n1    1     198.19.0.11  "
         ),
         "{human}"
     );
@@ -338,7 +338,7 @@ fn a_gateway_killed_with_sigkill_comes_back_with_the_same_routes() {
     let mut bed = Bed::start("hd-op2-", 3, 0);
     let nodes: Vec<Node> = (1..=3).map(|i| bed.node(i, &format!("n{i}"))).collect();
     let before = bed.wait_routed();
-    let routes_before = bed.json("routes");
+    let routes_before = route_table(&bed);
     // What the joins told the agents so far is not what this test checks.
     for node in &nodes {
         let _ = node.lines.try_iter().count();
@@ -357,7 +357,7 @@ fn a_gateway_killed_with_sigkill_comes_back_with_the_same_routes() {
     bed.run_gateway();
     // Every node reconnects within restart_grace_ms and resumes.
     bed.wait_connected(3);
-    assert_eq!(bed.json("routes"), routes_before, "no route changed");
+    assert_eq!(route_table(&bed), routes_before, "no route changed");
     assert_eq!(bed.wait_routed(), before);
     assert!(bed.logged("node reconnected after the daemon restart"));
     assert!(!bed.logged("node failed"), "no node failed");
@@ -382,7 +382,7 @@ fn established_connections_survive_a_sigkill_restart() {
     let mut bed = Bed::start("hd-op3-", 2, 0);
     let _nodes: Vec<Node> = (1..=2).map(|i| bed.node(i, &format!("n{i}"))).collect();
     let owners = bed.wait_routed();
-    let routes_before = bed.json("routes");
+    let routes_before = route_table(&bed);
 
     // One long-lived connection per route, opened in client1's namespace.
     let vip = bed.bed.vip();
@@ -454,6 +454,18 @@ fn established_connections_survive_a_sigkill_restart() {
     };
     wait_exchanges(5 * u64::from(ROUTES));
     bed.wait_saved("n2");
+    // Every route holds (at least) its long-lived connection.
+    let counted = |bed: &Bed| {
+        let routes = bed.json("routes");
+        routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|route| route["connections"].as_u64().is_some_and(|c| c >= 1))
+            .then_some(())
+            .ok_or(routes)
+    };
+    counted(&bed).unwrap_or_else(|routes| panic!("connection estimates: {routes}"));
 
     bed.gateway
         .as_ref()
@@ -471,10 +483,12 @@ fn established_connections_survive_a_sigkill_restart() {
     );
     bed.wait_connected(2);
     wait_exchanges(5 * u64::from(ROUTES));
+    // The adopted maps kept counting.
+    counted(&bed).unwrap_or_else(|routes| panic!("estimates after the restart: {routes}"));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = traffic.join().unwrap();
     assert_eq!(result, Ok(()), "no connection was reset or stalled");
-    assert_eq!(bed.json("routes"), routes_before, "no route changed");
+    assert_eq!(route_table(&bed), routes_before, "no route changed");
     assert!(!bed.logged("node failed"), "no node failed");
 }
 
@@ -500,7 +514,7 @@ fn the_python_example_node_comes_back_after_a_gateway_restart() {
     });
     let _n2 = bed.node(2, "n2");
     let before = bed.wait_routed();
-    let routes_before = bed.json("routes");
+    let routes_before = route_table(&bed);
     bed.wait_saved("n2");
 
     // A planned restart (SIGTERM keeps the data plane; the next start adopts it).
@@ -518,10 +532,20 @@ fn the_python_example_node_comes_back_after_a_gateway_restart() {
         l.contains(r#""type":"welcome""#)
     });
     bed.wait_connected(2);
-    assert_eq!(bed.json("routes"), routes_before, "no route changed");
+    assert_eq!(route_table(&bed), routes_before, "no route changed");
     assert_eq!(bed.wait_routed(), before);
     assert!(!bed.logged("node failed"), "no node failed");
 
     python.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(python.wait(DEADLINE).success());
+}
+
+/// `halod routes --json` without the connection estimates, which change
+/// with every connection: the table itself.
+fn route_table(bed: &Bed) -> serde_json::Value {
+    let mut routes = bed.json("routes");
+    for route in routes["routes"].as_array_mut().unwrap() {
+        route.as_object_mut().unwrap().remove("connections");
+    }
+    routes
 }

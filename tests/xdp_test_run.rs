@@ -50,6 +50,17 @@ fn in_netns(shared: bool, test: impl FnOnce(&mut Bed) + Send + 'static) {
 
 /// [`in_netns`] with a `DRAIN_FLOWS` of `drain_flows` entries.
 fn in_netns_with(shared: bool, drain_flows: u32, test: impl FnOnce(&mut Bed) + Send + 'static) {
+    in_netns_configured(shared, drain_flows, 1024, test);
+}
+
+/// [`in_netns_with`] with a `RECENT_FLOWS` of `flush_flows` entries (0: no
+/// recording).
+fn in_netns_configured(
+    shared: bool,
+    drain_flows: u32,
+    flush_flows: u32,
+    test: impl FnOnce(&mut Bed) + Send + 'static,
+) {
     const NEIGHBOURS: &[(Ipv4Addr, [u8; 6])] = &[
         (CLIENT, CLIENT_MAC),
         (NODE_A, NODE_A_MAC),
@@ -59,6 +70,7 @@ fn in_netns_with(shared: bool, drain_flows: u32, test: impl FnOnce(&mut Bed) + S
     in_gateway_netns(shared, NEIGHBOURS, move |interfaces| {
         let config = halod::dataplane::DataplaneConfig {
             drain_flows,
+            flush_flows,
             ..dataplane_config("xdp-test-run", interfaces.int_name)
         };
         let dataplane = Dataplane::load_unattached(&config).unwrap_or_else(|e| panic!("{e}"));
@@ -1677,5 +1689,73 @@ fn syns_through_the_vip_are_recorded_for_the_flush() {
             &Redirected,
         );
         assert_eq!(flows(bed), vec![(CLIENT, 40000, 8009, 1)]);
+    });
+}
+
+/// The connection estimates: a SYN through the VIP counts for its route and
+/// its node, the client's FIN takes it off again; data, a retransmitted SYN
+/// and a second FIN change nothing.
+#[test]
+fn syns_and_client_fins_make_the_connection_estimates() {
+    in_netns(false, |bed| {
+        bed.table();
+        // (route 2, route 10, node A (index 0), node B (index 1)).
+        let estimates = |bed: &Bed| {
+            let connections = bed
+                .dataplane
+                .stats()
+                .unwrap()
+                .connections
+                .expect("recording is on");
+            assert_eq!(connections.routes.len(), usize::from(ROUTES));
+            (
+                connections.routes[1],
+                connections.routes[9],
+                connections.nodes[0],
+                connections.nodes[1],
+            )
+        };
+        assert_eq!(estimates(bed), (0, 0, 0, 0));
+        let data = from_client((VIP, 9001), 64, TcpData, b"x");
+        bed.check("data", Ext, &data, &Redirected);
+        assert_eq!(estimates(bed), (0, 0, 0, 0), "data opens nothing");
+        // Route 2 (node A) on the second listener group's port, twice (a
+        // retransmission), then route 10 (node B).
+        let syn = from_client((VIP, 9001), 64, TcpSyn, b"");
+        bed.check("syn A", Ext, &syn, &Redirected);
+        assert_eq!(estimates(bed), (1, 0, 1, 0));
+        bed.check("syn A again", Ext, &syn, &Redirected);
+        assert_eq!(estimates(bed), (1, 0, 1, 0), "a retransmitted SYN");
+        bed.check(
+            "syn B",
+            Ext,
+            &from_client((VIP, 8009), 64, TcpSyn, b""),
+            &Redirected,
+        );
+        assert_eq!(estimates(bed), (1, 1, 1, 1));
+        bed.check("data again", Ext, &data, &Redirected);
+        assert_eq!(estimates(bed), (1, 1, 1, 1));
+        // The client's FIN of route 2's connection ends it, once.
+        let fin = from_client((VIP, 9001), 64, TcpFin, b"");
+        bed.check("fin", Ext, &fin, &Redirected);
+        assert_eq!(estimates(bed), (0, 1, 0, 1));
+        bed.check("fin again", Ext, &fin, &Redirected);
+        assert_eq!(estimates(bed), (0, 1, 0, 1), "no connection to end");
+    });
+}
+
+/// Without the dead-node flush nothing is recorded: the stats say there are
+/// no estimates rather than zeros.
+#[test]
+fn without_recording_there_are_no_connection_estimates() {
+    in_netns_configured(false, 1024, 0, |bed| {
+        bed.table();
+        bed.check(
+            "syn",
+            Ext,
+            &from_client((VIP, 9001), 64, TcpSyn, b""),
+            &Redirected,
+        );
+        assert_eq!(bed.dataplane.stats().unwrap().connections, None);
     });
 }

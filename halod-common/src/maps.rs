@@ -27,8 +27,9 @@ pub mod names {
     pub const DRAIN_COUNTERS: &str = "DRAIN_COUNTERS";
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const RECENT_NODES: &str = "RECENT_NODES";
+    pub const ROUTE_CONNECTIONS: &str = "ROUTE_CONNECTIONS";
     /// Every pinned map, in the order user space pins them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         ROUTE_SLOT,
         SLOT_NODE,
@@ -43,10 +44,11 @@ pub mod names {
         DRAIN_COUNTERS,
         RECENT_FLOWS,
         RECENT_NODES,
+        ROUTE_CONNECTIONS,
     ];
     /// Pinned maps that a daemon of an older build did not pin: a restart
     /// adopts that daemon's data plane all the same and creates them.
-    pub const ADDED_LATER: [&str; 7] = [
+    pub const ADDED_LATER: [&str; 8] = [
         DIRECT_FLOWS,
         DIRECT_NODES,
         ROUTE_DRAIN,
@@ -54,6 +56,7 @@ pub mod names {
         DRAIN_COUNTERS,
         RECENT_FLOWS,
         RECENT_NODES,
+        ROUTE_CONNECTIONS,
     ];
 }
 
@@ -68,7 +71,9 @@ pub const MAX_ROUTES: u32 = 65535;
 /// the program passes every packet.
 pub const CONFIG_ENABLED: u32 = 1;
 /// `Config::flags`: record TCP connections opened through the VIP in
-/// `RECENT_FLOWS` (the dead-node flush is on). Without it, nothing is recorded.
+/// `RECENT_FLOWS` (the dead-node flush is on), and count them per node
+/// (`RECENT_NODES`) and per route (`ROUTE_CONNECTIONS`): the established-
+/// connection estimates. Without it, nothing is recorded or counted.
 pub const CONFIG_RECENT_FLOWS: u32 = 2;
 
 /// The gateway's configuration, the single entry (index 0) of `CONFIG`.
@@ -183,6 +188,13 @@ pub struct RecentFlow {
     pub vip_port: [u8; 2],
 }
 const _: () = assert!(size_of::<RecentFlow>() == 8);
+
+/// Entries of `ROUTE_CONNECTIONS` per route: `[route - 1]` is what the
+/// program counts (SYNs recorded minus client FINs and RSTs, per CPU), and
+/// `[routes + route - 1]` what user space counts (connections of the route
+/// that the dead-node flush told and took from `RECENT_FLOWS`), written by
+/// user space only so that neither side's writes can overwrite the other's.
+pub const ROUTE_CONNECTION_HALVES: u32 = 2;
 
 /// Value of `RECENT_FLOWS`: the counter index of the node the SYN went to.
 pub type RecentNode = u32;

@@ -129,6 +129,15 @@ static RECENT_FLOWS: LruHashMap<RecentFlow, RecentNode> = LruHashMap::with_max_e
 #[map]
 static RECENT_NODES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per route (`route - 1`): connections `RECENT_FLOWS` gained (SYN) minus
+/// those it lost to the client's FIN or RST, as `RECENT_NODES` per node
+/// (wrapping per CPU; user space sums): the route's established-connection
+/// estimate. Only SYN, FIN and RST packets touch it. Written by the program;
+/// read by user space (stats). Its second half (`routes + route - 1`) is
+/// user space's: the connections of the route the dead-node flush told.
+#[map]
+static ROUTE_CONNECTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 const AF_INET: u8 = 2;
 const BPF_NOEXIST: u64 = 1;
 const TCP_FIN: u8 = 0x01;
@@ -260,7 +269,7 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, Reason> {
         Direction::Inbound => {
             let target = to_node(route, &frame, &segment)?;
             if config.flags & CONFIG_RECENT_FLOWS != 0 {
-                note_recent(&frame, &segment, target.node_index);
+                note_recent(&frame, &segment, route, target.node_index);
             }
             target
         }
@@ -506,10 +515,12 @@ fn to_node(route: u16, frame: &Frame, segment: &Segment) -> Result<Target, Reaso
 }
 
 /// Records a TCP connection opened through the VIP in `RECENT_FLOWS` with
-/// the node its SYN goes to, and forgets it at the client's FIN or RST. Every
-/// other packet costs nothing here.
+/// the node its SYN goes to, and forgets it at the client's FIN or RST,
+/// counting it for the node and the route meanwhile. Every other packet
+/// costs nothing here. The key holds the VIP port, so an entry found for a
+/// packet of `route` is a connection of `route`.
 #[inline(always)]
-fn note_recent(frame: &Frame, segment: &Segment, index: NodeIndex) {
+fn note_recent(frame: &Frame, segment: &Segment, route: u16, index: NodeIndex) {
     if !matches!(segment.l4, L4::Tcp(_)) || !(segment.opening || segment.closing) {
         return;
     }
@@ -535,6 +546,7 @@ fn note_recent(frame: &Frame, segment: &Segment, index: NodeIndex) {
                 // An LRU map makes room by itself (forgetting the oldest).
                 if RECENT_FLOWS.insert(key, index, BPF_NOEXIST).is_ok() {
                     count_recent(index, true);
+                    count_route(route, true);
                 }
             }
         }
@@ -543,13 +555,26 @@ fn note_recent(frame: &Frame, segment: &Segment, index: NodeIndex) {
         let old = unsafe { *value };
         if RECENT_FLOWS.remove(key).is_ok() {
             count_recent(old, false);
+            count_route(route, false);
         }
     }
 }
 
 #[inline(always)]
+fn count_route(route: u16, gained: bool) {
+    step(&ROUTE_CONNECTIONS, route as u32 - 1, gained);
+}
+
+#[inline(always)]
 fn count_recent(index: NodeIndex, gained: bool) {
-    if let Some(counter) = RECENT_NODES.get_ptr_mut(index) {
+    step(&RECENT_NODES, index, gained);
+}
+
+/// One up (`gained`) or down, wrapping: a CPU can see a connection end that
+/// another CPU saw open.
+#[inline(always)]
+fn step(counters: &PerCpuArray<u64>, index: u32, gained: bool) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
         // SAFETY: per-CPU value, no other writer on this CPU while we run.
         unsafe {
             *counter = if gained {

@@ -48,6 +48,12 @@ pub struct RouteRow {
     /// still reach, and for how long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining: Option<Draining>,
+    /// The route's established-connection estimate (see
+    /// [`StatsReply::connections_recorded`]); absent while the data plane
+    /// records no connections (`nodes.flush_pps` 0) or its counters could
+    /// not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 /// A route's drain, as `halod routes` shows it.
@@ -153,6 +159,17 @@ pub struct StatsReply {
     /// What the dead-node flush did since the daemon started.
     #[serde(default)]
     pub flush: crate::dataplane::FlushStats,
+    /// Whether the data plane records connections (`nodes.flush_pps` above
+    /// 0), so that routes and nodes carry `connections`: established TCP
+    /// connections through the VIP, estimated as those whose SYN the XDP
+    /// program saw since recording started, minus those whose client sent a
+    /// FIN or RST through the gateway and those the dead-node flush told.
+    /// A connection that ended otherwise (the node reset it, the client
+    /// vanished) stays counted; one opened before recording started (before
+    /// the data plane was created; an adopting restart keeps counting) is
+    /// not. False from daemons before the estimates.
+    #[serde(default)]
+    pub connections_recorded: bool,
 }
 
 /// `halod stats`' drain part.
@@ -175,6 +192,10 @@ pub struct RouteStats {
     pub node: Option<String>,
     pub packets: u64,
     pub bytes: u64,
+    /// Established-connection estimate ([`StatsReply::connections_recorded`]);
+    /// null when not recorded.
+    #[serde(default)]
+    pub connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +203,11 @@ pub struct NodeStats {
     pub name: String,
     pub packets: u64,
     pub bytes: u64,
+    /// Established-connection estimate ([`StatsReply::connections_recorded`]);
+    /// null when not recorded. A node's count starts again when it fails
+    /// (its connections are flushed).
+    #[serde(default)]
+    pub connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

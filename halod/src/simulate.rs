@@ -2,15 +2,19 @@
 //! empty cluster and show the resulting route table, without touching any
 //! gateway. Operators use it to see what a change would do before making it.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::routing::{Cluster, ClusterConfig, Event, ParseEventError, Route};
+use crate::api::StatsReply;
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::routing::{Cluster, ClusterConfig, Event, ParseEventError, Plan, Route};
 
 /// Exit status for bad input (options, events, or an event the cluster refuses).
 const USAGE_ERROR: u8 = 2;
@@ -30,6 +34,15 @@ pub struct SimulateArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Established connections per route, to show how many clients each
+    /// event touches: a file (`{"routes":{"1":120,"2":80}}`, or what `halod
+    /// stats --json` prints) or `live` (the running daemon's estimates, asked
+    /// through --socket).
+    #[arg(long, value_name = "FILE|live")]
+    pub connections: Option<String>,
+    /// The daemon's control socket, for `--connections live`.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub socket: PathBuf,
     /// Events applied in order: join:NAME, fail:NAME or leave:NAME.
     #[arg(value_name = "EVENT", value_parser = parse_event)]
     pub events: Vec<Event>,
@@ -49,10 +62,23 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         Ok(cluster) => cluster,
         Err(err) => return Ok(usage_error(&format!("{err}; see `halod simulate --help`"))),
     };
+    let counts = match &args.connections {
+        None => None,
+        Some(source) => match load_connections(source, &args.socket, cluster.routes()) {
+            Ok(counts) => Some(counts),
+            Err(message) => return Ok(usage_error(&format!("--connections {source}: {message}"))),
+        },
+    };
     let mut moved = Vec::with_capacity(args.events.len());
+    let mut touched = Vec::with_capacity(args.events.len());
     for (index, event) in args.events.iter().enumerate() {
         match cluster.apply(event.clone()) {
-            Ok(plan) => moved.push(plan.moves.len()),
+            Ok(plan) => {
+                moved.push(plan.moves.len());
+                if let Some(counts) = &counts {
+                    touched.push(Touched::of(&plan, counts));
+                }
+            }
             Err(err) => {
                 return Ok(usage_error(&format!(
                     "event {} '{event}' cannot be applied: {err}",
@@ -67,12 +93,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             spares: cluster.spares(),
             routes: RouteNodes(&cluster),
             moved: &moved,
+            connections: counts.as_ref().map(|_| touched.as_slice()),
         })
         .context("encoding the simulation result as JSON")?;
         text.push('\n');
         text
     } else {
-        render_tables(&cluster, &args.events, &moved)
+        let mut text = render_tables(&cluster, &args.events, &moved);
+        if let Some(counts) = &counts {
+            text.push_str(&render_touched(counts, &args.events, &touched));
+        }
+        text
     };
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -94,6 +125,167 @@ struct Summary<'a> {
     spares: Vec<&'a str>,
     routes: RouteNodes<'a>,
     moved: &'a [usize],
+    /// Per event, with `--connections`: the connections its moves touch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections: Option<&'a [Touched]>,
+}
+
+/// Established connections per route (index `route - 1`), from
+/// `--connections`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConnections {
+    /// Where they came from, for the output.
+    pub source: String,
+    pub routes: Vec<u64>,
+}
+
+impl RouteConnections {
+    fn of(&self, route: Route) -> u64 {
+        self.routes
+            .get(usize::from(route) - 1)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The connections one event's moves touch: those of routes that move away
+/// from a node still alive drain (they keep reaching it for `nodes.drain_ms`,
+/// then close when it lets them go), those of a failed node's routes are
+/// reset (their node is gone; the dead-node flush tells their clients).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Touched {
+    pub drained: u64,
+    pub reset: u64,
+}
+
+impl Touched {
+    fn of(plan: &Plan, counts: &RouteConnections) -> Touched {
+        let draining: HashSet<Route> = plan.drains.iter().map(|(route, _)| *route).collect();
+        let mut touched = Touched::default();
+        for change in &plan.moves {
+            let count = counts.of(change.route);
+            if draining.contains(&change.route) {
+                touched.drained += count;
+            } else if change.from.is_some() {
+                touched.reset += count;
+            }
+            // A route that had no node has no connections to move.
+        }
+        touched
+    }
+}
+
+/// Reads `--connections`: a file or `live`.
+fn load_connections(
+    source: &str,
+    socket: &std::path::Path,
+    routes: Route,
+) -> Result<RouteConnections, String> {
+    let counts = if source == "live" {
+        let stats = crate::operator::ask_stats(socket)?;
+        from_stats(&stats)?
+    } else {
+        let text = std::fs::read_to_string(source)
+            .map_err(|error| format!("cannot read the file: {error}"))?;
+        parse_connections(&text)?
+    };
+    let mut per_route = vec![0u64; usize::from(routes)];
+    for (route, count) in counts {
+        if route == 0 || route > routes {
+            return Err(format!(
+                "route {route} is outside 1..={routes} (--routes): the counts are of another cluster"
+            ));
+        }
+        per_route[usize::from(route) - 1] = count;
+    }
+    let source = if source == "live" {
+        format!("the daemon at {}", socket.display())
+    } else {
+        source.to_string()
+    };
+    Ok(RouteConnections {
+        source,
+        routes: per_route,
+    })
+}
+
+/// The per-route counts of a `--connections` file: `{"routes":{"1":120}}`,
+/// or `halod stats --json`.
+pub fn parse_connections(text: &str) -> Result<BTreeMap<Route, u64>, String> {
+    #[derive(serde::Deserialize)]
+    struct Plain {
+        routes: BTreeMap<String, u64>,
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+        format!("not JSON ({error}); give {{\"routes\":{{\"1\":120,...}}}} or what `halod stats --json` prints")
+    })?;
+    if value.get("routes").is_some_and(serde_json::Value::is_array) {
+        let stats: StatsReply = serde_json::from_value(value)
+            .map_err(|error| format!("not the JSON of `halod stats --json`: {error}"))?;
+        return from_stats(&stats);
+    }
+    let plain: Plain = serde_json::from_value(value).map_err(|error| {
+        format!("expected {{\"routes\":{{\"ROUTE\":CONNECTIONS,...}}}} with counts of 0 or more: {error}")
+    })?;
+    plain
+        .routes
+        .into_iter()
+        .map(|(route, count)| {
+            route
+                .parse::<Route>()
+                .map(|route| (route, count))
+                .map_err(|_| format!("{route:?} is not a route number (1..=65535)"))
+        })
+        .collect()
+}
+
+/// The per-route estimates of a `stats` reply; an error when it has none.
+fn from_stats(stats: &StatsReply) -> Result<BTreeMap<Route, u64>, String> {
+    if !stats.connections_recorded {
+        return Err(
+            "the stats hold no connection estimates: the gateway records connections \
+                    only with nodes.flush_pps above 0 (and from this version on)"
+                .to_string(),
+        );
+    }
+    Ok(stats
+        .routes
+        .iter()
+        .map(|route| (route.route, route.connections.unwrap_or(0)))
+        .collect())
+}
+
+/// The events table's connection part, after the tables.
+fn render_touched(counts: &RouteConnections, events: &[Event], touched: &[Touched]) -> String {
+    let mut out = String::new();
+    let total: u64 = counts.routes.iter().sum();
+    let _ = writeln!(
+        out,
+        "\nConnections: {total} established (from {}), per route where they are now",
+        counts.source
+    );
+    if !events.is_empty() {
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .zip(touched)
+            .enumerate()
+            .map(|(index, (event, touched))| {
+                vec![
+                    (index + 1).to_string(),
+                    event.to_string(),
+                    touched.drained.to_string(),
+                    touched.reset.to_string(),
+                ]
+            })
+            .collect();
+        write_table(&mut out, &["#", "EVENT", "DRAINED", "RESET"], &rows);
+        out.push_str(
+            "DRAINED: connections of routes that move away from a live node: they keep \
+             reaching it for nodes.drain_ms, then close.\nRESET: connections of a failed \
+             node's routes: their clients reconnect.\n",
+        );
+    }
+    out
 }
 
 /// `{"1": "node", "2": "node", ...}` in route order; `{}` with no node active.
@@ -300,6 +492,7 @@ mod tests {
             spares: cluster.spares(),
             routes: RouteNodes(&cluster),
             moved: &[24, 12, 8],
+            connections: None,
         })
         .unwrap();
         let row = "1 1 1 1 1 1 1 1 3 3 3 3 2 2 2 2 2 2 2 2 3 3 3 3";
@@ -313,6 +506,117 @@ mod tests {
             json,
             serde_json::json!({"active": names, "spares": [], "routes": routes, "moved": [24, 12, 8]})
         );
+    }
+
+    fn run_with(events: &[&str], file: &std::path::Path) -> (Vec<Touched>, String) {
+        let counts =
+            load_connections(file.to_str().unwrap(), std::path::Path::new("/none"), 24).unwrap();
+        let mut cluster = Cluster::new(ClusterConfig {
+            routes: 24,
+            spares: 0,
+            max_active: None,
+        })
+        .unwrap();
+        let events: Vec<Event> = events.iter().map(|e| e.parse().unwrap()).collect();
+        let touched: Vec<Touched> = events
+            .iter()
+            .map(|event| Touched::of(&cluster.apply(event.clone()).unwrap(), &counts))
+            .collect();
+        let text = render_touched(&counts, &events, &touched);
+        (touched, text)
+    }
+
+    fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("halod-sim-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn connections_file_counts_what_each_event_touches() {
+        // 10 connections on every route, 1000 on route 13 (c's after join:c).
+        let mut routes = serde_json::Map::new();
+        for route in 1..=24 {
+            routes.insert(
+                route.to_string(),
+                (if route == 13 { 1000 } else { 10 }).into(),
+            );
+        }
+        let file = temp_file(
+            "plain.json",
+            &serde_json::json!({ "routes": routes }).to_string(),
+        );
+        let (touched, text) = run_with(&["join:a", "join:b", "join:c", "fail:c", "leave:b"], &file);
+        // join:a takes unserved routes: nothing to move; join:b takes 12 of
+        // a's (route 13 among them), which drain; join:c takes 8 (4 of a's,
+        // 4 of b's), fail:c resets them; leave:b drains b's 12.
+        let drained = |drained| Touched { drained, reset: 0 };
+        assert_eq!(
+            touched,
+            [
+                Touched::default(),
+                drained(1110),
+                drained(80),
+                Touched {
+                    drained: 0,
+                    reset: 80
+                },
+                drained(1110),
+            ]
+        );
+        assert!(
+            text.contains("Connections: 1230 established (from "),
+            "{text}"
+        );
+        assert!(text.contains("4  fail:c   0        80\n"), "{text}");
+        assert!(text.contains("DRAINED: "), "{text}");
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn connections_file_may_be_the_stats_json() {
+        let stats = r#"{"routes":[{"route":1,"node":"a","packets":5,"bytes":9,"connections":7},
+            {"route":2,"node":"a","packets":5,"bytes":9,"connections":3}],
+            "nodes":[],"reasons":{},"connections_recorded":true}"#;
+        let counts = parse_connections(stats).unwrap();
+        assert_eq!(counts, BTreeMap::from([(1, 7), (2, 3)]));
+        let off =
+            r#"{"routes":[{"route":1,"node":"a","packets":5,"bytes":9}],"nodes":[],"reasons":{}}"#;
+        let error = parse_connections(off).unwrap_err();
+        assert!(error.contains("nodes.flush_pps"), "{error}");
+    }
+
+    #[test]
+    fn bad_connections_files_are_usage_errors_that_say_why() {
+        for (text, says) in [
+            ("routes: 3", "not JSON"),
+            (r#"{"routes":{"x":3}}"#, "\"x\" is not a route number"),
+            (r#"{"routes":{"1":-3}}"#, "counts of 0 or more"),
+            (r#"{"nodes":{}}"#, "expected"),
+        ] {
+            let error = parse_connections(text).unwrap_err();
+            assert!(error.contains(says), "{text}: {error}");
+        }
+        let file = temp_file("outside.json", r#"{"routes":{"30":3}}"#);
+        let error = load_connections(file.to_str().unwrap(), std::path::Path::new("/none"), 24)
+            .unwrap_err();
+        assert!(error.contains("route 30 is outside 1..=24"), "{error}");
+        let args = parse(&[
+            "--routes",
+            "24",
+            "--connections",
+            file.to_str().unwrap(),
+            "join:a",
+        ])
+        .unwrap();
+        assert_eq!(run(args).unwrap(), ExitCode::from(USAGE_ERROR));
+        std::fs::remove_file(file).unwrap();
+        let error = load_connections("/nonexistent/conns.json", std::path::Path::new("/none"), 24)
+            .unwrap_err();
+        assert!(error.contains("cannot read the file"), "{error}");
+        let error = load_connections("live", std::path::Path::new("/nonexistent/halod.sock"), 24)
+            .unwrap_err();
+        assert!(error.contains("cannot reach the daemon"), "{error}");
     }
 
     #[test]

@@ -147,6 +147,46 @@ pub async fn render<D: DataplaneView>(services: &Services<D>) -> anyhow::Result<
                     node_bytes.get_or_create(&label).inc_by(counter.bytes);
                 }
             }
+            let recorded: Gauge = Gauge::default();
+            recorded.set(i64::from(stats.connections.is_some()));
+            registry.register(
+                "connections_recorded",
+                "1 when the XDP program records connections (nodes.flush_pps above 0), so that the connection estimates are there",
+                recorded,
+            );
+            if let Some(connections) = &stats.connections {
+                let routes: Family<RouteLabel, Gauge> = Family::default();
+                for (i, count) in connections.routes.iter().enumerate() {
+                    routes
+                        .get_or_create(&RouteLabel {
+                            route: i as u16 + 1,
+                        })
+                        .set(i64::try_from(*count).unwrap_or(i64::MAX));
+                }
+                let nodes: Family<NodeLabel, Gauge> = Family::default();
+                for node in &snapshot.nodes {
+                    let count = connections
+                        .nodes
+                        .get(node.index as usize)
+                        .copied()
+                        .unwrap_or(0);
+                    nodes
+                        .get_or_create(&NodeLabel {
+                            node: node.name.clone(),
+                        })
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                registry.register(
+                    "route_connections",
+                    "Established TCP connections through the VIP per route, estimated from the SYNs and client FINs/RSTs the XDP program saw",
+                    routes,
+                );
+                registry.register(
+                    "node_connections",
+                    "Established TCP connections through the VIP per registered node, estimated from the SYNs and client FINs/RSTs the XDP program saw",
+                    nodes,
+                );
+            }
             let reasons: Family<ReasonLabel, Counter> = Family::default();
             for (reason, count) in &stats.reasons {
                 reasons

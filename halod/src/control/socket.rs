@@ -168,6 +168,14 @@ impl<D: DataplaneView> Services<D> {
                 )
             })
             .collect();
+        // The estimates are extra: a data plane that cannot say leaves them out.
+        let connections = match self.dataplane.stats().await {
+            Ok(stats) => stats.connections,
+            Err(error) => {
+                tracing::debug!(error = %format!("{error:#}"), "routes without connection estimates");
+                None
+            }
+        };
         let routes = (1..=Route::try_from(self.info.config.routes).unwrap_or(Route::MAX))
             .map(|route| {
                 let owner = served.get(&route);
@@ -178,6 +186,9 @@ impl<D: DataplaneView> Services<D> {
                     slot: owner.map(|(_, slot, _)| *slot),
                     addr: owner.map(|(_, _, addr)| *addr),
                     draining: draining.get(&route).cloned(),
+                    connections: connections
+                        .as_ref()
+                        .and_then(|c| c.routes.get(usize::from(route) - 1).copied()),
                 }
             })
             .collect();
@@ -268,6 +279,10 @@ impl<D: DataplaneView> Services<D> {
                     node: owner.get(&route).map(|n| n.to_string()),
                     packets: counter.packets,
                     bytes: counter.bytes,
+                    connections: stats
+                        .connections
+                        .as_ref()
+                        .and_then(|c| c.routes.get(i).copied()),
                 }
             })
             .collect();
@@ -284,6 +299,10 @@ impl<D: DataplaneView> Services<D> {
                     name: node.name.clone(),
                     packets: counter.packets,
                     bytes: counter.bytes,
+                    connections: stats
+                        .connections
+                        .as_ref()
+                        .map(|c| c.nodes.get(node.index as usize).copied().unwrap_or(0)),
                 }
             })
             .collect();
@@ -303,6 +322,7 @@ impl<D: DataplaneView> Services<D> {
                 full: stats.drain.full,
             },
             flush: stats.flush,
+            connections_recorded: stats.connections.is_some(),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-pub use crate::dataplane::{AttachMode, Counter, Flush, NodeTarget, Stats, Write};
+pub use crate::dataplane::{AttachMode, Connections, Counter, Flush, NodeTarget, Stats, Write};
 
 /// Where the manager pushes each plan's table writes, in order, and the
 /// failed nodes whose clients are to be told (the dead-node flush).
@@ -103,6 +103,10 @@ mod recorder {
                 reasons: vec![("forwarded_in", 7), ("pass_no_node", 1)],
                 drain: Default::default(),
                 flush: Default::default(),
+                connections: Some(Connections {
+                    routes: (0..24).map(|i| i * 10).collect(),
+                    nodes: (0..16).map(|i| 500 + i).collect(),
+                }),
             })
         }
 

@@ -151,12 +151,21 @@ pub struct FlusherConfig {
     pub flows: u32,
 }
 
-/// The flusher thread's state: its own handles on the two maps (the data
-/// plane keeps its own) and the raw socket.
+/// The ids of the maps the flusher opens its own handles on.
+pub struct MapIds {
+    pub flows: u32,
+    pub nodes: u32,
+    pub routes: u32,
+}
+
+/// The flusher thread's state: its own handles on the maps (the data plane
+/// keeps its own) and the raw socket.
 pub struct Flusher {
     config: FlusherConfig,
     flows: BpfHashMap<MapData, RecentFlow, RecentNode>,
     nodes: PerCpuArray<MapData, u64>,
+    /// `ROUTE_CONNECTIONS`, whose second half it keeps.
+    routes: PerCpuArray<MapData, u64>,
     socket: socket2::Socket,
     counters: Arc<FlushCounters>,
 }
@@ -167,8 +176,7 @@ impl Flusher {
     /// thread. Returns the way to reach it.
     pub fn start(
         config: FlusherConfig,
-        flows_id: u32,
-        nodes_id: u32,
+        ids: MapIds,
         counters: Arc<FlushCounters>,
     ) -> Result<FlushSender, String> {
         let socket = socket2::Socket::new(
@@ -177,22 +185,27 @@ impl Flusher {
             Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
         )
         .map_err(|error| format!("opening a raw IPv4 socket (needs CAP_NET_RAW): {error}"))?;
-        let flows = MapData::from_id(flows_id)
+        let flows = MapData::from_id(ids.flows)
             .map_err(|error| error.to_string())
             .and_then(|data| {
                 BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|error| error.to_string())
             })
             .map_err(|error| format!("opening RECENT_FLOWS: {error}"))?;
-        let nodes = MapData::from_id(nodes_id)
-            .map_err(|error| error.to_string())
-            .and_then(|data| {
-                PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|error| error.to_string())
-            })
-            .map_err(|error| format!("opening RECENT_NODES: {error}"))?;
+        let per_cpu = |id: u32, name: &str| {
+            MapData::from_id(id)
+                .map_err(|error| error.to_string())
+                .and_then(|data| {
+                    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|error| error.to_string())
+                })
+                .map_err(|error| format!("opening {name}: {error}"))
+        };
+        let nodes = per_cpu(ids.nodes, "RECENT_NODES")?;
+        let routes = per_cpu(ids.routes, "ROUTE_CONNECTIONS")?;
         let mut flusher = Flusher {
             config,
             flows,
             nodes,
+            routes,
             socket,
             counters,
         };
@@ -269,7 +282,42 @@ impl Flusher {
         }
         let mut flows: Vec<RecentFlow> = found.into_iter().collect();
         flows.sort_by_key(|flow| (flow.client, flow.client_port, flow.vip_port));
+        self.count_flushed(&flows, &listeners);
         (flows, unknown)
+    }
+
+    /// Adds the connections taken out of `RECENT_FLOWS` to their routes'
+    /// flushed counts (`ROUTE_CONNECTIONS`' second half, which only this
+    /// thread writes), so that the routes' estimates no longer hold them.
+    fn count_flushed(&mut self, flows: &[RecentFlow], listeners: &[u16; MAX_LISTENERS]) {
+        let routes = self.config.routes;
+        let mut per_route: std::collections::BTreeMap<u16, u64> = Default::default();
+        for flow in flows {
+            if let Some(route) = route_for_port(
+                u16::from_be_bytes(flow.vip_port),
+                listeners,
+                self.config.listeners.len() as u16,
+                routes,
+            ) {
+                *per_route.entry(route).or_default() += 1;
+            }
+        }
+        let Ok(cpus) = aya::util::nr_cpus() else {
+            return;
+        };
+        for (route, count) in per_route {
+            let index = u32::from(routes) + u32::from(route) - 1;
+            let before = self
+                .routes
+                .get(&index, 0)
+                .map(|values| values.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+                .unwrap_or(0);
+            let mut values = vec![0u64; cpus];
+            values[0] = before.wrapping_add(count);
+            if let Ok(values) = PerCpuValues::try_from(values) {
+                let _ = self.routes.set(index, values, 0);
+            }
+        }
     }
 
     /// Sends two segments per flow, paced at `pps`. Returns segments sent and

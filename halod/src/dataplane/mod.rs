@@ -177,6 +177,27 @@ pub struct Stats {
     pub drain: DrainStats,
     /// What the dead-node flush did.
     pub flush: FlushStats,
+    /// Established-connection estimates; `None` while the program records
+    /// no connections (`nodes.flush_pps` 0).
+    pub connections: Option<Connections>,
+}
+
+/// Established TCP connections through the VIP, estimated from what the
+/// program records (`RECENT_NODES`, `ROUTE_CONNECTIONS`): connections whose
+/// SYN it saw since recording started, minus those whose client sent a FIN
+/// or RST through the gateway, minus those the dead-node flush told. A
+/// connection that ends otherwise (the node reset it, the client vanished)
+/// stays counted (a node's count until the node fails, a route's until the
+/// maps are made anew: a start without adoption); one opened before
+/// recording started is not counted. A SYN and the end of its connection
+/// seen on different CPUs make one CPU's count go below zero: the sum is
+/// what counts, and a negative sum reads 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// Per route; index `route - 1`.
+    pub routes: Vec<u64>,
+    /// Per node index.
+    pub nodes: Vec<u64>,
 }
 
 /// The `DRAIN_COUNTERS`, summed over CPUs.
@@ -380,7 +401,11 @@ impl Dataplane {
             .map_max_entries(names::ROUTE_DRAIN, routes)
             .map_max_entries(names::DRAIN_FLOWS, config.drain_flows.max(1))
             .map_max_entries(names::RECENT_FLOWS, config.flush_flows.max(1))
-            .map_max_entries(names::RECENT_NODES, config.max_nodes);
+            .map_max_entries(names::RECENT_NODES, config.max_nodes)
+            .map_max_entries(
+                names::ROUTE_CONNECTIONS,
+                routes * common::ROUTE_CONNECTION_HALVES,
+            );
         if let Some(dir) = pinned {
             replace_smaller_reason_counters(dir);
             // CONFIG is written whole below, so it is not taken over: a new one
@@ -486,7 +511,12 @@ impl Dataplane {
             (names::ROUTE_SLOT, u32::from(config.routes.get())),
             (names::SLOT_NODE, u32::from(config.routes.get())),
             (names::ROUTE_COUNTERS, u32::from(config.routes.get())),
+            (
+                names::ROUTE_CONNECTIONS,
+                u32::from(config.routes.get()) * common::ROUTE_CONNECTION_HALVES,
+            ),
             (names::NODE_COUNTERS, config.max_nodes),
+            (names::RECENT_NODES, config.max_nodes),
             (names::NODE_BY_ADDR, config.max_nodes),
             (names::DIRECT_NODES, config.max_nodes),
         ] {
@@ -683,8 +713,8 @@ impl Dataplane {
 
     /// Starts the dead-node flusher ([`flush`]): its own thread, with a raw
     /// socket opened here (in the calling thread's network namespace, which
-    /// must be the VIP's) and its own handles on `RECENT_FLOWS` and
-    /// `RECENT_NODES`, sending at most `pps` segments a second. Needs
+    /// must be the VIP's) and its own handles on `RECENT_FLOWS`,
+    /// `RECENT_NODES` and `ROUTE_CONNECTIONS`, sending at most `pps` segments a second. Needs
     /// `flush_flows` > 0 and CAP_NET_RAW.
     pub fn start_flusher(&mut self, pps: u32) -> Result<(), DataplaneError> {
         if self.config.flush_flows == 0 || pps == 0 {
@@ -703,7 +733,11 @@ impl Dataplane {
                 .map_err(map_error(name, "reading the map's info"))?
                 .id())
         };
-        let (flows_id, nodes_id) = (id(names::RECENT_FLOWS)?, id(names::RECENT_NODES)?);
+        let ids = flush::MapIds {
+            flows: id(names::RECENT_FLOWS)?,
+            nodes: id(names::RECENT_NODES)?,
+            routes: id(names::ROUTE_CONNECTIONS)?,
+        };
         let config = flush::FlusherConfig {
             vip: self.config.vip,
             routes: self.config.routes.get(),
@@ -711,7 +745,7 @@ impl Dataplane {
             pps,
             flows: self.config.flush_flows,
         };
-        let sender = flush::Flusher::start(config, flows_id, nodes_id, self.flush_counters.clone())
+        let sender = flush::Flusher::start(config, ids, self.flush_counters.clone())
             .map_err(DataplaneError::Config)?;
         self.flusher = Some(sender);
         Ok(())
@@ -1073,7 +1107,49 @@ impl Dataplane {
             reasons,
             drain: self.drain_stats()?,
             flush: self.flush_counters.read(),
+            connections: self.connections()?,
         })
+    }
+
+    /// The established-connection estimates ([`Connections`]); `None` when
+    /// the program does not record connections (its configuration says).
+    fn connections(&self) -> Result<Option<Connections>, DataplaneError> {
+        let flags = self
+            .array_ref::<common::Config>(names::CONFIG)?
+            .get(&0, 0)
+            .map_err(map_error(names::CONFIG, "reading the configuration"))?
+            .flags;
+        if flags & CONFIG_RECENT_FLOWS == 0 {
+            return Ok(None);
+        }
+        let counts = self.signed_sums(names::ROUTE_CONNECTIONS)?;
+        let (seen, flushed) =
+            counts.split_at(usize::from(self.config.routes.get()).min(counts.len()));
+        let routes = seen
+            .iter()
+            .enumerate()
+            .map(|(i, count)| count.wrapping_sub(flushed.get(i).copied().unwrap_or(0)))
+            .collect();
+        let nodes = self.signed_sums(names::RECENT_NODES)?;
+        let clamp = |counts: Vec<i64>| counts.into_iter().map(|c| c.max(0) as u64).collect();
+        Ok(Some(Connections {
+            routes: clamp(routes),
+            nodes: clamp(nodes),
+        }))
+    }
+
+    /// Every entry of a per-CPU array of wrapping up/down counts, summed
+    /// over CPUs and read as signed.
+    fn signed_sums(&self, name: &'static str) -> Result<Vec<i64>, DataplaneError> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map_ref(name)?).map_err(map_error(name, "opening"))?;
+        (0..map.len())
+            .map(|i| {
+                map.get(&i, 0)
+                    .map(|values| values.iter().fold(0u64, |a, b| a.wrapping_add(*b)) as i64)
+                    .map_err(map_error(name, format!("reading index {i}")))
+            })
+            .collect()
     }
 
     /// The drain counters; zero when the map is not there (a program of an

@@ -128,6 +128,22 @@ fn execute(request: &OperatorRequest, target: &Target) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Asks the daemon at `socket` for `stats` (for `halod simulate
+/// --connections live`); the error is a sentence for people.
+pub fn ask_stats(socket: &Path) -> Result<StatsReply, String> {
+    let timeout = parse_timeout(DEFAULT_TIMEOUT).expect("the default timeout parses");
+    let ask = || -> Result<StatsReply, Failure> {
+        let mut connection = Connection::open_within(socket, timeout)?;
+        connection.send(&OperatorRequest::Stats)?;
+        let line = connection.reply()?;
+        if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
+            return Err(Failure(error.error));
+        }
+        parse(&line)
+    };
+    ask().map_err(|Failure(message)| message)
+}
+
 /// Prints a reply. A closed stdout (`halod routes | head -3`) ends the
 /// output quietly: the reader has what it wanted.
 fn print_out(text: &str) {
@@ -310,7 +326,8 @@ fn watch(mut connection: Connection, target: &Target) -> Result<(), Failure> {
 fn render_routes(reply: &RoutesReply) -> String {
     let served = reply.routes.iter().filter(|r| r.node.is_some()).count();
     let draining = reply.routes.iter().filter(|r| r.draining.is_some()).count();
-    let mut columns = vec!["Route", "Ports", "Node", "Slot", "Address"];
+    let counted = reply.routes.iter().any(|r| r.connections.is_some());
+    let mut columns = vec!["Route", "Ports", "Node", "Slot", "Address", "Conns"];
     if draining > 0 {
         columns.push("Draining");
     }
@@ -323,6 +340,7 @@ fn render_routes(reply: &RoutesReply) -> String {
             route.node.clone().unwrap_or_else(|| "-".into()),
             route.slot.map_or("-".into(), |s| s.to_string()),
             route.addr.map_or("-".into(), |a| a.to_string()),
+            route.connections.map_or("-".into(), |c| c.to_string()),
         ];
         if draining > 0 {
             row.push(route.draining.as_ref().map_or("-".into(), |d| {
@@ -336,12 +354,20 @@ fn render_routes(reply: &RoutesReply) -> String {
     } else {
         String::new()
     };
+    let note = if counted { CONNS_NOTE } else { CONNS_OFF };
     format!(
-        "{} routes, {served} served{draining}\n{}",
+        "{} routes, {served} served{draining}\n{}{note}\n",
         reply.routes.len(),
         table.render()
     )
 }
+
+/// Under a table with connection estimates: what they are.
+const CONNS_NOTE: &str = "Conns: established connections, estimated from the SYNs and client \
+                          FINs/RSTs the gateway saw (docs/operations.md)";
+/// Under a table without them: why.
+const CONNS_OFF: &str = "Conns: not recorded (nodes.flush_pps is 0: the data plane records no \
+                         connections)";
 
 fn render_nodes(reply: &NodesReply, now_unix_ms: u64) -> String {
     let active = reply
@@ -522,21 +548,24 @@ fn render_status(status: &StatusReply) -> String {
 }
 
 fn render_stats(stats: &StatsReply) -> String {
-    let mut routes = Table::new(&["Route", "Node", "Packets", "Bytes"]);
+    let conns = |c: Option<u64>| c.map_or("-".into(), |c| c.to_string());
+    let mut routes = Table::new(&["Route", "Node", "Packets", "Bytes", "Conns"]);
     for route in &stats.routes {
         routes.row(vec![
             route.route.to_string(),
             route.node.clone().unwrap_or_else(|| "-".into()),
             route.packets.to_string(),
             route.bytes.to_string(),
+            conns(route.connections),
         ]);
     }
-    let mut nodes = Table::new(&["Node", "Packets", "Bytes"]);
+    let mut nodes = Table::new(&["Node", "Packets", "Bytes", "Conns"]);
     for node in &stats.nodes {
         nodes.row(vec![
             node.name.clone(),
             node.packets.to_string(),
             node.bytes.to_string(),
+            conns(node.connections),
         ]);
     }
     let mut reasons = Table::new(&["Verdict", "Packets"]);
@@ -548,7 +577,7 @@ fn render_stats(stats: &StatsReply) -> String {
         "{}\n{}\n{}\ndraining routes {}: {} packets to their old nodes, {} new connections to \
          their new nodes, {} kept on the old nodes (nodes.drain_flows full)\n\
          dead-node flush: {} connections told ({} segments, {} refused), {} not known \
-         (recent-flows map)\n",
+         (recent-flows map)\n{}\n",
         routes.render(),
         nodes.render(),
         reasons.render(),
@@ -560,6 +589,11 @@ fn render_stats(stats: &StatsReply) -> String {
         flush.segments,
         flush.errors,
         flush.unknown,
+        if stats.connections_recorded {
+            CONNS_NOTE
+        } else {
+            CONNS_OFF
+        },
     )
 }
 

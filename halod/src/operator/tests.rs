@@ -125,19 +125,39 @@ async fn routes_nodes_status_and_stats_replies() {
     let routes = daemon.ask(OperatorRequest::Routes).await.unwrap();
     assert!(
         routes.starts_with(
-            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":"n1","slot":1,"addr":"198.19.0.11"},"#
+            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":"n1","slot":1,"addr":"198.19.0.11","connections":0},"#
         ),
         "{routes}"
     );
     assert!(
         routes.contains(
-            r#"{"route":24,"ports":[8023,9023],"node":"n3","slot":2,"addr":"198.19.0.13"}]}"#
+            r#"{"route":24,"ports":[8023,9023],"node":"n3","slot":2,"addr":"198.19.0.13","connections":230}]}"#
         ),
         "{routes}"
     );
     let parsed: RoutesReply = serde_json::from_str(&routes).unwrap();
     let text = render_routes(&parsed);
-    assert!(text.starts_with("24 routes, 24 served\nRoute  Ports      Node  Slot  Address\n1      8000,9000  n1    1     198.19.0.11\n"), "{text}");
+    assert!(text.starts_with("24 routes, 24 served\nRoute  Ports      Node  Slot  Address      Conns\n1      8000,9000  n1    1     198.19.0.11  0\n"), "{text}");
+    assert!(
+        text.contains("\n24     8023,9023  n3    2     198.19.0.13  230\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\nConns: established connections, estimated from the SYNs and client FINs/RSTs the gateway saw (docs/operations.md)\n"), "{text}");
+    let mut off = parsed.clone();
+    for route in &mut off.routes {
+        route.connections = None;
+    }
+    let text = render_routes(&off);
+    assert!(
+        text.contains("\n1      8000,9000  n1    1     198.19.0.11  -\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "\nConns: not recorded (nodes.flush_pps is 0: the data plane records no connections)\n"
+        ),
+        "{text}"
+    );
 
     let nodes = daemon.ask(OperatorRequest::Nodes).await.unwrap();
     let value: serde_json::Value = serde_json::from_str(&nodes).unwrap();
@@ -188,6 +208,50 @@ async fn routes_nodes_status_and_stats_replies() {
     );
     assert_eq!(stats.reasons["forwarded_in"], 7);
     assert!(render_stats(&stats).contains("forwarded_in  7"));
+    assert!(stats.connections_recorded);
+    assert_eq!(stats.routes[3].connections, Some(30));
+    assert_eq!(
+        stats
+            .nodes
+            .iter()
+            .find(|n| n.name == "n1")
+            .unwrap()
+            .connections,
+        Some(500)
+    );
+    let text = render_stats(&stats);
+    assert!(
+        text.starts_with("Route  Node  Packets  Bytes  Conns\n1      n1    0        0      0\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nn1    1000     2000   500\n"), "{text}");
+    assert!(text.contains("\nConns: established connections"), "{text}");
+    let mut off = stats.clone();
+    off.connections_recorded = false;
+    for route in &mut off.routes {
+        route.connections = None;
+    }
+    for node in &mut off.nodes {
+        node.connections = None;
+    }
+    let json = serde_json::to_value(&off).unwrap();
+    assert_eq!(json["routes"][0]["connections"], serde_json::Value::Null);
+    let text = render_stats(&off);
+    assert!(
+        text.contains("\n1      n1    0        0      -\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nConns: not recorded (nodes.flush_pps is 0"),
+        "{text}"
+    );
+    // A reply of a daemon before the estimates reads as "not recorded".
+    let old: StatsReply = serde_json::from_str(
+        r#"{"routes":[{"route":1,"node":null,"packets":1,"bytes":2}],"nodes":[{"name":"a","packets":1,"bytes":2}],"reasons":{}}"#,
+    )
+    .unwrap();
+    assert!(!old.connections_recorded);
+    assert_eq!(old.routes[0].connections, None);
 }
 
 #[tokio::test]
@@ -340,7 +404,7 @@ async fn the_socket_is_private_and_a_live_one_is_not_replaced() {
     );
     assert!(
         replies.1.starts_with(
-            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":null,"slot":null,"addr":null}"#
+            r#"{"routes":[{"route":1,"ports":[8000,9000],"node":null,"slot":null,"addr":null,"connections":0}"#
         ),
         "{}",
         replies.1
