@@ -11,7 +11,8 @@
 //! - [`drain`]: connections a join resets, with and without the drain of planned moves.
 //!
 //! The "## Routing core" section of docs/benchmarks.md comes from
-//! `cargo bench -p halod --bench routing` and is written by hand; it is kept verbatim.
+//! `cargo bench -p halod --bench routing` and is written by hand; it and the hand-written
+//! sections after it (A/B comparisons across builds) are kept verbatim.
 
 mod chart;
 mod churn;

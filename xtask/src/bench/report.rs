@@ -314,7 +314,7 @@ pub fn render(ctx: &Context, results: &Results) -> String {
     let _ = writeln!(
         md,
         "Everything above \"Routing core\" was written by this command (do not edit by hand; \
-         run it again):\n\n    {}\n",
+         run it again); \"Routing core\" and the sections after it are written by hand:\n\n    {}\n",
         ctx.command
     );
     let _ = writeln!(
@@ -822,9 +822,8 @@ fn routing_core(previous: &str) -> String {
                 written by hand and was missing from the previous file.\n"
             .into();
     };
-    let rest = &previous[start..];
-    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 4);
-    rest[..end].to_string()
+    // It and every section after it are written by hand.
+    previous[start..].to_string()
 }
 
 #[cfg(test)]
@@ -834,7 +833,11 @@ mod tests {
     #[test]
     fn the_routing_core_section_is_kept_verbatim() {
         let before = "# x\n\n## Forwarding\nold\n## Routing core\nhand\n| a |\n\n## Later\nz\n";
-        assert_eq!(routing_core(before), "## Routing core\nhand\n| a |\n\n");
+        assert_eq!(
+            routing_core(before),
+            "## Routing core\nhand\n| a |\n\n## Later\nz\n",
+            "the hand-written sections after it too"
+        );
         let last = "# x\n## Routing core\nhand\n";
         assert_eq!(routing_core(last), "## Routing core\nhand\n");
     }
