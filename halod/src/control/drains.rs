@@ -7,7 +7,7 @@
 //! (the data plane still counts their packets and translates their replies
 //! by it) and their connection stays open for `drain_done`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -40,19 +40,28 @@ pub(super) struct Leaving {
 /// The routes one node drains.
 struct NodeDrains {
     target: NodeTarget,
-    /// Route -> its end on the manager's clock and on the wall clock (ms).
-    routes: BTreeMap<Route, (u64, u64)>,
+    /// Route -> its end on the manager's clock (ms).
+    routes: HashMap<Route, u64>,
 }
 
 /// The drains in progress. A route drains from every node it left within
 /// its window; the data plane holds one drain per route, whose old node is
 /// the first of them (its connections are the ones not recorded; those
 /// opened since are recorded with their node) and whose end is the last.
+/// Every operation costs O(log n) in the drains it touches, none a pass over
+/// all of them: a join storm of thousands of nodes starts a drain per moved
+/// route.
 #[derive(Default)]
 pub(super) struct Drains {
     /// Route -> the drain as the data plane holds it, ending at `.1` (ms).
     routes: BTreeMap<Route, (RouteDrain, u64)>,
-    nodes: BTreeMap<String, NodeDrains>,
+    /// The data plane's drains by end, earliest first.
+    route_ends: BTreeSet<(u64, Route)>,
+    nodes: HashMap<String, NodeDrains>,
+    /// Every node's drains by end, earliest first: (end, node, route).
+    node_ends: BTreeSet<(u64, String, Route)>,
+    /// How many nodes drain each route.
+    drainers: HashMap<Route, u32>,
     leaving: HashMap<String, Leaving>,
 }
 
@@ -77,14 +86,20 @@ impl Drains {
         until_ms: u64,
         until_unix_ms: u64,
     ) -> NodeTarget {
-        self.nodes
+        let drains = self
+            .nodes
             .entry(node.to_string())
             .or_insert_with(|| NodeDrains {
                 target,
-                routes: BTreeMap::new(),
-            })
-            .routes
-            .insert(route, (until_ms, until_unix_ms));
+                routes: HashMap::new(),
+            });
+        match drains.routes.insert(route, until_ms) {
+            Some(earlier) => {
+                self.node_ends.remove(&(earlier, node.to_string(), route));
+            }
+            None => *self.drainers.entry(route).or_default() += 1,
+        }
+        self.node_ends.insert((until_ms, node.to_string(), route));
         let (drain, until) = self.routes.entry(route).or_insert_with(|| {
             (
                 RouteDrain {
@@ -94,10 +109,12 @@ impl Drains {
                     index: target.index,
                     until_unix_ms,
                 },
-                until_ms,
+                0,
             )
         });
+        self.route_ends.remove(&(*until, route));
         *until = (*until).max(until_ms);
+        self.route_ends.insert((*until, route));
         drain.until_unix_ms = drain.until_unix_ms.max(until_unix_ms);
         NodeTarget {
             addr: drain.addr,
@@ -107,10 +124,13 @@ impl Drains {
 
     /// The routes that drain from `node`.
     pub fn routes_from(&self, node: &str) -> Vec<Route> {
-        self.nodes
+        let mut routes: Vec<Route> = self
+            .nodes
             .get(node)
             .map(|drains| drains.routes.keys().copied().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        routes.sort_unstable();
+        routes
     }
 
     /// Whether any route drains from `node`.
@@ -118,72 +138,89 @@ impl Drains {
         self.nodes.contains_key(node)
     }
 
+    /// One node's drain of one route is over.
+    fn forget(&mut self, route: Route) {
+        if let Some(count) = self.drainers.get_mut(&route) {
+            *count -= 1;
+            if *count == 0 {
+                self.drainers.remove(&route);
+            }
+        }
+    }
+
     /// Ends every drain from `node` (it failed: its connections are gone).
     /// Returns the routes whose drain ends in the data plane too (no other
     /// node drains them), and the node's leaving entry.
     pub fn end_node(&mut self, node: &str) -> (Vec<Route>, Option<Leaving>) {
-        self.nodes.remove(node);
-        let ended: Vec<Route> = self
-            .routes
-            .iter()
-            .filter(|(route, (drain, _))| drain.node == node && !self.drained_by_any(**route))
-            .map(|(route, _)| *route)
-            .collect();
-        for route in &ended {
-            self.routes.remove(route);
+        let mut ended = Vec::new();
+        if let Some(drains) = self.nodes.remove(node) {
+            for (route, until) in drains.routes {
+                self.node_ends.remove(&(until, node.to_string(), route));
+                self.forget(route);
+                let first = self.routes.get(&route).is_some_and(|(d, _)| d.node == node);
+                if first && !self.drainers.contains_key(&route) {
+                    if let Some((_, until)) = self.routes.remove(&route) {
+                        self.route_ends.remove(&(until, route));
+                    }
+                    ended.push(route);
+                }
+            }
         }
+        ended.sort_unstable();
         (ended, self.leaving.remove(node))
-    }
-
-    fn drained_by_any(&self, route: Route) -> bool {
-        self.nodes
-            .values()
-            .any(|node| node.routes.contains_key(&route))
     }
 
     /// Takes the drains that end by `now_ms`: per node (by name), and the
     /// routes whose drain ends in the data plane.
     pub fn take_due(&mut self, now_ms: u64) -> (Vec<Ended>, Vec<Route>) {
-        let mut ended = Vec::new();
-        for (name, node) in self.nodes.iter_mut() {
-            let due: Vec<Route> = node
-                .routes
-                .iter()
-                .filter(|(_, (until, _))| *until <= now_ms)
-                .map(|(route, _)| *route)
-                .collect();
-            for route in &due {
-                node.routes.remove(route);
+        let mut by_node: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+        while let Some((until, node, route)) = self.node_ends.first().cloned() {
+            if until > now_ms {
+                break;
             }
-            if !due.is_empty() {
-                ended.push(Ended {
-                    node: name.clone(),
-                    routes: due,
-                    left: None,
-                });
+            self.node_ends.pop_first();
+            if let Some(drains) = self.nodes.get_mut(&node) {
+                drains.routes.remove(&route);
+                if drains.routes.is_empty() {
+                    self.nodes.remove(&node);
+                }
             }
+            self.forget(route);
+            by_node.entry(node).or_default().push(route);
         }
-        self.nodes.retain(|_, node| !node.routes.is_empty());
-        for ended in &mut ended {
-            if !self.nodes.contains_key(&ended.node) {
-                ended.left = self.leaving.remove(&ended.node);
-            }
-        }
-        let routes: Vec<Route> = self
-            .routes
-            .iter()
-            .filter(|(_, (_, until))| *until <= now_ms)
-            .map(|(route, _)| *route)
+        let ended = by_node
+            .into_iter()
+            .map(|(node, mut routes)| {
+                routes.sort_unstable();
+                Ended {
+                    left: if self.nodes.contains_key(&node) {
+                        None
+                    } else {
+                        self.leaving.remove(&node)
+                    },
+                    node,
+                    routes,
+                }
+            })
             .collect();
-        for route in &routes {
-            self.routes.remove(route);
+        let mut routes = Vec::new();
+        while let Some(&(until, route)) = self.route_ends.first() {
+            if until > now_ms {
+                break;
+            }
+            self.route_ends.pop_first();
+            self.routes.remove(&route);
+            routes.push(route);
         }
+        routes.sort_unstable();
         (ended, routes)
     }
 
     /// When the next drain ends (manager's clock, ms).
     pub fn next_end(&self) -> Option<u64> {
-        self.routes.values().map(|(_, until)| *until).min()
+        let node = self.node_ends.first().map(|(until, _, _)| *until);
+        let route = self.route_ends.first().map(|(until, _)| *until);
+        node.into_iter().chain(route).min()
     }
 
     /// A node that left keeps its connection and counter index while it drains.
@@ -206,27 +243,15 @@ impl Drains {
             .collect()
     }
 
-    /// Every node's drains as saved in the state file: for each route, the
-    /// data plane's old node first, so that a restore makes it so again.
+    /// The drains as saved in the state file: the data plane's, one per
+    /// route with its old node (at most `routes` entries). A restarted daemon
+    /// ends them on time and tells their old nodes; a node that had the
+    /// route in between is not told `drain_done` after a restart.
     pub fn saved(&self) -> Vec<RouteDrain> {
-        let mut saved: Vec<(bool, RouteDrain)> = Vec::new();
-        for (name, node) in &self.nodes {
-            for (route, (_, until_unix_ms)) in &node.routes {
-                let first = self.routes.get(route).is_some_and(|(d, _)| d.node == *name);
-                saved.push((
-                    !first,
-                    RouteDrain {
-                        route: *route,
-                        node: name.clone(),
-                        addr: node.target.addr,
-                        index: node.target.index,
-                        until_unix_ms: *until_unix_ms,
-                    },
-                ));
-            }
-        }
-        saved.sort_by_key(|(later, drain)| (drain.route, *later));
-        saved.into_iter().map(|(_, drain)| drain).collect()
+        self.routes
+            .values()
+            .map(|(drain, _)| drain.clone())
+            .collect()
     }
 
     /// Every counter index a node that left still holds.
@@ -292,8 +317,8 @@ mod tests {
         let saved = drains.saved();
         assert_eq!(
             saved.iter().map(|d| d.node.as_str()).collect::<Vec<_>>(),
-            ["n2", "n1"],
-            "the data plane's old node first"
+            ["n2"],
+            "the data plane's drain, with its old node"
         );
         // n2's window ends first: it hears drain_done; the route drains on.
         let (ended, routes) = drains.take_due(100);
