@@ -39,7 +39,6 @@ pub(super) struct Leaving {
 
 /// The routes one node drains.
 struct NodeDrains {
-    target: NodeTarget,
     /// Route -> its end on the manager's clock (ms).
     routes: HashMap<Route, u64>,
 }
@@ -90,7 +89,6 @@ impl Drains {
             .nodes
             .entry(node.to_string())
             .or_insert_with(|| NodeDrains {
-                target,
                 routes: HashMap::new(),
             });
         match drains.routes.insert(route, until_ms) {
