@@ -27,6 +27,10 @@ use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
 use halod_common::listener::port_for_route;
 
+/// Drains end on multiples of this (ms on the manager's clock), up to this
+/// much after their window: the data plane has stopped honouring them by then.
+const DRAIN_END_STEP: u64 = 100;
+
 /// What a node that `halod drain` removed hears last.
 fn drained_message() -> GatewayMessage {
     GatewayMessage::Error {
@@ -348,7 +352,6 @@ impl<T: TablePush> Manager<T> {
             });
         }
         self.push(writes, "the restored table").await;
-        self.restore_drains(saved);
         info!(
             active = saved.active.len(),
             spares = saved.spares.len(),
@@ -359,37 +362,44 @@ impl<T: TablePush> Manager<T> {
         self.publish_state();
     }
 
-    /// The drains of a saved state that are not over: they end when they
-    /// would have (the data plane kept them across the restart). A node that
-    /// had left keeps its counter index until then.
-    fn restore_drains(&mut self, saved: &SavedState) {
+    /// The drains the data plane kept across a restart (its pinned maps hold
+    /// them, and end each on time by themselves): route, old node, time left.
+    /// They end here when they would have, their old nodes (by address, among
+    /// the restored ones) are told `drain_done`, and a node that had left keeps
+    /// its counter index until then. Call after [`Manager::restore`].
+    pub fn adopt_drains(&mut self, drains: &[(Route, NodeTarget, Duration)]) {
         let (now_ms, now_unix_ms) = (self.clock.now_ms(), unix_ms());
-        for drain in &saved.drains {
-            let Some(left_ms) = drain.until_unix_ms.checked_sub(now_unix_ms) else {
-                continue;
-            };
-            let target = NodeTarget {
-                addr: drain.addr,
-                index: drain.index,
-            };
+        for (route, from, left) in drains {
+            let left_ms = left.as_millis() as u64;
+            // A node that left before the restart is known by its address only.
+            let name = self
+                .nodes
+                .owner_of(from.addr)
+                .map_or_else(|| from.addr.to_string(), str::to_string);
             self.drains.start(
-                drain.route,
-                &drain.node,
-                target,
+                *route,
+                &name,
+                *from,
                 now_ms + left_ms,
-                drain.until_unix_ms,
+                now_unix_ms + left_ms,
             );
-            if !self.nodes.contains(&drain.node) {
-                self.nodes.reserve(drain.index);
+            if !self.nodes.contains(&name) {
+                self.nodes.reserve(from.index);
                 self.drains.leave(
-                    &drain.node,
+                    &name,
                     Leaving {
                         connection: None,
-                        index: drain.index,
+                        index: from.index,
                         by_operator: false,
                     },
                 );
             }
+        }
+        if !drains.is_empty() {
+            info!(
+                routes = drains.len(),
+                "drains the data plane kept across the restart go on"
+            );
         }
     }
 
@@ -440,7 +450,6 @@ impl<T: TablePush> Manager<T> {
                 .into_iter()
                 .filter_map(saved)
                 .collect(),
-            drains: self.drains.saved(),
         };
         states.send_if_modified(|current| {
             if current.as_ref() == Some(&state) {
@@ -997,7 +1006,10 @@ impl<T: TablePush> Manager<T> {
             return (writes, draining);
         }
         let window = self.settings.drain;
-        let until_ms = self.clock.now_ms() + window.as_millis() as u64;
+        // Ends rounded up to the next DRAIN_END_STEP: the drains of a burst of
+        // joins end together, in a few batches, not one wake-up each.
+        let until_ms =
+            (self.clock.now_ms() + window.as_millis() as u64).next_multiple_of(DRAIN_END_STEP);
         let until_unix_ms = unix_ms() + window.as_millis() as u64;
         for (route, from) in &plan.drains {
             let Some(entry) = self.nodes.get(from) else {

@@ -206,6 +206,12 @@ struct Gateway {
     group: Option<nix::unistd::Gid>,
     metrics_listener: Option<TcpListener>,
     tables: dataplane::DataplaneHandle,
+    /// The drains an adopted data plane kept.
+    drains: Vec<(
+        crate::routing::Route,
+        dataplane::NodeTarget,
+        std::time::Duration,
+    )>,
 }
 
 impl Gateway {
@@ -256,7 +262,7 @@ impl Gateway {
             Some(listen) => Some(exporter::bind(listen).await?),
             None => None,
         };
-        let tables = start_dataplane(&config, saved.is_some())?;
+        let (tables, drains) = start_dataplane(&config, saved.is_some())?;
         Ok(Gateway {
             config,
             token,
@@ -269,6 +275,7 @@ impl Gateway {
             group,
             metrics_listener,
             tables,
+            drains,
         })
     }
 
@@ -288,12 +295,14 @@ impl Gateway {
             group,
             metrics_listener,
             tables,
+            drains,
         } = self;
         let state_path = config.state_file();
         let (states, saved_states) = watch::channel(None);
         let mut wiring = Wiring::new(&config, tables.clone())?
             .token(token)
-            .publish(Fingerprint::of(&config), states);
+            .publish(Fingerprint::of(&config), states)
+            .drains(drains);
         if let Some((saved, cluster)) = saved {
             let grace = std::time::Duration::from_millis(config.nodes.restart_grace_ms);
             wiring = wiring.restore(saved, cluster, grace);
@@ -376,7 +385,18 @@ impl Gateway {
 /// otherwise whatever it left pinned is removed and a new one started.
 /// The instance lock is held, so whatever is pinned for the instance is a
 /// previous daemon's.
-fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::DataplaneHandle> {
+#[allow(clippy::type_complexity)]
+fn start_dataplane(
+    config: &Config,
+    adopt: bool,
+) -> anyhow::Result<(
+    dataplane::DataplaneHandle,
+    Vec<(
+        crate::routing::Route,
+        dataplane::NodeTarget,
+        std::time::Duration,
+    )>,
+)> {
     let dataplane_config = dataplane::DataplaneConfig {
         instance: config.instance.clone(),
         external: config.interfaces.external.clone(),
@@ -439,7 +459,8 @@ fn start_dataplane(config: &Config, adopt: bool) -> anyhow::Result<dataplane::Da
             ),
         }
     }
-    Ok(dataplane::spawn(dataplane))
+    let drains = dataplane.drains();
+    Ok((dataplane::spawn(dataplane), drains))
 }
 
 /// How long the tasks have to stop once the daemon stops.

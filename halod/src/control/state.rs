@@ -102,9 +102,6 @@ pub struct SavedState {
     pub active: Vec<SavedNode>,
     /// Spare queue, front (next to take over) first.
     pub spares: Vec<SavedNode>,
-    /// Routes that drain from the nodes they moved away from.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drains: Vec<super::drains::RouteDrain>,
 }
 
 impl SavedState {
@@ -466,7 +463,6 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| node((i + active.len(), n)))
                 .collect(),
-            drains: Vec::new(),
         }
     }
 

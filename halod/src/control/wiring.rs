@@ -43,6 +43,8 @@ pub struct Wiring<T> {
     queue: usize,
     /// The saved table to take over, and how long its nodes have to come back.
     restore: Option<(SavedState, Duration)>,
+    /// The drains the adopted data plane kept: route, old node, time left.
+    drains: Vec<(crate::routing::Route, super::tables::NodeTarget, Duration)>,
     /// Where each new table is published for the state file.
     publish: Option<(Fingerprint, watch::Sender<Option<SavedState>>)>,
 }
@@ -81,6 +83,7 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
             clock: Clock::new(),
             queue: REQUEST_QUEUE,
             restore: None,
+            drains: Vec::new(),
             publish: None,
         })
     }
@@ -91,6 +94,16 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
         self.info.restored_nodes = Some(saved.nodes().count());
         self.cluster = cluster;
         self.restore = Some((saved, grace));
+        self
+    }
+
+    /// The drains an adopted data plane kept across the restart
+    /// (`Dataplane::drains`): they go on and end on time.
+    pub fn drains(
+        mut self,
+        drains: Vec<(crate::routing::Route, super::tables::NodeTarget, Duration)>,
+    ) -> Self {
+        self.drains = drains;
         self
     }
 
@@ -136,6 +149,7 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
         if let Some((saved, grace)) = &self.restore {
             manager.restore(saved, *grace).await;
         }
+        manager.adopt_drains(&self.drains);
         let (requests, inbox) = mpsc::channel(self.queue);
         let manager = tasks.spawn(manager.run(inbox, shutdown.clone()));
         Wired {

@@ -820,7 +820,15 @@ impl Dataplane {
                 };
                 self.write_drain(route, &drain)?;
                 self.table.drains.insert(route, drain);
-                self.write_route(route)?;
+                // A route write of the batch sets the flag with the new slot;
+                // without one (a spare taking the slot over) it is set now,
+                // before the slot changes node.
+                let moved_by_route = writes
+                    .iter()
+                    .any(|w| matches!(w, Write::Route { route: r, .. } if *r == route));
+                if !moved_by_route {
+                    self.write_route(route)?;
+                }
             }
         }
         for (write, _) in writes.iter().zip(&done).filter(|(_, done)| !**done) {
@@ -830,15 +838,12 @@ impl Dataplane {
                     self.table.record(write);
                     self.write_route(route)?;
                 }
+                // Clearing the flag ends it: the program reads `ROUTE_DRAIN`
+                // only for routes with the flag, and so does an adopting
+                // daemon, so the entry is left as it is.
                 Write::DrainEnd { route } => {
                     self.table.record(write);
                     self.write_route(route)?;
-                    self.array::<RouteDrain>(names::ROUTE_DRAIN)?
-                        .set(u32::from(route) - 1, RouteDrain::default(), 0)
-                        .map_err(map_error(
-                            names::ROUTE_DRAIN,
-                            format!("ending the drain of route {route}"),
-                        ))?;
                     ended = true;
                 }
                 Write::Slot { slot, node } => {
