@@ -58,9 +58,12 @@ pub(super) struct Drains {
     /// The data plane's drains by end, earliest first.
     route_ends: BTreeSet<(u64, Route)>,
     nodes: HashMap<Arc<str>, NodeDrains>,
-    /// Every node's drains by end, earliest first: (end, node, route). Names
-    /// are shared, not copied: a join storm starts a drain per moved route.
-    node_ends: BTreeSet<(u64, Arc<str>, Route)>,
+    /// The nodes' drains by end, earliest first, in batches: the routes one
+    /// plan drains from one node end together. An entry whose route was
+    /// drained again (a later end) or ended otherwise is passed over when its
+    /// batch comes. Names are shared, not copied: a join storm of thousands
+    /// of nodes starts a drain per moved route, and each costs about 20 bytes.
+    node_ends: BTreeMap<(u64, Arc<str>), Vec<Route>>,
     /// How many nodes drain each route.
     drainers: HashMap<Route, u32>,
     leaving: HashMap<String, Leaving>,
@@ -97,13 +100,13 @@ impl Drains {
             .or_insert_with(|| NodeDrains {
                 routes: HashMap::new(),
             });
-        match drains.routes.insert(route, until_ms) {
-            Some(earlier) => {
-                self.node_ends.remove(&(earlier, name.clone(), route));
-            }
-            None => *self.drainers.entry(route).or_default() += 1,
+        if drains.routes.insert(route, until_ms).is_none() {
+            *self.drainers.entry(route).or_default() += 1;
         }
-        self.node_ends.insert((until_ms, name, route));
+        self.node_ends
+            .entry((until_ms, name))
+            .or_default()
+            .push(route);
         let (drain, until) = self.routes.entry(route).or_insert_with(|| {
             (
                 RouteDrain {
@@ -157,9 +160,9 @@ impl Drains {
     /// node drains them), and the node's leaving entry.
     pub fn end_node(&mut self, node: &str) -> (Vec<Route>, Option<Leaving>) {
         let mut ended = Vec::new();
-        if let Some((name, drains)) = self.nodes.remove_entry(node) {
-            for (route, until) in drains.routes {
-                self.node_ends.remove(&(until, name.clone(), route));
+        // Its batches in `node_ends` are passed over when they come.
+        if let Some(drains) = self.nodes.remove(node) {
+            for route in drains.routes.into_keys() {
                 self.forget(route);
                 let first = self.routes.get(&route).is_some_and(|(d, _)| d.node == node);
                 if first && !self.drainers.contains_key(&route) {
@@ -178,19 +181,32 @@ impl Drains {
     /// routes whose drain ends in the data plane.
     pub fn take_due(&mut self, now_ms: u64) -> (Vec<Ended>, Vec<Route>) {
         let mut by_node: BTreeMap<Arc<str>, Vec<Route>> = BTreeMap::new();
-        while let Some((until, node, route)) = self.node_ends.first().cloned() {
+        while let Some(entry) = self.node_ends.first_entry() {
+            let (until, node) = entry.key().clone();
             if until > now_ms {
                 break;
             }
-            self.node_ends.pop_first();
-            if let Some(drains) = self.nodes.get_mut(&node) {
-                drains.routes.remove(&route);
-                if drains.routes.is_empty() {
-                    self.nodes.remove(&node);
+            let batch = entry.remove();
+            let Some(drains) = self.nodes.get_mut(&node) else {
+                continue;
+            };
+            let mut due = Vec::new();
+            for route in batch {
+                // Still this end: not drained again since, not ended.
+                if drains.routes.get(&route) == Some(&until) {
+                    drains.routes.remove(&route);
+                    due.push(route);
                 }
             }
-            self.forget(route);
-            by_node.entry(node).or_default().push(route);
+            if drains.routes.is_empty() {
+                self.nodes.remove(&node);
+            }
+            for &route in &due {
+                self.forget(route);
+            }
+            if !due.is_empty() {
+                by_node.entry(node).or_default().extend(due);
+            }
         }
         let ended = by_node
             .into_iter()
@@ -222,7 +238,10 @@ impl Drains {
 
     /// When the next drain ends (manager's clock, ms).
     pub fn next_end(&self) -> Option<u64> {
-        let node = self.node_ends.first().map(|(until, _, _)| *until);
+        let node = self
+            .node_ends
+            .first_key_value()
+            .map(|((until, _), _)| *until);
         let route = self.route_ends.first().map(|(until, _)| *until);
         node.into_iter().chain(route).min()
     }
