@@ -327,6 +327,9 @@ pub struct Dataplane {
     pins: Option<PathBuf>,
     modes: Vec<(String, AttachMode)>,
     table: Table,
+    /// Routes that drain: what `ROUTE_DRAIN` holds for them (out of `table`,
+    /// whose copy checks every batch).
+    drains: std::collections::HashMap<u16, table::Drain>,
     /// Leave the program attached and everything pinned when dropped (a
     /// stopping daemon that a restart will adopt).
     keep: bool,
@@ -458,6 +461,7 @@ impl Dataplane {
             pins: None,
             modes: Vec::new(),
             table: Table::new(config.routes.get(), config.max_nodes),
+            drains: std::collections::HashMap::new(),
             keep: false,
             flusher: None,
             flush_counters: Default::default(),
@@ -776,10 +780,17 @@ impl Dataplane {
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), DataplaneError> {
         self.table.check(writes)?;
         // Where the batch leaves each route: a new drain's new node.
-        let mut after = self.table.clone();
-        for write in writes {
-            after.record(write);
-        }
+        let after = writes
+            .iter()
+            .any(|w| matches!(w, Write::Drain { .. }))
+            .then(|| table::Overlay::of(writes));
+        // A slot that had a node and gets another (a takeover) or none: the
+        // drains of its routes may have a new node.
+        let slot_changed = writes.iter().any(|w| {
+            matches!(*w, Write::Slot { slot, .. }
+                if self.table.slots.get(usize::from(slot) - 1).is_some_and(Option::is_some))
+        });
+        let mut written: Vec<u16> = Vec::new();
         // New drains first: the entry (old and new node), then the route's
         // flag, in one write of its `ROUTE_SLOT` value. A drain the batch
         // ends before it starts the route's next one ends first, in order:
@@ -793,7 +804,7 @@ impl Dataplane {
                     .iter()
                     .any(|later| matches!(*later, Write::Drain { route: r, .. } if r == route));
                 if restarts {
-                    self.table.record(write);
+                    self.drains.remove(&route);
                     done[position] = true;
                     ended = true;
                 }
@@ -807,7 +818,7 @@ impl Dataplane {
                 // A route that moves again while it drains keeps its old node
                 // (its connections are the ones not recorded) and drains on.
                 let until_ns = now.saturating_add(window.as_nanos() as u64);
-                let until_ns = match self.table.drains.get(&route) {
+                let until_ns = match self.drains.get(&route) {
                     Some(drain) if drain.from == from && drain.until_ns > now => {
                         drain.until_ns.max(until_ns)
                     }
@@ -815,11 +826,11 @@ impl Dataplane {
                 };
                 let drain = table::Drain {
                     from,
-                    to: after.target(route),
+                    to: self.table.target_after(after.as_ref(), route),
                     until_ns,
                 };
                 self.write_drain(route, &drain)?;
-                self.table.drains.insert(route, drain);
+                self.drains.insert(route, drain);
                 // A route write of the batch sets the flag with the new slot;
                 // without one (a spare taking the slot over) it is set now,
                 // before the slot changes node.
@@ -837,12 +848,13 @@ impl Dataplane {
                 Write::Route { route, .. } => {
                     self.table.record(write);
                     self.write_route(route)?;
+                    written.push(route);
                 }
                 // Clearing the flag ends it: the program reads `ROUTE_DRAIN`
                 // only for routes with the flag, and so does an adopting
                 // daemon, so the entry is left as it is.
                 Write::DrainEnd { route } => {
-                    self.table.record(write);
+                    self.drains.remove(&route);
                     self.write_route(route)?;
                     ended = true;
                 }
@@ -867,19 +879,26 @@ impl Dataplane {
             }
         }
         // Drains whose new node changed since they began (it failed, a spare
-        // took its slot): their new connections follow.
-        let retarget: Vec<(u16, table::Drain)> = self
-            .table
-            .drains
-            .iter()
-            .filter_map(|(route, drain)| {
-                let to = self.table.target(*route);
-                (drain.to != to).then_some((*route, table::Drain { to, ..*drain }))
-            })
-            .collect();
-        for (route, drain) in retarget {
-            self.write_drain(route, &drain)?;
-            self.table.drains.insert(route, drain);
+        // took its slot): their new connections follow. Only the routes this
+        // batch moved can have one, or all when a slot changed node.
+        let candidates: Vec<u16> = if slot_changed {
+            self.drains.keys().copied().collect()
+        } else {
+            written
+                .into_iter()
+                .filter(|route| self.drains.contains_key(route))
+                .collect()
+        };
+        for route in candidates {
+            let Some(drain) = self.drains.get(&route).copied() else {
+                continue;
+            };
+            let to = self.table.target(route);
+            if drain.to != to {
+                let drain = table::Drain { to, ..drain };
+                self.write_drain(route, &drain)?;
+                self.drains.insert(route, drain);
+            }
         }
         if ended {
             self.forget_drain_flows()?;
@@ -891,7 +910,7 @@ impl Dataplane {
     /// `ROUTE_DRAINING` while it drains.
     fn write_route(&mut self, route: u16) -> Result<(), DataplaneError> {
         let slot = u32::from(self.table.routes[usize::from(route) - 1].unwrap_or(0));
-        let value = if self.table.drains.contains_key(&route) {
+        let value = if self.drains.contains_key(&route) {
             slot | ROUTE_DRAINING
         } else {
             slot
@@ -937,7 +956,7 @@ impl Dataplane {
         let stale: Vec<DrainFlow> = flows
             .keys()
             .filter_map(Result::ok)
-            .filter(|flow| !self.table.drains.contains_key(&flow.route))
+            .filter(|flow| !self.drains.contains_key(&flow.route))
             .collect();
         for flow in stale {
             match flows.remove(&flow) {
@@ -989,7 +1008,7 @@ impl Dataplane {
             ));
         }
         for (route, drain) in adopted {
-            self.table.adopt_drain(route, drain);
+            self.drains.insert(route, drain);
         }
         Ok(())
     }
@@ -998,7 +1017,6 @@ impl Dataplane {
     pub fn drains(&self) -> Vec<(u16, NodeTarget, Duration)> {
         let now = monotonic_ns();
         let mut drains: Vec<_> = self
-            .table
             .drains
             .iter()
             .filter(|(_, drain)| drain.until_ns > now)

@@ -19,9 +19,32 @@ pub(super) struct Table {
     /// connections it closes still leave from the VIP; the entry goes when the
     /// index or the address is reused.
     pub known: HashMap<u32, Ipv4Addr>,
-    /// Routes that drain: what `ROUTE_DRAIN` holds for them.
-    pub drains: HashMap<u16, Drain>,
     max_nodes: u32,
+}
+
+/// What a batch changes in the route and slot tables, without a copy of them.
+#[derive(Default)]
+pub(super) struct Overlay {
+    pub routes: HashMap<u16, Option<u16>>,
+    pub slots: HashMap<u16, Option<NodeTarget>>,
+}
+
+impl Overlay {
+    pub fn of(writes: &[Write]) -> Overlay {
+        let mut overlay = Overlay::default();
+        for write in writes {
+            match *write {
+                Write::Route { route, slot } => {
+                    overlay.routes.insert(route, slot);
+                }
+                Write::Slot { slot, node } => {
+                    overlay.slots.insert(slot, node);
+                }
+                Write::Drain { .. } | Write::DrainEnd { .. } => {}
+            }
+        }
+        overlay
+    }
 }
 
 /// A drain as written into `ROUTE_DRAIN`.
@@ -47,8 +70,20 @@ impl Table {
             routes: vec![None; routes as usize],
             slots: vec![None; routes as usize],
             known: HashMap::new(),
-            drains: HashMap::new(),
             max_nodes,
+        }
+    }
+
+    /// The node the route reaches through its slot once `batch` is applied
+    /// (`None` for `batch`: now).
+    pub fn target_after(&self, batch: Option<&Overlay>, route: u16) -> Option<NodeTarget> {
+        let slot = match batch.and_then(|b| b.routes.get(&route)) {
+            Some(slot) => *slot,
+            None => *self.routes.get(usize::from(route).checked_sub(1)?)?,
+        }?;
+        match batch.and_then(|b| b.slots.get(&slot)) {
+            Some(node) => *node,
+            None => *self.slots.get(usize::from(slot) - 1)?,
         }
     }
 
@@ -59,11 +94,6 @@ impl Table {
             .get(usize::from(route).checked_sub(1)?)
             .copied()??;
         self.slots.get(usize::from(slot) - 1).copied()?
-    }
-
-    /// A drain found in the pinned maps.
-    pub fn adopt_drain(&mut self, route: u16, drain: Drain) {
-        self.drains.insert(route, drain);
     }
 
     /// Checks a whole batch, applied in order, against the rules: every id in
@@ -168,21 +198,9 @@ impl Table {
     /// Records a write that reached the kernel.
     pub fn record(&mut self, write: &Write) {
         match *write {
-            // The deadline is the data plane's to set.
-            Write::Drain { route, from, .. } => {
-                let until_ns = self.drains.get(&route).map_or(0, |drain| drain.until_ns);
-                self.drains.insert(
-                    route,
-                    Drain {
-                        from,
-                        to: None,
-                        until_ns,
-                    },
-                );
-            }
-            Write::DrainEnd { route } => {
-                self.drains.remove(&route);
-            }
+            // The drains are the data plane's (`Dataplane::drains`), not this
+            // mirror's: checking a batch clones the mirror.
+            Write::Drain { .. } | Write::DrainEnd { .. } => {}
             Write::Route { route, slot } => self.routes[route as usize - 1] = slot,
             Write::Slot { slot, node } => {
                 if let Some(node) = node {
