@@ -143,6 +143,7 @@ pub fn start_agent(
         .split("registered as ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
+        .map(|role| role.trim_end_matches(|c: char| !c.is_ascii_alphabetic()))
         .unwrap_or("?")
         .to_string();
     Ok((agent, role))
