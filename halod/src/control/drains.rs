@@ -25,8 +25,7 @@ pub struct RouteDrain {
     pub node: String,
     pub addr: Ipv4Addr,
     pub index: u32,
-    /// When the drain ends (Unix ms): kept in the state file, so that a
-    /// restarted daemon ends it on time.
+    /// When the drain ends (Unix ms), for the operator's views.
     pub until_unix_ms: u64,
 }
 
@@ -268,7 +267,7 @@ impl Drains {
 
     /// The data plane's drains, one per route with its old node.
     #[cfg(test)]
-    pub fn saved(&self) -> Vec<RouteDrain> {
+    pub fn data_plane_drains(&self) -> Vec<RouteDrain> {
         self.routes
             .values()
             .map(|(drain, _)| drain.clone())
@@ -335,7 +334,7 @@ mod tests {
         // Route 1 moves on (n1 had it for a while): the data plane keeps n2.
         assert_eq!(drains.start(1, "n1", target(11), 150, 1050), target(12));
         assert_eq!(drains.list(0)[0].1, 150);
-        let saved = drains.saved();
+        let saved = drains.data_plane_drains();
         assert_eq!(
             saved.iter().map(|d| d.node.as_str()).collect::<Vec<_>>(),
             ["n2"],

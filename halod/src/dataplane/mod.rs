@@ -791,6 +791,22 @@ impl Dataplane {
                 if self.table.slots.get(usize::from(slot) - 1).is_some_and(Option::is_some))
         });
         let mut written: Vec<u16> = Vec::new();
+        // Routes the batch drains, and routes it points at a slot: looked up
+        // per write below, so a batch of thousands of routes stays linear.
+        let drained: std::collections::HashSet<u16> = writes
+            .iter()
+            .filter_map(|w| match *w {
+                Write::Drain { route, .. } => Some(route),
+                _ => None,
+            })
+            .collect();
+        let routed: std::collections::HashSet<u16> = writes
+            .iter()
+            .filter_map(|w| match *w {
+                Write::Route { route, .. } => Some(route),
+                _ => None,
+            })
+            .collect();
         // New drains first: the entry (old and new node), then the route's
         // flag, in one write of its `ROUTE_SLOT` value. A drain the batch
         // ends before it starts the route's next one ends first, in order:
@@ -800,9 +816,10 @@ impl Dataplane {
         let mut ended = false;
         for (position, write) in writes.iter().enumerate() {
             if let Write::DrainEnd { route } = *write {
-                let restarts = writes[position + 1..]
-                    .iter()
-                    .any(|later| matches!(*later, Write::Drain { route: r, .. } if r == route));
+                let restarts = drained.contains(&route)
+                    && writes[position + 1..]
+                        .iter()
+                        .any(|later| matches!(*later, Write::Drain { route: r, .. } if r == route));
                 if restarts {
                     self.drains.remove(&route);
                     done[position] = true;
@@ -834,10 +851,7 @@ impl Dataplane {
                 // A route write of the batch sets the flag with the new slot;
                 // without one (a spare taking the slot over) it is set now,
                 // before the slot changes node.
-                let moved_by_route = writes
-                    .iter()
-                    .any(|w| matches!(w, Write::Route { route: r, .. } if *r == route));
-                if !moved_by_route {
+                if !routed.contains(&route) {
                     self.write_route(route)?;
                 }
             }
