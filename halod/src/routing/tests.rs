@@ -985,3 +985,99 @@ fn restore_refuses_states_the_config_cannot_hold() {
         Cluster::restore(config(24, 1, None), names(&["a", "b"]), names(&["c"])).unwrap();
     assert_eq!(restored, cluster_with(24, 1, &["a", "c", "b"]));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Joins carried out together (`Plan::merge_joins`): the merged plan is
+    /// the net change between the cluster before the first join and after
+    /// the last. Its writes turn the data plane's tables of before into those
+    /// of after; each node that was registered before ends up knowing exactly
+    /// its routes from `moved` and `assigned`; every drain is a route whose
+    /// node before is still registered and serves it no more; and the cluster
+    /// is the one the joins give one by one.
+    #[test]
+    fn merged_joins_are_the_net_change(scenario in scenario(), joins in 1usize..8) {
+        let (mut cluster, _) = run(&scenario);
+        let before = cluster.clone();
+        let mut plans = Vec::new();
+        for i in 0..joins {
+            plans.push(cluster.apply(Event::Join(format!("new{i}"))).unwrap());
+        }
+        let merged = Plan::merge_joins(plans).unwrap();
+        let node_of = |c: &Cluster, route: Route| c.node_of_route(route).map(str::to_string);
+        let expected: Vec<RouteMove> = (1..=cluster.routes())
+            .filter(|&r| node_of(&before, r) != node_of(&cluster, r))
+            .map(|r| RouteMove { route: r, from: node_of(&before, r), to: node_of(&cluster, r) })
+            .collect();
+        prop_assert_eq!(&merged.moves, &expected);
+        // The writes, applied to the tables of before, give the tables of after.
+        let mut slot_node: HashMap<Slot, String> = (1..=before.active().len() as Slot)
+            .map(|s| (s, before.active()[usize::from(s) - 1].clone()))
+            .collect();
+        let mut route_slot: Vec<Option<Slot>> =
+            (1..=before.routes()).map(|r| before.slot_of_route(r)).collect();
+        for write in &merged.writes {
+            match write {
+                TableWrite::Slot { slot, node: Some(node) } => { slot_node.insert(*slot, node.clone()); }
+                TableWrite::Slot { slot, node: None } => { slot_node.remove(slot); }
+                TableWrite::Route { route, slot } => {
+                    // Never a route pointed at a slot without a node.
+                    if let Some(slot) = slot {
+                        prop_assert!(slot_node.contains_key(slot), "route {} -> empty slot {}", route, slot);
+                    }
+                    route_slot[usize::from(*route) - 1] = *slot;
+                }
+            }
+        }
+        for route in 1..=cluster.routes() {
+            let reached = route_slot[usize::from(route) - 1].and_then(|s| slot_node.get(&s).cloned());
+            prop_assert_eq!(reached, node_of(&cluster, route), "route {}", route);
+        }
+        // Nodes of before learn exactly their routes of after.
+        let mut known: HashMap<String, BTreeSet<Route>> = before
+            .active()
+            .iter()
+            .map(|n| (n.clone(), before.routes_of(n).into_iter().collect()))
+            .collect();
+        for notification in &merged.notifications {
+            match notification {
+                Notification::Moved { node, routes } => {
+                    let set = known.get_mut(node).expect("moved to a node of before");
+                    for (route, to) in routes {
+                        prop_assert!(set.remove(route));
+                        prop_assert_eq!(to.clone(), node_of(&cluster, *route));
+                    }
+                }
+                Notification::Assigned { node, routes } => {
+                    known.entry(node.clone()).or_default().extend(routes.iter().copied());
+                }
+                Notification::Role { node, role } => {
+                    prop_assert_eq!(Some(*role), cluster.role(node));
+                }
+            }
+        }
+        for (node, routes) in &known {
+            let actual: BTreeSet<Route> = cluster.routes_of(node).into_iter().collect();
+            prop_assert_eq!(routes, &actual, "node {}", node);
+        }
+        let drains: Vec<(Route, String)> = expected
+            .iter()
+            .filter_map(|m| Some((m.route, m.from.clone()?)))
+            .collect();
+        prop_assert_eq!(&merged.drains, &drains);
+    }
+}
+
+#[test]
+fn only_joins_merge() {
+    let mut cluster = cluster_with(24, 0, &["a", "b"]);
+    let join = cluster.apply(Event::Join("c".into())).unwrap();
+    let fail = cluster.apply(Event::Fail("a".into())).unwrap();
+    assert_eq!(Plan::merge_joins(vec![join.clone(), fail]), None);
+    assert_eq!(Plan::merge_joins(vec![]), None);
+    // One plan merges into itself, but for message order within a kind.
+    let merged = Plan::merge_joins(vec![join.clone()]).unwrap();
+    assert_eq!(merged.moves, join.moves);
+    assert_eq!(merged.drains, join.drains);
+}
