@@ -267,6 +267,100 @@ impl Cluster {
         }
     }
 
+    /// Joins `names`, in that order, as consecutive `Join` events, and says
+    /// what changed between before the first and after the last: exactly
+    /// [`Plan::merge_joins`] of their plans (property-tested), computed
+    /// without building them. Each join is the routing rules' own (the table
+    /// steps `T(k)` to `T(k+1)` per active join), so the cluster ends up as
+    /// the events give it one by one; only the intermediate moves, which a
+    /// storm of joins makes by the hundred thousand, are never spelled out.
+    ///
+    /// `Ok(None)` for no names. On `Err` (a name already registered, or twice
+    /// in `names`) nothing changed.
+    pub fn join_all(&mut self, names: Vec<String>) -> Result<Option<Plan>, RoutingError> {
+        let mut seen = std::collections::HashSet::new();
+        for name in &names {
+            if self.places.contains_key(name) || !seen.insert(name.as_str()) {
+                return Err(RoutingError::DuplicateNode(name.clone()));
+            }
+        }
+        let Some(last) = names.last().cloned() else {
+            return Ok(None);
+        };
+        let before = self.active.len();
+        // The slot each moved route had before the first join (u16::MAX:
+        // not moved yet), and the moved routes.
+        let mut first: Vec<Slot> = Vec::new();
+        let mut touched: Vec<Route> = Vec::new();
+        let mut roles = Vec::with_capacity(names.len());
+        for name in names {
+            let k = self.active.len() as u16;
+            let spare = k > 0 && (self.spares.len() as u64) < u64::from(self.config.spares)
+                || k >= self.max_active;
+            if spare {
+                self.spares.push_back(name.clone());
+                self.places.insert(name.clone(), Place::Spare);
+                roles.push(RoleChange {
+                    node: name,
+                    from: None,
+                    to: Some(Role::Spare),
+                });
+                continue;
+            }
+            self.active.push(name.clone());
+            self.places.insert(name.clone(), Place::Active(k + 1));
+            if first.is_empty() {
+                first = vec![Slot::MAX; usize::from(self.table.routes())];
+            }
+            for &(route, origin) in self.table.grow() {
+                let was = &mut first[usize::from(route) - 1];
+                if *was == Slot::MAX {
+                    *was = origin;
+                    touched.push(route);
+                }
+            }
+            roles.push(RoleChange {
+                node: name,
+                from: None,
+                to: Some(Role::Active),
+            });
+        }
+        touched.sort_unstable();
+        let node_of = |slot: Slot| (slot != 0).then(|| self.active[usize::from(slot) - 1].clone());
+        let mut plan = Plan::new(Event::Join(last));
+        plan.moves = touched
+            .iter()
+            .map(|&route| RouteMove {
+                route,
+                from: node_of(first[usize::from(route) - 1]),
+                to: node_of(self.table.slot_of_route(route).unwrap_or(0)),
+            })
+            .collect();
+        plan.slots = (before..self.active.len())
+            .map(|i| SlotChange {
+                slot: i as Slot + 1,
+                from: None,
+                to: Some(self.active[i].clone()),
+            })
+            .collect();
+        // Slots get their nodes before routes point at them.
+        plan.writes = plan
+            .slots
+            .iter()
+            .map(|change| TableWrite::Slot {
+                slot: change.slot,
+                node: change.to.clone(),
+            })
+            .chain(touched.iter().map(|&route| TableWrite::Route {
+                route,
+                slot: self.table.slot_of_route(route),
+            }))
+            .collect();
+        plan.notifications = plan::net_notifications(&plan.moves, &roles);
+        plan.roles = roles;
+        Ok(Some(plan.with_drains()))
+    }
+
     /// The config this cluster was built with.
     pub fn config(&self) -> ClusterConfig {
         self.config

@@ -131,7 +131,10 @@ impl Plan {
     /// `moved`, which a merge of its plan would not know.
     pub fn merge_joins(plans: Vec<Plan>) -> Option<Plan> {
         use std::collections::{BTreeMap, HashMap};
-        if plans.iter().any(|plan| !matches!(plan.event, Event::Join(_))) {
+        if plans
+            .iter()
+            .any(|plan| !matches!(plan.event, Event::Join(_)))
+        {
             return None;
         }
         let event = plans.last()?.event.clone();
@@ -193,8 +196,9 @@ impl Plan {
             .collect();
         // Slots get their nodes first, then routes move, then slots that went
         // away are removed: no route ever points at a slot without a node.
-        let (filled, emptied): (Vec<_>, Vec<_>) =
-            slot_writes.into_iter().partition(|(_, node)| node.is_some());
+        let (filled, emptied): (Vec<_>, Vec<_>) = slot_writes
+            .into_iter()
+            .partition(|(_, node)| node.is_some());
         merged.writes = filled
             .into_iter()
             .map(|(slot, node)| TableWrite::Slot { slot, node })
@@ -209,44 +213,51 @@ impl Plan {
                     .map(|(slot, node)| TableWrite::Slot { slot, node }),
             )
             .collect();
-        // Messages from the net moves: `moved` to each node that lost routes,
-        // `role` to each node whose role changed, `assigned` to each node
-        // that gained routes; nodes in the order they first lost or gained.
-        let mut lost: Vec<(String, Vec<(Route, Option<String>)>)> = Vec::new();
-        let mut gained: Vec<(String, Vec<Route>)> = Vec::new();
-        let mut lost_index: HashMap<&str, usize> = HashMap::new();
-        let mut gained_index: HashMap<&str, usize> = HashMap::new();
-        for change in &merged.moves {
-            if let Some(from) = change.from.as_deref() {
-                let i = *lost_index.entry(from).or_insert_with(|| {
-                    lost.push((from.to_string(), Vec::new()));
-                    lost.len() - 1
-                });
-                lost[i].1.push((change.route, change.to.clone()));
-            }
-            if let Some(to) = change.to.as_deref() {
-                let i = *gained_index.entry(to).or_insert_with(|| {
-                    gained.push((to.to_string(), Vec::new()));
-                    gained.len() - 1
-                });
-                gained[i].1.push(change.route);
-            }
-        }
-        merged.notifications = lost
-            .into_iter()
-            .map(|(node, routes)| Notification::Moved { node, routes })
-            .chain(merged.roles.iter().filter_map(|change| {
-                change.to.map(|role| Notification::Role {
-                    node: change.node.clone(),
-                    role,
-                })
-            }))
-            .chain(
-                gained
-                    .into_iter()
-                    .map(|(node, routes)| Notification::Assigned { node, routes }),
-            )
-            .collect();
+        merged.notifications = net_notifications(&merged.moves, &merged.roles);
         Some(merged.with_drains())
     }
+}
+
+/// The messages of a net change: `moved` to each node that lost routes,
+/// `role` to each node whose role changed, `assigned` to each node that
+/// gained routes; nodes in the order they first lost or gained (`moves`
+/// ascending by route).
+pub(super) fn net_notifications(moves: &[RouteMove], roles: &[RoleChange]) -> Vec<Notification> {
+    use std::collections::HashMap;
+    /// A node and the routes it lost, each with its new node.
+    type Lost = (String, Vec<(Route, Option<String>)>);
+    let mut lost: Vec<Lost> = Vec::new();
+    let mut gained: Vec<(String, Vec<Route>)> = Vec::new();
+    let mut lost_index: HashMap<&str, usize> = HashMap::new();
+    let mut gained_index: HashMap<&str, usize> = HashMap::new();
+    for change in moves {
+        if let Some(from) = change.from.as_deref() {
+            let i = *lost_index.entry(from).or_insert_with(|| {
+                lost.push((from.to_string(), Vec::new()));
+                lost.len() - 1
+            });
+            lost[i].1.push((change.route, change.to.clone()));
+        }
+        if let Some(to) = change.to.as_deref() {
+            let i = *gained_index.entry(to).or_insert_with(|| {
+                gained.push((to.to_string(), Vec::new()));
+                gained.len() - 1
+            });
+            gained[i].1.push(change.route);
+        }
+    }
+    lost.into_iter()
+        .map(|(node, routes)| Notification::Moved { node, routes })
+        .chain(roles.iter().filter_map(|change| {
+            change.to.map(|role| Notification::Role {
+                node: change.node.clone(),
+                role,
+            })
+        }))
+        .chain(
+            gained
+                .into_iter()
+                .map(|(node, routes)| Notification::Assigned { node, routes }),
+        )
+        .collect()
 }

@@ -1081,3 +1081,40 @@ fn only_joins_merge() {
     assert_eq!(merged.moves, join.moves);
     assert_eq!(merged.drains, join.drains);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// `Cluster::join_all` is the joins one by one, merged: the same plan as
+    /// `Plan::merge_joins` of the single plans, and the same cluster after.
+    #[test]
+    fn join_all_is_the_merge_of_single_joins(scenario in scenario(), joins in 0usize..10) {
+        let (cluster, _) = run(&scenario);
+        let names: Vec<String> = (0..joins).map(|i| format!("new{i}")).collect();
+        let mut one_by_one = cluster.clone();
+        let plans: Vec<Plan> = names
+            .iter()
+            .map(|name| one_by_one.apply(Event::Join(name.clone())).unwrap())
+            .collect();
+        let mut together = cluster.clone();
+        let plan = together.join_all(names).unwrap();
+        prop_assert_eq!(plan, Plan::merge_joins(plans));
+        prop_assert_eq!(&together, &one_by_one);
+    }
+}
+
+#[test]
+fn join_all_refuses_known_and_repeated_names_and_changes_nothing() {
+    let mut cluster = cluster_with(24, 0, &["a", "b"]);
+    let before = cluster.clone();
+    assert_eq!(
+        cluster.join_all(names(&["c", "a"])),
+        Err(RoutingError::DuplicateNode("a".into()))
+    );
+    assert_eq!(
+        cluster.join_all(names(&["c", "d", "c"])),
+        Err(RoutingError::DuplicateNode("c".into()))
+    );
+    assert_eq!(cluster, before);
+    assert_eq!(cluster.join_all(Vec::new()), Ok(None));
+}
