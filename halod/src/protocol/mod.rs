@@ -239,8 +239,8 @@ impl GatewayMessage {
     /// and `moved` into several of the same type, `welcome` into a `welcome`
     /// followed by `assigned` messages with the rest of the routes.
     pub fn encode(&self) -> Vec<String> {
-        // `{"type":"assigned","routes":[` ... `]}\n` around the entries.
-        const ASSIGNED_FRAME: usize = 32;
+        // Each list is split so that its line, framing included (measured
+        // by encoding the message without entries), fits in MAX_LINE.
         match self {
             GatewayMessage::Welcome {
                 role,
@@ -254,7 +254,8 @@ impl GatewayMessage {
                     routes: Vec::new(),
                 })
                 .len();
-                let (first, rest) = split_fitting(routes, frame, ASSIGNED_FRAME);
+                let assigned = line(&GatewayMessage::Assigned { routes: Vec::new() }).len();
+                let (first, rest) = split_fitting(routes, frame, assigned);
                 let mut lines = vec![line(&GatewayMessage::Welcome {
                     role: *role,
                     heartbeat_ms: *heartbeat_ms,
@@ -267,14 +268,21 @@ impl GatewayMessage {
                 lines
             }
             GatewayMessage::Assigned { routes } if !routes.is_empty() => {
-                let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
+                let frame = line(&GatewayMessage::Assigned { routes: Vec::new() }).len();
+                let (first, rest) = split_fitting(routes, frame, frame);
                 std::iter::once(first)
                     .chain(rest)
                     .map(|routes| line(&GatewayMessage::Assigned { routes }))
                     .collect()
             }
             GatewayMessage::Moved { routes, drain_ms } if !routes.is_empty() => {
-                let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
+                // The exact framing: `drain_ms` adds up to 33 bytes.
+                let frame = line(&GatewayMessage::Moved {
+                    routes: Vec::new(),
+                    drain_ms: *drain_ms,
+                })
+                .len();
+                let (first, rest) = split_fitting(routes, frame, frame);
                 std::iter::once(first)
                     .chain(rest)
                     .map(|routes| {
@@ -286,7 +294,8 @@ impl GatewayMessage {
                     .collect()
             }
             GatewayMessage::DrainDone { routes } if !routes.is_empty() => {
-                let (first, rest) = split_fitting(routes, ASSIGNED_FRAME, ASSIGNED_FRAME);
+                let frame = line(&GatewayMessage::DrainDone { routes: Vec::new() }).len();
+                let (first, rest) = split_fitting(routes, frame, frame);
                 std::iter::once(first)
                     .chain(rest)
                     .map(|routes| line(&GatewayMessage::DrainDone { routes }))
@@ -726,6 +735,50 @@ mod tests {
             seen.extend(routes);
         }
         assert_eq!(seen, moved);
+
+        // Every way a list can fill a line up to its last byte: each kind of
+        // list message, entries of every size a name gives, the longest
+        // framing (`drain_ms` of 20 digits).
+        for length in 1..=MAX_NAME {
+            let moved: Vec<MovedRoute> = (1..=400)
+                .map(|route| MovedRoute {
+                    route,
+                    ports: ports(route),
+                    to: Some("n".repeat(length)),
+                })
+                .collect();
+            let plain: Vec<RoutePorts> = (1..=400)
+                .map(|route| RoutePorts {
+                    route: route + length as u16,
+                    ports: ports(route),
+                })
+                .collect();
+            for message in [
+                GatewayMessage::Moved {
+                    routes: moved,
+                    drain_ms: u64::MAX,
+                },
+                GatewayMessage::Assigned {
+                    routes: plain.clone(),
+                },
+                GatewayMessage::DrainDone {
+                    routes: plain.clone(),
+                },
+                GatewayMessage::Welcome {
+                    role: Role::Active,
+                    heartbeat_ms: u64::MAX,
+                    routes: plain,
+                },
+            ] {
+                for line in message.encode() {
+                    assert!(
+                        line.len() <= MAX_LINE,
+                        "{} bytes with names of {length}",
+                        line.len()
+                    );
+                }
+            }
+        }
 
         // An empty welcome is still one line.
         assert_eq!(
