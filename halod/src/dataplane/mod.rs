@@ -13,6 +13,7 @@
 
 mod actor;
 pub mod attached;
+mod batch;
 mod flush;
 mod object;
 mod table;
@@ -336,6 +337,8 @@ pub struct Dataplane {
     /// The dead-node flusher, once started ([`Dataplane::start_flusher`]).
     flusher: Option<FlushSender>,
     flush_counters: std::sync::Arc<flush::FlushCounters>,
+    /// Array writes gathered for one batch update ([`batch`]).
+    pending: batch::Pending,
 }
 
 /// Name prefix of the pinned XDP links in the pin directory:
@@ -462,6 +465,7 @@ impl Dataplane {
             modes: Vec::new(),
             table: Table::new(config.routes.get(), config.max_nodes),
             drains: std::collections::HashMap::new(),
+            pending: batch::Pending::default(),
             keep: false,
             flusher: None,
             flush_counters: Default::default(),
@@ -779,6 +783,8 @@ impl Dataplane {
     /// batch writes nothing.
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), DataplaneError> {
         self.table.check(writes)?;
+        // What an earlier, failed batch left gathered is not written.
+        self.pending = batch::Pending::default();
         // Where the batch leaves each route: a new drain's new node.
         let after = writes
             .iter()
@@ -813,6 +819,7 @@ impl Dataplane {
         // else it would end the new drain.
         let now = monotonic_ns();
         let mut done = vec![false; writes.len()];
+        let mut flagged = Vec::new();
         let mut ended = false;
         for (position, write) in writes.iter().enumerate() {
             if let Write::DrainEnd { route } = *write {
@@ -852,9 +859,14 @@ impl Dataplane {
                 // without one (a spare taking the slot over) it is set now,
                 // before the slot changes node.
                 if !routed.contains(&route) {
-                    self.write_route(route)?;
+                    flagged.push(route);
                 }
             }
+        }
+        // Every entry before any flag (each route's entry before its flag),
+        // so the entries go in one batch and the flags in another.
+        for route in flagged {
+            self.write_route(route)?;
         }
         for (write, _) in writes.iter().zip(&done).filter(|(_, done)| !**done) {
             match *write {
@@ -885,9 +897,7 @@ impl Dataplane {
                         index: node.index,
                         flags: NODE_PRESENT,
                     });
-                    self.array::<SlotNode>(names::SLOT_NODE)?
-                        .set(u32::from(slot) - 1, value, 0)
-                        .map_err(map_error(names::SLOT_NODE, format!("writing slot {slot}")))?;
+                    self.queue(names::SLOT_NODE, u32::from(slot) - 1, value)?;
                     self.table.record(write);
                 }
             }
@@ -914,10 +924,45 @@ impl Dataplane {
                 self.drains.insert(route, drain);
             }
         }
+        self.flush()?;
         if ended {
             self.forget_drain_flows()?;
         }
         Ok(())
+    }
+
+    /// Gathers a write of `value` at `key` of the array `name`, after
+    /// sending what was gathered for another map (order is kept).
+    fn queue<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: u32,
+        value: V,
+    ) -> Result<(), DataplaneError> {
+        if self.pending.map().is_some_and(|map| map != name) {
+            self.flush()?;
+        }
+        self.pending.push(name, key, &value);
+        Ok(())
+    }
+
+    /// Sends the gathered array writes in one batch update.
+    fn flush(&mut self) -> Result<(), DataplaneError> {
+        let Some(name) = self.pending.map() else {
+            return Ok(());
+        };
+        let data = match self.ebpf.map(name) {
+            Some(aya::maps::Map::Array(data)) => data,
+            Some(_) => {
+                return Err(map_error(name, "batch writing")(MapError::InvalidName {
+                    name: format!("{name} is not an array map"),
+                }));
+            }
+            None => return Err(DataplaneError::MissingMap { map: name }),
+        };
+        self.pending.send(data).map_err(|(done, error)| {
+            map_error(name, format!("writing a batch (after {done} entries)"))(error)
+        })
     }
 
     /// Writes `ROUTE_SLOT[route - 1]` from the mirror: the route's slot, with
@@ -929,12 +974,7 @@ impl Dataplane {
         } else {
             slot
         };
-        self.array::<common::RouteSlot>(names::ROUTE_SLOT)?
-            .set(u32::from(route) - 1, value, 0)
-            .map_err(map_error(
-                names::ROUTE_SLOT,
-                format!("writing route {route}"),
-            ))
+        self.queue(names::ROUTE_SLOT, u32::from(route) - 1, value)
     }
 
     fn write_drain(&mut self, route: u16, drain: &table::Drain) -> Result<(), DataplaneError> {
@@ -951,12 +991,7 @@ impl Dataplane {
             _pad: 0,
             until_ns: drain.until_ns,
         };
-        self.array::<RouteDrain>(names::ROUTE_DRAIN)?
-            .set(u32::from(route) - 1, value, 0)
-            .map_err(map_error(
-                names::ROUTE_DRAIN,
-                format!("writing the drain of route {route}"),
-            ))
+        self.queue(names::ROUTE_DRAIN, u32::from(route) - 1, value)
     }
 
     /// Removes the `DRAIN_FLOWS` entries of drains that are over, so that the
@@ -1047,6 +1082,8 @@ impl Dataplane {
     }
 
     fn change_addr(&mut self, change: AddrChange) -> Result<(), DataplaneError> {
+        // The address must be known before gathered slot writes reach it.
+        self.flush()?;
         let mut map: BpfHashMap<&mut MapData, NodeAddr, u32> =
             BpfHashMap::try_from(self.ebpf.map_mut(names::NODE_BY_ADDR).ok_or(
                 DataplaneError::MissingMap {

@@ -19,7 +19,73 @@ pub(super) struct Table {
     /// connections it closes still leave from the VIP; the entry goes when the
     /// index or the address is reused.
     pub known: HashMap<u32, Ipv4Addr>,
+    /// `known` the other way round (address -> index), so that a slot write
+    /// does not pass over every known node.
+    known_addrs: HashMap<Ipv4Addr, u32>,
     max_nodes: u32,
+}
+
+/// Which address each node index has in the slots, and the other way round,
+/// with the number of slots that hold each pair (a node moving from one slot
+/// to another is in both for a moment): finds a conflicting slot write
+/// without passing over every slot.
+#[derive(Default)]
+struct Occupants {
+    by_addr: HashMap<Ipv4Addr, (u32, usize)>,
+    by_index: HashMap<u32, (Ipv4Addr, usize)>,
+}
+
+impl Occupants {
+    fn of(slots: &[Option<NodeTarget>]) -> Occupants {
+        let mut occupants = Occupants::default();
+        for node in slots.iter().flatten() {
+            occupants.add(node);
+        }
+        occupants
+    }
+
+    fn add(&mut self, node: &NodeTarget) {
+        self.by_addr.entry(node.addr).or_insert((node.index, 0)).1 += 1;
+        self.by_index.entry(node.index).or_insert((node.addr, 0)).1 += 1;
+    }
+
+    fn remove(&mut self, node: &NodeTarget) {
+        for count in [
+            self.by_addr.get_mut(&node.addr).map(|e| &mut e.1),
+            self.by_index.get_mut(&node.index).map(|e| &mut e.1),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *count -= 1;
+        }
+        if self.by_addr.get(&node.addr).is_some_and(|e| e.1 == 0) {
+            self.by_addr.remove(&node.addr);
+        }
+        if self.by_index.get(&node.index).is_some_and(|e| e.1 == 0) {
+            self.by_index.remove(&node.index);
+        }
+    }
+
+    /// A node in another slot with `target`'s address and another index, or
+    /// its index and another address.
+    fn conflict(&self, target: &NodeTarget) -> Option<NodeTarget> {
+        if let Some(&(index, _)) = self.by_addr.get(&target.addr)
+            && index != target.index
+        {
+            return Some(NodeTarget {
+                addr: target.addr,
+                index,
+            });
+        }
+        match self.by_index.get(&target.index) {
+            Some(&(addr, _)) if addr != target.addr => Some(NodeTarget {
+                addr,
+                index: target.index,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a batch changes in the route and slot tables, without a copy of them.
@@ -70,6 +136,7 @@ impl Table {
             routes: vec![None; routes as usize],
             slots: vec![None; routes as usize],
             known: HashMap::new(),
+            known_addrs: HashMap::new(),
             max_nodes,
         }
     }
@@ -101,6 +168,8 @@ impl Table {
     /// address. Nothing is written when this fails.
     pub fn check(&self, writes: &[Write]) -> Result<(), DataplaneError> {
         let mut table = self.clone();
+        // Built at the first slot write of the batch, kept up to date after.
+        let mut occupants: Option<Occupants> = None;
         for (position, write) in writes.iter().enumerate() {
             let reject = |reason: String| DataplaneError::Write {
                 position,
@@ -133,6 +202,10 @@ impl Table {
                 }
                 Write::Slot { slot, node } => {
                     let index = table.slot_index(slot).map_err(reject)?;
+                    let occupants = occupants.get_or_insert_with(|| Occupants::of(&table.slots));
+                    if let Some(old) = &table.slots[index] {
+                        occupants.remove(old);
+                    }
                     match node {
                         None => {
                             let serving: Vec<u16> = table
@@ -162,17 +235,13 @@ impl Table {
                                     target.addr
                                 )));
                             }
-                            let conflict = table.slots.iter().enumerate().find_map(|(i, other)| {
-                                let other = other.as_ref().filter(|_| i != index)?;
-                                ((other.addr == target.addr) != (other.index == target.index))
-                                    .then_some(*other)
-                            });
-                            if let Some(other) = conflict {
+                            if let Some(other) = occupants.conflict(&target) {
                                 return Err(reject(format!(
                                     "node {} (index {}) conflicts with node {} (index {}) in another slot: one address, one index",
                                     target.addr, target.index, other.addr, other.index
                                 )));
                             }
+                            occupants.add(&target);
                         }
                     }
                 }
@@ -205,8 +274,17 @@ impl Table {
             Write::Slot { slot, node } => {
                 if let Some(node) = node {
                     // The address now belongs to this index only.
-                    self.known.retain(|_, addr| *addr != node.addr);
-                    self.known.insert(node.index, node.addr);
+                    if let Some(other) = self.known_addrs.insert(node.addr, node.index)
+                        && other != node.index
+                    {
+                        self.known.remove(&other);
+                    }
+                    if let Some(old) = self.known.insert(node.index, node.addr)
+                        && old != node.addr
+                        && self.known_addrs.get(&old) == Some(&node.index)
+                    {
+                        self.known_addrs.remove(&old);
+                    }
                 }
                 self.slots[slot as usize - 1] = node;
             }
