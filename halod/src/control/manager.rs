@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::drains::{Drains, Ended, Leaving, RouteDrain};
 use super::metrics::Metrics;
@@ -39,6 +39,15 @@ fn drained_message() -> GatewayMessage {
             .to_string(),
     }
 }
+
+/// The most `hello`s the manager takes from its queue at once and carries
+/// out together ([`Manager::hellos`]). A batch costs about one data-plane
+/// write per route it moves (at most `routes`, whatever its size) and one
+/// `moved` per node that loses routes (every node, at a few thousand), so
+/// fewer, larger batches make a storm cheaper; bounded so that one batch
+/// (about 20 us of routing per join) keeps the manager from its sweeps for
+/// well under a heartbeat.
+const HELLO_BATCH: usize = 2048;
 
 /// Why a node whose connection closed before its `hello` was answered is lost.
 const HELLO_UNANSWERED: &str = "the connection closed before the answer to hello";
@@ -102,6 +111,42 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// The wall clock and the process's CPU time, read together.
+struct Pulse {
+    at: Instant,
+    cpu: Duration,
+}
+
+impl Pulse {
+    fn now() -> Pulse {
+        Pulse {
+            at: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    /// Wall time since this pulse that the daemon's threads did not spend
+    /// on a CPU (0 when they were busy all along).
+    fn not_running(&self) -> Duration {
+        self.at
+            .elapsed()
+            .saturating_sub(process_cpu().saturating_sub(self.cpu))
+    }
+}
+
+/// CPU time of all the daemon's threads (`CLOCK_PROCESS_CPUTIME_ID`).
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// What connection tasks ask of the manager.
 #[derive(Debug)]
 pub enum Request {
@@ -122,12 +167,22 @@ pub enum Request {
     },
     /// A copy of the node table (for the control socket and tests).
     Snapshot { reply: oneshot::Sender<Snapshot> },
+    /// The counts `halod status` shows, without the node table (cheap at
+    /// any number of nodes).
+    Summary { reply: oneshot::Sender<Summary> },
     /// An operator drains `name` (`halod drain`): a leave, announced to the
     /// node, which is then told it was drained and disconnected.
     Drain {
         name: String,
         reply: oneshot::Sender<Result<Drained, String>>,
     },
+}
+
+/// What `halod status` shows of the manager's state.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub counts: crate::api::Counts,
+    pub last_failover: Option<Failover>,
 }
 
 /// What a drain did.
@@ -230,6 +285,15 @@ struct Greeting {
     connection: Connection,
     receiver: mpsc::Receiver<Outbound>,
     reply: oneshot::Sender<Result<Registered, Refusal>>,
+}
+
+/// A new node of a batch of hellos, registered, waiting for its answer.
+struct Joining {
+    name: String,
+    addr: Ipv4Addr,
+    receiver: mpsc::Receiver<Outbound>,
+    reply: oneshot::Sender<Result<Registered, Refusal>>,
+    last_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a node is failed, for the log.
@@ -465,13 +529,18 @@ impl<T: TablePush> Manager<T> {
     /// Serves requests and sweeps for dead nodes until `shutdown`. An error:
     /// the data plane refused a table change twice ([`Manager::push`]); the
     /// daemon then stops, keeping the data plane attached.
+    /// `requests` come from node connections, `control` from operators
+    /// (served first, so that a storm of hellos does not hold them back).
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
+        mut control: mpsc::Receiver<Request>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let period = self.settings.sweep_period();
         let mut next_sweep = Instant::now() + period;
+        // The clocks when the manager last began a turn or ended a sweep.
+        let mut pulse = Pulse::now();
         loop {
             if let Some(reason) = self.fatal.take() {
                 self.publishing.now();
@@ -481,18 +550,60 @@ impl<T: TablePush> Manager<T> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(request) = control.recv() => {
+                    pulse = Pulse::now();
+                    self.handle(request).await;
+                }
                 request = requests.recv() => match request {
-                    Some(request) => self.handle(request).await,
+                    Some(request @ Request::Hello { .. }) => {
+                        pulse = Pulse::now();
+                        // The hellos queued behind it join with it (a storm).
+                        let mut hellos = vec![request];
+                        let mut other = None;
+                        while hellos.len() < HELLO_BATCH {
+                            match requests.try_recv() {
+                                Ok(request @ Request::Hello { .. }) => hellos.push(request),
+                                Ok(request) => {
+                                    other = Some(request);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.hellos(hellos).await;
+                        self.fail_overflowed().await;
+                        self.publish_state();
+                        if let Some(request) = other {
+                            self.handle(request).await;
+                        }
+                    }
+                    Some(request) => {
+                        pulse = Pulse::now();
+                        self.handle(request).await;
+                    }
                     None => break,
                 },
                 () = tokio::time::sleep_until(next_sweep) => {
                     let now = Instant::now();
-                    // Woken this much after it was due: the daemon did not run.
+                    // Woken this much after it was due: the manager was busy
+                    // (a storm of hellos), or the daemon did not run (stopped,
+                    // a paused VM, starved). Only the second keeps heartbeats
+                    // from being read: it is the time since the last pulse
+                    // that the process did not spend on a CPU.
                     let late = now.saturating_duration_since(next_sweep);
                     if late > self.settings.heartbeat {
-                        self.stalled(late);
+                        if pulse.not_running() > self.settings.heartbeat {
+                            self.stalled(late);
+                        } else {
+                            // Busy, not stalled: heartbeats that came meanwhile
+                            // may still wait to be read, so no node fails for
+                            // that time either; nothing to warn about.
+                            debug!(late_ms = late.as_millis() as u64, "the manager was busy past a sweep");
+                            self.silence_floor = self.clock.now_ms();
+                        }
                     }
                     self.sweep().await;
+                    pulse = Pulse::now();
                     let due = self.next_deadline().unwrap_or(period);
                     next_sweep = now + due.clamp(Duration::from_millis(1), period);
                 }
@@ -543,12 +654,7 @@ impl<T: TablePush> Manager<T> {
 
     pub async fn handle(&mut self, request: Request) {
         match request {
-            Request::Hello {
-                conn,
-                name,
-                addr,
-                reply,
-            } => self.hello(conn, name, addr, reply).await,
+            request @ Request::Hello { .. } => self.hellos(vec![request]).await,
             Request::Bye { conn, name } => {
                 if self.is_current(&name, conn) {
                     info!(node = %name, "node said bye: it leaves");
@@ -561,6 +667,9 @@ impl<T: TablePush> Manager<T> {
             }
             Request::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            Request::Summary { reply } => {
+                let _ = reply.send(self.summary());
             }
             Request::Drain { name, reply } => {
                 let _ = reply.send(self.drain(name).await);
@@ -621,7 +730,7 @@ impl<T: TablePush> Manager<T> {
         let moved = plan.moves.len();
         let to: std::collections::BTreeSet<String> =
             plan.moves.iter().filter_map(|m| m.to.clone()).collect();
-        self.carry_out(plan).await;
+        self.carry_out(plan, &[]).await;
         // Told `drained` now, or when its drain ends.
         if !self.drains.drains_from(&name) {
             self.send(&name, drained_message());
@@ -646,31 +755,119 @@ impl<T: TablePush> Manager<T> {
             .is_some_and(|connection| connection.id == conn)
     }
 
-    /// `hello`: checked, then a resume (the node's entry waits for it) or a join.
-    async fn hello(
-        &mut self,
-        conn: ConnId,
-        name: String,
-        addr: Ipv4Addr,
-        reply: oneshot::Sender<Result<Registered, Refusal>>,
-    ) {
-        if let Err(refusal) = self.check_hello(&name, addr) {
-            let _ = reply.send(Err(refusal));
+    /// `hello`s, in the order they came: each is checked, then resumes (the
+    /// node's entry waits for it) or joins. The joins are applied by the
+    /// routing rules one by one and carried out together
+    /// ([`Cluster::join_all`]): a burst of thousands of hellos costs one
+    /// data-plane write per route it changes and one `moved` per node that
+    /// loses routes, not one of each per join.
+    async fn hellos(&mut self, hellos: Vec<Request>) {
+        let mut joining: Vec<Joining> = Vec::new();
+        for request in hellos {
+            let Request::Hello {
+                conn,
+                name,
+                addr,
+                reply,
+            } = request
+            else {
+                continue;
+            };
+            if let Err(refusal) = self.check_hello(&name, addr) {
+                let _ = reply.send(Err(refusal));
+                continue;
+            }
+            let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+            let greeting = Greeting {
+                resumes: self.nodes.contains(&name),
+                name,
+                addr,
+                connection: Connection { id: conn, outbound },
+                receiver,
+                reply,
+            };
+            if greeting.resumes {
+                self.resume(greeting).await;
+                continue;
+            }
+            // Registered now, so the next hello sees its name and address.
+            let now = self.clock.now_ms();
+            let last_seen = self
+                .nodes
+                .join(
+                    &greeting.name,
+                    greeting.addr,
+                    greeting.connection,
+                    now,
+                    unix_ms(),
+                )
+                .last_seen
+                .clone();
+            joining.push(Joining {
+                name: greeting.name,
+                addr: greeting.addr,
+                receiver: greeting.receiver,
+                reply: greeting.reply,
+                last_seen,
+            });
+        }
+        if joining.is_empty() {
             return;
         }
-        let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
-        let greeting = Greeting {
-            resumes: self.nodes.contains(&name),
-            name,
-            addr,
-            connection: Connection { id: conn, outbound },
-            receiver,
-            reply,
+        let names: Vec<String> = joining.iter().map(|j| j.name.clone()).collect();
+        let plan = match self.cluster.join_all(names.clone()) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return,
+            Err(err) => {
+                // Cannot happen: the node table and the cluster agree on names.
+                error!("routing refused {} joins: {err}", joining.len());
+                for joiner in joining {
+                    self.forget(&joiner.name);
+                    let _ = joiner.reply.send(Err(Refusal {
+                        code: ErrorCode::BadRequest,
+                        message: err.to_string(),
+                    }));
+                }
+                return;
+            }
         };
-        if greeting.resumes {
-            self.resume(greeting).await;
-        } else {
-            self.join(greeting).await;
+        let mut unanswered = Vec::new();
+        for joiner in joining {
+            let Joining {
+                name,
+                addr,
+                receiver,
+                reply,
+                last_seen,
+            } = joiner;
+            let delivered = reply
+                .send(Ok(Registered {
+                    outbound: receiver,
+                    last_seen,
+                }))
+                .is_ok();
+            let role = self.cluster.role(&name);
+            let slot = self.cluster.slot_of(&name);
+            let routes = slot.map_or(0, |slot| self.cluster.routes_of_slot(slot).len());
+            info!(node = %name, %addr, ?role, ?slot, routes, "node joined");
+            if let Some(role) = role {
+                self.emit(WatchEvent::NodeJoined {
+                    node: name.clone(),
+                    addr,
+                    role,
+                    slot,
+                    routes,
+                });
+            }
+            if !delivered {
+                unanswered.push(name);
+            }
+        }
+        self.carry_out(plan, &names).await;
+        for name in unanswered {
+            // As in `resume`: nobody else will report this connection's end.
+            self.connection_lost(name, HELLO_UNANSWERED.to_string())
+                .await;
         }
     }
 
@@ -759,61 +956,12 @@ impl<T: TablePush> Manager<T> {
         }
     }
 
-    /// A new node: the routing rules' join.
-    async fn join(&mut self, greeting: Greeting) {
-        let Greeting {
-            name, addr, reply, ..
-        } = greeting;
-        let now = self.clock.now_ms();
-        let last_seen = self
-            .nodes
-            .join(&name, addr, greeting.connection, now, unix_ms())
-            .last_seen
-            .clone();
-        let plan = match self.cluster.apply(Event::Join(name.clone())) {
-            Ok(plan) => plan,
-            Err(err) => {
-                // Cannot happen: the node table and the cluster agree on names.
-                error!(node = %name, "routing refused the join: {err}");
-                self.forget(&name);
-                let _ = reply.send(Err(Refusal {
-                    code: ErrorCode::BadRequest,
-                    message: err.to_string(),
-                }));
-                return;
-            }
-        };
-        let delivered = reply
-            .send(Ok(Registered {
-                outbound: greeting.receiver,
-                last_seen,
-            }))
-            .is_ok();
-        info!(node = %name, %addr, role = ?self.cluster.role(&name), slot = ?self.cluster.slot_of(&name),
-            routes = self.cluster.routes_of(&name).len(), "node joined");
-        if let Some(role) = self.cluster.role(&name) {
-            self.emit(WatchEvent::NodeJoined {
-                node: name.clone(),
-                addr,
-                role,
-                slot: self.cluster.slot_of(&name),
-                routes: self.cluster.routes_of(&name).len(),
-            });
-        }
-        self.carry_out(plan).await;
-        if !delivered {
-            // As in `resume`: nobody else will report this connection's end.
-            self.connection_lost(name, HELLO_UNANSWERED.to_string())
-                .await;
-        }
-    }
-
     /// A registered node leaves (`bye`): its routes move, draining.
     async fn remove(&mut self, event: Event) {
         let name = event.node().to_string();
         match self.cluster.apply(event) {
             Ok(plan) => {
-                self.carry_out(plan).await;
+                self.carry_out(plan, &[]).await;
             }
             Err(err) => error!(node = %name, "routing refused the removal: {err}"),
         }
@@ -859,7 +1007,7 @@ impl<T: TablePush> Manager<T> {
             Ok(plan) => {
                 let moved = plan.moves.len();
                 let flush = self.flush_of(&name, &plan);
-                self.carry_out(plan).await;
+                self.carry_out(plan, &[]).await;
                 if let Some(flush) = flush {
                     self.tables.flush(flush);
                 }
@@ -917,11 +1065,14 @@ impl<T: TablePush> Manager<T> {
     /// Carries out a plan: `moved` to the nodes that lose routes, then the
     /// data-plane writes, then `role`/`assigned` (or `welcome` to a joining
     /// node).
-    async fn carry_out(&mut self, plan: Plan) {
-        let joined = match &plan.event {
-            Event::Join(name) => Some(name.clone()),
-            _ => None,
+    /// `joined`: the nodes whose joins the plan carries out; they hear
+    /// `welcome` (with all their routes) instead of `role` and `assigned`.
+    async fn carry_out(&mut self, plan: Plan, joined: &[String]) {
+        let cause = match joined {
+            [_, _, ..] => format!("{} joins (the last {})", joined.len(), plan.event),
+            _ => plan.event.to_string(),
         };
+        let welcomed: std::collections::HashSet<&str> = joined.iter().map(String::as_str).collect();
         let (drain_writes, draining) = self.drains_of(&plan);
         let drain_ms = self.settings.drain.as_millis() as u64;
         for notification in &plan.notifications {
@@ -945,7 +1096,7 @@ impl<T: TablePush> Manager<T> {
         if !writes.is_empty() {
             let count = writes.len();
             let started = std::time::Instant::now();
-            self.push(writes, &format!("{count} writes of {}", plan.event))
+            self.push(writes, &format!("{count} writes of {cause}"))
                 .await;
             self.observers
                 .metrics
@@ -957,7 +1108,7 @@ impl<T: TablePush> Manager<T> {
             match notification {
                 Notification::Moved { .. } => {}
                 Notification::Role { node, .. } | Notification::Assigned { node, .. }
-                    if joined.as_deref() == Some(node.as_str()) => {}
+                    if welcomed.contains(node.as_str()) => {}
                 Notification::Role { node, role } => {
                     let role = *role;
                     self.send(node, GatewayMessage::Role { role });
@@ -968,14 +1119,14 @@ impl<T: TablePush> Manager<T> {
                 }
             }
         }
-        if let Some(name) = joined {
-            self.send_welcome(&name);
+        for name in joined {
+            self.send_welcome(name);
         }
         if !plan.moves.is_empty() {
-            info!(event = %plan.event, moved = plan.moves.len(), active = self.cluster.active().len(),
+            info!(event = %cause, moved = plan.moves.len(), active = self.cluster.active().len(),
                 spares = self.cluster.spares().len(), "routes moved");
             self.emit(WatchEvent::RoutesMoved {
-                cause: plan.event.to_string(),
+                cause,
                 moved: plan.moves.len(),
                 active: self.cluster.active().len(),
                 spares: self.cluster.spares().len(),
@@ -1222,6 +1373,29 @@ impl<T: TablePush> Manager<T> {
             .chain(self.drains.next_end())
             .min()
             .map(|at| Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    /// The counts of the node table and the last failover.
+    pub fn summary(&self) -> Summary {
+        let active = self.cluster.active().len();
+        Summary {
+            counts: crate::api::Counts {
+                nodes: self.nodes.len(),
+                active,
+                spares: self.cluster.spares().len(),
+                awaiting: self
+                    .nodes
+                    .values()
+                    .filter(|n| n.connection.is_none())
+                    .count(),
+                routes_served: if active > 0 {
+                    usize::from(self.cluster.routes())
+                } else {
+                    0
+                },
+            },
+            last_failover: self.last_failover.clone(),
+        }
     }
 
     /// The node table, sorted by name.

@@ -83,6 +83,55 @@ pub struct RunArgs {
 /// `bye`, an operator command), against failover targets in milliseconds.
 const EVENT_GATHER: std::time::Duration = std::time::Duration::from_micros(500);
 
+/// How long after a node connection is accepted, or an operator connects,
+/// the runtime parks without gathering: a storm of hellos (a gateway restart,
+/// a power event) arrives one connection at a time, and a pause before every
+/// park would cost each of them [`EVENT_GATHER`] (a second per 2,000 nodes).
+const URGENT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Until when (ns after [`epoch`]) the runtime parks without gathering.
+static URGENT_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// Something that must be answered at once is going on: the runtime stops
+/// gathering events before parking for [`URGENT`].
+pub(crate) fn urgent() {
+    let until = (epoch().elapsed() + URGENT).as_nanos() as u64;
+    URGENT_UNTIL.fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The runtime's park hook: gathers events ([`EVENT_GATHER`]) unless
+/// something urgent is going on.
+fn gather() {
+    let now = epoch().elapsed().as_nanos() as u64;
+    if now >= URGENT_UNTIL.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(EVENT_GATHER);
+    }
+}
+
+/// Connections the kernel may hold for the node listener before the daemon
+/// accepts them. After a gateway restart or a power event thousands of nodes
+/// connect at once; with the usual 1,024 the rest of a burst would have
+/// their handshakes dropped and retried a second later. The kernel caps it at
+/// `net.core.somaxconn` (4,096 by default; docs/operations.md).
+const NODE_BACKLOG: u32 = 65_535;
+
+/// The node listener (`nodes.listen`), with room for a burst of connections.
+fn listen_for_nodes(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(NODE_BACKLOG)
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     // Every check before any change to the system.
@@ -99,7 +148,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .thread_name("halod")
         // Gather events before going to sleep on them (see `EVENT_GATHER`).
-        .on_thread_park(|| std::thread::sleep(EVENT_GATHER))
+        .on_thread_park(gather)
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(serve(config, token, args.reset))?;
@@ -249,14 +298,12 @@ impl Gateway {
         let group = config.control_group()?;
 
         // Bind first: a busy port fails before the data plane is touched.
-        let listener = TcpListener::bind(config.nodes.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "nodes.listen: cannot listen on {} (is the address on this host, the port free?)",
-                    config.nodes.listen
-                )
-            })?;
+        let listener = listen_for_nodes(config.nodes.listen).with_context(|| {
+            format!(
+                "nodes.listen: cannot listen on {} (is the address on this host, the port free?)",
+                config.nodes.listen
+            )
+        })?;
         let control = socket::bind(&config.control.socket, group)?;
         let metrics_listener = match config.metrics.listen {
             Some(listen) => Some(exporter::bind(listen).await?),
@@ -541,6 +588,7 @@ async fn accept_connections(
                 next_conn += 1;
                 let conn = next_conn;
                 let _ = stream.set_nodelay(true);
+                urgent();
                 let context = context.clone();
                 let Some(open) = context.policy.admit() else {
                     policy::refusal!(context.policy, %peer, "node connection refused: too many connections");

@@ -26,13 +26,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::manager::{Drained, Request, Snapshot};
+use super::manager::{Drained, Request, Snapshot, Summary};
 use super::metrics::Metrics;
 use super::tables::DataplaneView;
 use crate::api::{
-    ConfigSummary, Counts, DrainCounts, DrainReply, Draining, ErrorReply, InterfaceMode,
-    ListenerSummary, NodeRow, NodeStats, NodesReply, OperatorRequest, RouteRow, RouteStats,
-    RoutesReply, Stamped, StatsReply, StatusReply, WatchingReply, unix_ms,
+    ConfigSummary, DrainCounts, DrainReply, Draining, ErrorReply, InterfaceMode, ListenerSummary,
+    NodeRow, NodeStats, NodesReply, OperatorRequest, RouteRow, RouteStats, RoutesReply, Stamped,
+    StatsReply, StatusReply, WatchingReply, unix_ms,
 };
 use crate::config::Config;
 use crate::protocol::{LineError, LineReader};
@@ -107,6 +107,16 @@ impl<D: DataplaneView> Services<D> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Snapshot { reply })
+            .await
+            .ok()
+            .context("the node manager has stopped")?;
+        answer.await.context("the node manager has stopped")
+    }
+
+    async fn summary(&self) -> anyhow::Result<Summary> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Summary { reply })
             .await
             .ok()
             .context("the node manager has stopped")?;
@@ -217,7 +227,7 @@ impl<D: DataplaneView> Services<D> {
     }
 
     pub async fn status(&self) -> anyhow::Result<StatusReply> {
-        let snapshot = self.snapshot().await?;
+        let summary = self.summary().await?;
         let dataplane = self
             .dataplane
             .modes()
@@ -228,22 +238,15 @@ impl<D: DataplaneView> Services<D> {
                 mode: mode.name().to_string(),
             })
             .collect();
-        let routes_served = snapshot.nodes.iter().map(|n| n.routes.len()).sum();
         Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance: self.info.instance.clone(),
             started_unix_ms: self.info.started_unix_ms,
             uptime_ms: self.info.started.elapsed().as_millis() as u64,
             config: self.info.config.clone(),
-            counts: Counts {
-                nodes: snapshot.nodes.len(),
-                active: snapshot.active.len(),
-                spares: snapshot.spares.len(),
-                awaiting: snapshot.nodes.iter().filter(|n| !n.connected).count(),
-                routes_served,
-            },
+            counts: summary.counts,
             dataplane,
-            last_failover: snapshot.last_failover,
+            last_failover: summary.last_failover,
             restored_nodes: self.info.restored_nodes,
             state_file: Some(
                 self.metrics
@@ -477,6 +480,8 @@ pub async fn serve<D: DataplaneView>(
         };
         match accepted {
             Ok((stream, _)) => {
+                // An operator waits for the answer.
+                super::urgent();
                 let services = services.clone();
                 let shutdown = shutdown.clone();
                 let Ok(permit) = open.clone().try_acquire_owned() else {

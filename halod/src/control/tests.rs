@@ -1015,3 +1015,62 @@ async fn a_failed_node_drains_nothing_and_its_own_drains_end_at_once() {
     assert!(gateway.recorder.drains().is_empty());
     assert!(gateway.snapshot().await.drains.is_empty());
 }
+
+/// A burst of hellos (a gateway restart, a power event): every node is
+/// welcomed with its routes, the data plane ends up with the routing
+/// table, and the joins queued together are carried out together: the
+/// nodes that were there hear one `moved` per batch, not one per join, and
+/// the data plane gets one batch of writes per batch of joins.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_hellos_joins_together_and_every_node_knows_its_routes() {
+    const BURST: u8 = 20;
+    let mut gateway = gateway(1, 0, 100).await;
+    let mut n0 = gateway.join(0, "n0").await;
+    let mut first = gateway.join(1, "n1").await;
+    let batches_before = gateway.recorder.batches().len();
+    // Every hello is written before the gateway answers any.
+    let mut burst = Vec::new();
+    for i in 0..BURST {
+        burst.push(gateway.connect(10 + i, &format!("b{i}"), "").await);
+    }
+    for node in &mut burst {
+        match node.recv().await {
+            GatewayMessage::Welcome { .. } => {}
+            other => panic!("{}: expected welcome, got {other:?}", node.name),
+        }
+    }
+    let mut moved = 0;
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            line = n0.lines.next_line(&mut n0.reader) => {
+                let message = GatewayMessage::decode(&line.unwrap().unwrap()).unwrap();
+                assert!(matches!(message, GatewayMessage::Moved { .. }), "{message:?}");
+                moved += 1;
+                n0.apply_line(message);
+            }
+            () = tokio::task::yield_now() => break,
+        }
+    }
+    let batches = gateway.recorder.batches().len() - batches_before;
+    assert!(
+        moved < usize::from(BURST) && batches < usize::from(BURST),
+        "{BURST} joins: n0 heard {moved} moved, the data plane got {batches} batches"
+    );
+    let mut nodes: Vec<&mut TestNode> = vec![&mut first];
+    nodes.extend(burst.iter_mut());
+    gateway.check(&mut nodes).await;
+    eprintln!("{BURST} joins: n0 heard {moved} moved, the data plane got {batches} batches");
+    // n0's view, read above, is right too.
+    let snapshot = gateway.snapshot().await;
+    let status = snapshot.nodes.iter().find(|n| n.name == "n0").unwrap();
+    assert_eq!(n0.routes, status.routes.iter().copied().collect());
+    assert_eq!(
+        snapshot.active.len() + snapshot.spares.len(),
+        2 + usize::from(BURST)
+    );
+    assert_eq!(snapshot.spares.len(), 1);
+}

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::routing::{Cluster, ClusterConfig};
 
 /// Requests queued for the manager before connection tasks wait.
-pub const REQUEST_QUEUE: usize = 1024;
+pub const REQUEST_QUEUE: usize = 4096;
 /// Events kept for `halod watch` clients that fall behind.
 const EVENT_QUEUE: usize = 1024;
 
@@ -151,10 +151,13 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
         }
         manager.adopt_drains(&self.drains);
         let (requests, inbox) = mpsc::channel(self.queue);
-        let manager = tasks.spawn(manager.run(inbox, shutdown.clone()));
+        // Operators' requests get their own queue, which the manager serves
+        // first: a storm of hellos does not hold `halod status` back.
+        let (control, control_inbox) = mpsc::channel(CONTROL_QUEUE);
+        let manager = tasks.spawn(manager.run(inbox, control_inbox, shutdown.clone()));
         Wired {
             services: Services {
-                requests: requests.clone(),
+                requests: control,
                 dataplane: self.tables,
                 events,
                 metrics: self.metrics.clone(),
@@ -173,6 +176,9 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
         }
     }
 }
+
+/// Operator requests (control socket, metrics) queued for the manager.
+const CONTROL_QUEUE: usize = 64;
 
 /// The config of the in-process tests' gateway: 24 routes, listeners on
 /// 8000 and 9000, and `nodes` (flow-style YAML keys, e.g.
