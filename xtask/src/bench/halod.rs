@@ -79,6 +79,12 @@ impl Gateway {
             config: config.to_path_buf(),
         }
     }
+
+    /// A new daemon in place of the one this guard held (which must have exited, or is
+    /// stopped now), for a restart.
+    pub fn replace(&mut self, process: Process) {
+        drop(self.process.replace(process));
+    }
 }
 
 impl Deref for Gateway {

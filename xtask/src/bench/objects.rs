@@ -23,7 +23,12 @@ pub struct Objects {
 pub fn build() -> Result<Objects> {
     println!("bench: building halod (release) and the XDP programs");
     command::run_visible(workspace::cargo().args(["build", "--release", "-p", "halod"]))?;
-    let halod = workspace::halod_binary("release");
+    // `HALOD_BENCH_HALOD`: another build of halod (an older commit's, for a before/after
+    // of the control plane); the XDP objects are still this tree's.
+    let halod = match std::env::var_os("HALOD_BENCH_HALOD") {
+        Some(path) => PathBuf::from(path),
+        None => workspace::halod_binary("release"),
+    };
     // Both programs with the recipe `halod/build.rs` uses for the object it embeds
     // in that binary (same sources, flags and profile), in one nightly build.
     let target_dir = workspace::target_dir().join("bench-ebpf");

@@ -1,37 +1,47 @@
 //! Control-plane scale: 1,000 / 5,000 / 10,000 simulated nodes, each on its own TCP
 //! connection sending a heartbeat 10 times a second (`heartbeat_ms: 100`), against one
-//! `halod run` pinned to CPU 1. Measured: the daemon's resident memory per node (VmRSS
-//! after the nodes joined minus before, divided by the nodes), its CPU time over a
-//! steady window (utime + stime from /proc/PID/stat), and the failure detection time at
-//! that load: a node goes silent (keeps its connection, stops heartbeats) and we time its
-//! last heartbeat -> the gateway closing its connection (it fails the node, tells the nodes
-//! that take its routes, then closes). Only the victim's own connection is watched: the
-//! messages other nodes get may be read late by a busy generator and would be mixed up
-//! with the previous victim's.
+//! `halod run` pinned to CPU 1. Measured, in order:
+//!
+//! 1. **Cold join storm.** Every simulated node connects and says `hello` at once (no
+//!    pacing: as fast as the generator can send), from another namespace (node 1's)
+//!    through the test bed's veth. Timed from the release of the storm to each `welcome`:
+//!    the last one, and how many came within 2 s. Meanwhile `halod status` runs every
+//!    100 ms (the real command, process start included) and its slowest answer is kept,
+//!    and the daemon's log is searched for its stall warning.
+//! 2. **Steady heartbeats.** The daemon's resident memory per node (VmRSS after the storm
+//!    minus before, divided by the nodes) and its CPU time (utime + stime from /proc/PID/stat)
+//!    over a window of heartbeats, with the rate the generator offered.
+//! 3. **Failure detection** at that load: a node goes silent (keeps its connection, stops
+//!    heartbeats) and we time its last heartbeat -> the gateway closing its connection (it
+//!    fails the node, tells the nodes that take its routes, then closes). Only the victim's
+//!    own connection is watched.
+//! 4. **Reconnect storm.** The daemon is killed (SIGKILL) and started again; every node
+//!    sees its connection end and, once the new daemon listens, reconnects at once. Timed
+//!    from the release of the storm to the last `welcome`; counted: nodes the daemon failed
+//!    (its `node failed` warnings) and `moved` or `assigned` messages any node got (both
+//!    must be 0: within `restart_grace_ms`, no route moves).
 //!
 //! The load generator is a tokio runtime on two threads, on both CPUs at nice 10 (the
-//! daemon, on CPU 1, goes first), inside the gateway's namespace: its connections reach the
-//! daemon over loopback. Through the test bed's veths and
-//! bridge, the kernel's cost per heartbeat (about 10 us on this VM) left one core short of the
-//! 100,000 heartbeats a second of 10,000 nodes. Over loopback the kernel receives each
-//! heartbeat inline in the generator's `send`, on CPU 0, as a NIC's interrupt would on some
-//! core; what the daemon's CPU does is its own work: waking, reading, parsing. Each simulated
-//! node has its own name and hello address (198.19.16.1 ...; the gateway only forwards to
-//! them, it never connects). 10,000 connections stay under the 20,000 open files of one
-//! process and the 28,000 ephemeral ports of one source address, so one process suffices.
+//! daemon goes first). Each simulated node has its own name and hello address
+//! (198.19.16.1 ...; the gateway only forwards to them, it never connects). 10,000
+//! connections stay under the 20,000 open files of one process and the 28,000 ephemeral
+//! ports of one source address, so one process suffices.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
-use super::halod::{GatewaySettings, NODES_LISTEN, config_text};
+use super::halod::{GatewaySettings, INSTANCE, NODES_LISTEN, config_text};
 use super::objects::Objects;
 use super::process::Process;
 use super::traffic::{process_cpu_ns, rss_bytes};
@@ -42,24 +52,49 @@ pub const HEARTBEAT_MS: u64 = 100;
 /// shares this 2-core machine with the daemon and other work, and its own delays must not
 /// fail simulated nodes. Detection is reported against this window.
 pub const DEAD_AFTER: u32 = 30;
+/// `nodes.restart_grace_ms` for the reconnect storm.
+pub const RESTART_GRACE_MS: u64 = 30_000;
+/// The storm's target: every node welcomed within this long.
+pub const STORM_TARGET: Duration = Duration::from_secs(2);
 const VICTIMS: usize = 3;
-/// The daemon's CPU; the load generator runs on both, niced.
-const DAEMON_CPU: usize = 1;
 const GENERATOR_NICE: libc::c_int = 10;
-/// Nodes registering at the same time. Each join sends `moved` to the nodes that give up
-/// routes; the gateway fails a node with 64 unread messages queued, so a faster mass
-/// join makes the daemon (one busy core) fail nodes it cannot write to fast enough.
-const JOIN_CONCURRENCY: usize = 16;
+/// How often `halod status` is asked during a storm.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// The daemon's warning when its manager did not run for longer than a heartbeat.
+const STALL_WARNING: &str = "was not running (stalled or paused)";
 
 #[derive(Debug, Clone)]
 pub struct Point {
     pub nodes: usize,
-    pub join_seconds: f64,
+    pub join: Storm,
     pub rss_idle: u64,
     pub rss_loaded: u64,
     pub cpu_percent: f64,
     pub heartbeats_per_second: f64,
     pub detection_ms: Vec<f64>,
+    pub reconnect: Result<Storm, String>,
+}
+
+/// One storm of hellos: the cold join or the reconnect after a daemon restart.
+#[derive(Debug, Clone)]
+pub struct Storm {
+    /// From the release of the storm to the last `welcome`.
+    pub seconds: f64,
+    /// Nodes welcomed within [`STORM_TARGET`].
+    pub within_target: usize,
+    /// The slowest `halod status` while the storm went on (ms), and how many ran.
+    pub status_max_ms: f64,
+    pub status_calls: usize,
+    /// Stall warnings the daemon logged.
+    pub stalls: usize,
+    /// Nodes the daemon failed.
+    pub failed: usize,
+    /// The longest TCP connect and the longest `hello` -> `welcome` (ms).
+    pub connect_max_ms: f64,
+    pub answer_max_ms: f64,
+    /// `moved` and `assigned` messages the nodes got after the storm began (a reconnect
+    /// storm must move nothing; a join storm moves routes, so this is not reported).
+    pub route_messages: u64,
 }
 
 impl Point {
@@ -81,10 +116,34 @@ pub fn run(bed: &Testbed, objects: &Objects, counts: &[usize], window: u64) -> R
         let point = measure(bed, objects, nodes, window).map_err(|e| format!("{e:#}"));
         match &point {
             Ok(p) => println!(
-                "bench:   {:.0} B/node, {:.1}% CPU, detection {:?} ms",
+                "bench:   join storm {:.2} s ({} of {nodes} within {} s, status <= {:.0} ms, \
+                 {} stalls, connect <= {:.0} ms, hello -> welcome <= {:.0} ms); {:.0} B/node, {:.1}% CPU at {:.0} hb/s, detection {:?} ms; \
+                 reconnect storm {}",
+                p.join.seconds,
+                p.join.within_target,
+                STORM_TARGET.as_secs(),
+                p.join.status_max_ms,
+                p.join.stalls,
+                p.join.connect_max_ms,
+                p.join.answer_max_ms,
                 p.bytes_per_node(),
                 p.cpu_percent,
-                p.detection_ms
+                p.heartbeats_per_second,
+                p.detection_ms,
+                match &p.reconnect {
+                    Ok(r) => format!(
+                        "{:.2} s ({} failed, {} route messages, status <= {:.0} ms, {} stalls, \
+                         connect <= {:.0} ms, hello -> welcome <= {:.0} ms)",
+                        r.seconds,
+                        r.failed,
+                        r.route_messages,
+                        r.status_max_ms,
+                        r.stalls,
+                        r.connect_max_ms,
+                        r.answer_max_ms
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
             ),
             Err(e) => println!("bench:   failed: {e}"),
         }
@@ -100,9 +159,29 @@ pub fn run(bed: &Testbed, objects: &Objects, counts: &[usize], window: u64) -> R
 struct Shared {
     base: Instant,
     stop: AtomicBool,
-    joined: AtomicU64,
+    /// Storms whose connections may open: 1 = the cold join, 2 = the reconnect.
+    connects: watch::Sender<u64>,
+    /// Connections open for the current storm.
+    connected: AtomicU64,
+    /// Storms released so far: a connected node says `hello` once this reaches its
+    /// storm.
+    storms: watch::Sender<u64>,
+    /// When the current storm was released (ns since base).
+    released_at: AtomicU64,
+    /// Welcomes in the current storm, those within the target, and the last one's time.
+    welcomed: AtomicU64,
+    within_target: AtomicU64,
+    last_welcome: AtomicU64,
     failed: AtomicU64,
     heartbeats: AtomicU64,
+    /// `moved` / `assigned` messages received.
+    route_messages: AtomicU64,
+    /// The longest TCP connect and the longest wait from `hello` to `welcome` in the
+    /// current storm (ns): where a storm's time goes.
+    connect_max: AtomicU64,
+    answer_max: AtomicU64,
+    /// Connections that ended while a restart was announced (`restarting`).
+    restarting: AtomicBool,
     /// Index of the node that must go silent, or u64::MAX.
     victim: AtomicU64,
     victim_last_hb: AtomicU64,
@@ -115,10 +194,42 @@ impl Shared {
     fn now(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
+
+    /// Releases storm `n` and resets its counts.
+    fn release(&self, n: u64) {
+        self.welcomed.store(0, Ordering::SeqCst);
+        self.within_target.store(0, Ordering::SeqCst);
+        self.last_welcome.store(0, Ordering::SeqCst);
+        self.answer_max.store(0, Ordering::SeqCst);
+        self.released_at.store(self.now(), Ordering::SeqCst);
+        self.storms.send_replace(n);
+    }
+
+    fn welcome(&self) {
+        let now = self.now();
+        let since = now.saturating_sub(self.released_at.load(Ordering::SeqCst));
+        if since <= STORM_TARGET.as_nanos() as u64 {
+            self.within_target.fetch_add(1, Ordering::SeqCst);
+        }
+        self.last_welcome.fetch_max(now, Ordering::SeqCst);
+        self.welcomed.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn sim_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 16 + (i / 250) as u8, 1 + (i % 250) as u8)
+}
+
+fn start_daemon(bed: &Testbed, objects: &Objects, path: &Path) -> Result<Process> {
+    // On both CPUs, as on a gateway: the generator, niced, takes what it leaves.
+    let mut cmd = netns_command(&bed.gateway_ns(), &objects.halod.display().to_string());
+    cmd.args(["run", "--config"])
+        .arg(path)
+        .env("HALOD_LOG", "warn");
+    let process = Process::start("halod run", &mut cmd)?;
+    // With HALOD_LOG=warn the daemon says nothing when ready: wait for its port.
+    wait_for_port(bed)?;
+    Ok(process)
 }
 
 fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Result<Point> {
@@ -134,30 +245,33 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
     };
     let path = std::env::temp_dir().join(format!("{}scale.yaml", bed.prefix()));
     super::halod::remove_state();
-    std::fs::write(&path, config_text(&settings))?;
-    let mut cmd = netns_command(&bed.gateway_ns(), "taskset");
-    cmd.args(["-c", &DAEMON_CPU.to_string()])
-        .arg(&objects.halod)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("HALOD_LOG", "warn");
-    let mut daemon = super::halod::Gateway::new(
-        Process::start("halod run", &mut cmd)?,
-        &objects.halod,
+    std::fs::write(
         &path,
-    );
-    // With HALOD_LOG=warn the daemon says nothing when ready: wait for its port.
-    wait_for_port(bed)?;
+        config_text(&settings) + &format!("  restart_grace_ms: {RESTART_GRACE_MS}\n"),
+    )?;
+    let mut daemon =
+        super::halod::Gateway::new(start_daemon(bed, objects, &path)?, &objects.halod, &path);
     thread::sleep(Duration::from_millis(300));
-    let pid = daemon.pid();
-    let rss_idle = rss_bytes(pid)?;
+    let rss_idle = rss_bytes(daemon.pid())?;
 
+    let (storms, _) = watch::channel(0);
+    let (connects, _) = watch::channel(0);
     let shared = Arc::new(Shared {
         base: Instant::now(),
         stop: AtomicBool::new(false),
-        joined: AtomicU64::new(0),
+        connects,
+        connected: AtomicU64::new(0),
+        storms,
+        released_at: AtomicU64::new(0),
+        welcomed: AtomicU64::new(0),
+        within_target: AtomicU64::new(0),
+        last_welcome: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         heartbeats: AtomicU64::new(0),
+        route_messages: AtomicU64::new(0),
+        connect_max: AtomicU64::new(0),
+        answer_max: AtomicU64::new(0),
+        restarting: AtomicBool::new(false),
         victim: AtomicU64::new(u64::MAX),
         victim_last_hb: AtomicU64::new(0),
         armed_at: AtomicU64::new(u64::MAX),
@@ -165,7 +279,8 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
     });
     let generator = {
         let shared = shared.clone();
-        spawn_in_netns(&bed.gateway_ns(), move || -> Result<()> {
+        // Another namespace than the daemon's: the hellos cross the test bed's veth.
+        spawn_in_netns(&bed.node_ns(1), move || -> Result<()> {
             // Both cores, at a lower priority than the daemon: the generator takes what the
             // daemon leaves of CPU 1 and never delays it.
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -179,26 +294,10 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
             runtime.block_on(load(nodes, shared))
         })?
     };
+    let socket = std::env::temp_dir().join(format!("{INSTANCE}.sock"));
     let result = (|| -> Result<Point> {
-        let start = Instant::now();
-        while (shared.joined.load(Ordering::SeqCst) as usize) < nodes {
-            if shared.failed.load(Ordering::SeqCst) > 0 {
-                bail!(
-                    "{} simulated nodes could not register (joined {}); the daemon said: {:?}",
-                    shared.failed.load(Ordering::SeqCst),
-                    shared.joined.load(Ordering::SeqCst),
-                    daemon.drain()
-                );
-            }
-            if start.elapsed() > Duration::from_secs(120) {
-                bail!(
-                    "only {} of {nodes} nodes joined in 120 s",
-                    shared.joined.load(Ordering::SeqCst)
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let join_seconds = start.elapsed().as_secs_f64();
+        let join = storm(1, nodes, &shared, &mut daemon, &objects.halod, &socket)?;
+        let pid = daemon.pid();
         // Let the heartbeats settle, then measure a steady window.
         thread::sleep(Duration::from_secs(2));
         let cpu_before = process_cpu_ns(pid)?;
@@ -209,51 +308,24 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
         let elapsed = t.elapsed().as_secs_f64();
         let heartbeats = (shared.heartbeats.load(Ordering::SeqCst) - hb_before) as f64 / elapsed;
         let rss_loaded = rss_bytes(pid)?;
-
-        let mut detection_ms = Vec::new();
-        for v in 0..VICTIMS {
-            // The last joined nodes hold the last slots: each failure returns only their
-            // routes to the slots they came from.
-            let victim = nodes - 1 - v;
-            shared.first_event.store(0, Ordering::SeqCst);
-            shared.victim_last_hb.store(0, Ordering::SeqCst);
-            shared.victim.store(victim as u64, Ordering::SeqCst);
-            // The victim notes its last heartbeat when it sees it must stop.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while shared.victim_last_hb.load(Ordering::SeqCst) == 0 {
-                if Instant::now() > deadline {
-                    bail!("the victim node did not stop its heartbeats");
-                }
-                thread::sleep(Duration::from_millis(1));
-            }
-            let last_hb = shared.victim_last_hb.load(Ordering::SeqCst);
-            shared.armed_at.store(last_hb, Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let first = loop {
-                let first = shared.first_event.load(Ordering::SeqCst);
-                if first != 0 {
-                    break first;
-                }
-                if Instant::now() > deadline {
-                    bail!("the silent node {victim} was not failed within 10 s");
-                }
-                thread::sleep(Duration::from_millis(1));
-            };
-            detection_ms.push((first.saturating_sub(last_hb)) as f64 / 1e6);
-            shared.armed_at.store(u64::MAX, Ordering::SeqCst);
-            thread::sleep(Duration::from_millis(200));
-        }
+        let detection_ms = detect(nodes, &shared)?;
+        let reconnect = restart(nodes, &shared, &mut daemon, bed, objects, &path, &socket)
+            .map_err(|e| format!("{e:#}"));
         Ok(Point {
             nodes,
-            join_seconds,
+            join,
             rss_idle,
             rss_loaded,
             cpu_percent: 100.0 * cpu as f64 / 1e9 / elapsed,
             heartbeats_per_second: heartbeats,
             detection_ms,
+            reconnect,
         })
     })();
     shared.stop.store(true, Ordering::SeqCst);
+    // Tasks still waiting for a storm are let go.
+    shared.connects.send_replace(u64::MAX);
+    shared.storms.send_replace(u64::MAX);
     let generated = generator.join();
     drop(daemon); // stops the daemon, then `halod teardown`
     let point = result?;
@@ -262,6 +334,168 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
         Ok(Ok(Err(e))) | Ok(Err(e)) => Err(e.context("the load generator")),
         Err(_) => bail!("the load generator panicked"),
     }
+}
+
+/// Releases storm `n` and waits until all `nodes` are welcomed, asking `halod status`
+/// every [`STATUS_EVERY`] meanwhile.
+fn storm(
+    n: u64,
+    nodes: usize,
+    shared: &Shared,
+    daemon: &mut Process,
+    halod: &Path,
+    socket: &Path,
+) -> Result<Storm> {
+    // Every node connects first; the storm is their hellos, all at once.
+    shared.connected.store(0, Ordering::SeqCst);
+    shared.connect_max.store(0, Ordering::SeqCst);
+    shared.connects.send_replace(n);
+    let connecting = Instant::now();
+    while (shared.connected.load(Ordering::SeqCst) as usize) < nodes {
+        if shared.failed.load(Ordering::SeqCst) > 0 {
+            bail!(
+                "{} simulated nodes could not connect",
+                shared.failed.load(Ordering::SeqCst)
+            );
+        }
+        if connecting.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {nodes} nodes connected in 120 s",
+                shared.connected.load(Ordering::SeqCst)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let messages_before = shared.route_messages.load(Ordering::SeqCst);
+    let mut status_max = Duration::ZERO;
+    let mut status_calls = 0;
+    let mut log = Vec::new();
+    shared.release(n);
+    let start = Instant::now();
+    while (shared.welcomed.load(Ordering::SeqCst) as usize) < nodes {
+        if shared.failed.load(Ordering::SeqCst) > 0 {
+            log.extend(daemon.drain());
+            bail!(
+                "{} simulated nodes could not register (welcomed {}); the daemon said: {:?}",
+                shared.failed.load(Ordering::SeqCst),
+                shared.welcomed.load(Ordering::SeqCst),
+                log
+            );
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {nodes} nodes were welcomed in 120 s",
+                shared.welcomed.load(Ordering::SeqCst)
+            );
+        }
+        let asked = Instant::now();
+        let output = Command::new(halod)
+            .arg("status")
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .context("running halod status")?;
+        if !output.status.success() {
+            bail!(
+                "halod status failed during the storm: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        status_max = status_max.max(asked.elapsed());
+        status_calls += 1;
+        log.extend(daemon.drain());
+        thread::sleep(STATUS_EVERY.saturating_sub(asked.elapsed()));
+    }
+    let released = shared.released_at.load(Ordering::SeqCst);
+    let seconds = shared
+        .last_welcome
+        .load(Ordering::SeqCst)
+        .saturating_sub(released) as f64
+        / 1e9;
+    // What the daemon logged until a moment after the last welcome.
+    thread::sleep(Duration::from_millis(200));
+    log.extend(daemon.drain());
+    Ok(Storm {
+        seconds,
+        within_target: shared.within_target.load(Ordering::SeqCst) as usize,
+        status_max_ms: status_max.as_secs_f64() * 1e3,
+        status_calls,
+        stalls: log.iter().filter(|l| l.contains(STALL_WARNING)).count(),
+        failed: log.iter().filter(|l| l.contains("node failed")).count(),
+        route_messages: shared.route_messages.load(Ordering::SeqCst) - messages_before,
+        connect_max_ms: shared.connect_max.load(Ordering::SeqCst) as f64 / 1e6,
+        answer_max_ms: shared.answer_max.load(Ordering::SeqCst) as f64 / 1e6,
+    })
+}
+
+/// Failure detection: three nodes go silent one after the other.
+fn detect(nodes: usize, shared: &Shared) -> Result<Vec<f64>> {
+    let mut detection_ms = Vec::new();
+    for v in 0..VICTIMS {
+        // The last joined nodes hold the last slots: each failure returns only their
+        // routes to the slots they came from.
+        let victim = nodes - 1 - v;
+        shared.first_event.store(0, Ordering::SeqCst);
+        shared.victim_last_hb.store(0, Ordering::SeqCst);
+        shared.victim.store(victim as u64, Ordering::SeqCst);
+        // The victim notes its last heartbeat when it sees it must stop.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while shared.victim_last_hb.load(Ordering::SeqCst) == 0 {
+            if Instant::now() > deadline {
+                bail!("the victim node did not stop its heartbeats");
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        let last_hb = shared.victim_last_hb.load(Ordering::SeqCst);
+        shared.armed_at.store(last_hb, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            let first = shared.first_event.load(Ordering::SeqCst);
+            if first != 0 {
+                break first;
+            }
+            if Instant::now() > deadline {
+                bail!("the silent node {victim} was not failed within 10 s");
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        detection_ms.push((first.saturating_sub(last_hb)) as f64 / 1e6);
+        shared.armed_at.store(u64::MAX, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(detection_ms)
+}
+
+/// The reconnect storm: SIGKILL, a new daemon, every live node back at once.
+fn restart(
+    nodes: usize,
+    shared: &Shared,
+    daemon: &mut super::halod::Gateway,
+    bed: &Testbed,
+    objects: &Objects,
+    path: &Path,
+    socket: &Path,
+) -> Result<Storm> {
+    // The victims of `detect` were failed: the others reconnect.
+    let live = nodes - VICTIMS;
+    shared.restarting.store(true, Ordering::SeqCst);
+    daemon.signal(Signal::SIGKILL)?;
+    let killed = Instant::now();
+    while shared.welcomed.load(Ordering::SeqCst) > 0 || killed.elapsed() < Duration::from_secs(1) {
+        // Wait until the nodes saw their connections end (`node` counts them down).
+        if killed.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "{} nodes did not see the killed daemon's connection end",
+                shared.welcomed.load(Ordering::SeqCst)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    daemon.replace(start_daemon(bed, objects, path)?);
+    let storm = storm(2, live, shared, daemon, &objects.halod, socket)?;
+    shared.restarting.store(false, Ordering::SeqCst);
+    Ok(storm)
 }
 
 fn wait_for_port(bed: &Testbed) -> Result<()> {
@@ -279,13 +513,11 @@ fn wait_for_port(bed: &Testbed) -> Result<()> {
 }
 
 async fn load(nodes: usize, shared: Arc<Shared>) -> Result<()> {
-    let joining = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
     let mut tasks = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let shared = shared.clone();
-        let joining = joining.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = node(i, nodes, &shared, &joining).await {
+            if let Err(e) = node(i, nodes, &shared).await {
                 shared.failed.fetch_add(1, Ordering::SeqCst);
                 eprintln!("bench: simulated node s{i}: {e:#}");
             }
@@ -297,11 +529,52 @@ async fn load(nodes: usize, shared: Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-async fn node(i: usize, nodes: usize, shared: &Shared, joining: &Semaphore) -> Result<()> {
-    let permit = joining.acquire().await?;
-    let stream = TcpStream::connect(NODES_LISTEN)
-        .await
-        .with_context(|| format!("connecting to {NODES_LISTEN}"))?;
+/// Waits until storm `n` is released; `false` when the run stops instead.
+async fn released(shared: &Shared, n: u64) -> bool {
+    let mut storms = shared.storms.subscribe();
+    let _ = storms.wait_for(|&released| released >= n).await;
+    !shared.stop.load(Ordering::SeqCst)
+}
+
+/// One simulated node: joins in storm 1, heartbeats, and after the daemon is killed
+/// reconnects in storm 2.
+async fn node(i: usize, nodes: usize, shared: &Shared) -> Result<()> {
+    for n in 1..=2 {
+        let mut connects = shared.connects.subscribe();
+        let _ = connects.wait_for(|&storm| storm >= n).await;
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let connecting = shared.now();
+        let stream = TcpStream::connect(NODES_LISTEN)
+            .await
+            .with_context(|| format!("connecting to {NODES_LISTEN}"))?;
+        shared
+            .connect_max
+            .fetch_max(shared.now() - connecting, Ordering::Relaxed);
+        shared.connected.fetch_add(1, Ordering::SeqCst);
+        if !released(shared, n).await {
+            return Ok(());
+        }
+        match session(i, nodes, stream, shared).await? {
+            Ended::Stopped | Ended::Failed => return Ok(()),
+            Ended::Restarted => continue,
+        }
+    }
+    Ok(())
+}
+
+enum Ended {
+    /// The run is over.
+    Stopped,
+    /// This node went silent and the gateway failed it.
+    Failed,
+    /// The daemon was killed: the node reconnects in the next storm.
+    Restarted,
+}
+
+async fn session(i: usize, nodes: usize, stream: TcpStream, shared: &Shared) -> Result<Ended> {
+    let said_hello = shared.now();
     let (reader, mut writer) = stream.into_split();
     let mut lines = BufReader::new(reader).lines();
     let hello = format!(
@@ -316,8 +589,10 @@ async fn node(i: usize, nodes: usize, shared: &Shared, joining: &Semaphore) -> R
     if !welcome.contains("\"welcome\"") {
         bail!("expected welcome, got {welcome}");
     }
-    drop(permit);
-    shared.joined.fetch_add(1, Ordering::SeqCst);
+    shared
+        .answer_max
+        .fetch_max(shared.now() - said_hello, Ordering::Relaxed);
+    shared.welcome();
     // Spread the heartbeats of all nodes over the interval.
     let offset = Duration::from_micros((HEARTBEAT_MS * 1000) * i as u64 / nodes as u64);
     let mut ticks = tokio::time::interval_at(
@@ -338,7 +613,7 @@ async fn node(i: usize, nodes: usize, shared: &Shared, joining: &Semaphore) -> R
     let mut last_sent = 0;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(Ended::Stopped);
         }
         tokio::select! {
             _ = ticks.tick() => {
@@ -350,27 +625,39 @@ async fn node(i: usize, nodes: usize, shared: &Shared, joining: &Semaphore) -> R
                     shared.victim_last_hb.store(last_sent.max(1), Ordering::SeqCst);
                     continue;
                 }
-                writer.write_all(b"{\"type\":\"hb\"}\n").await?;
+                if writer.write_all(b"{\"type\":\"hb\"}\n").await.is_err()
+                    && shared.restarting.load(Ordering::SeqCst)
+                {
+                    shared.welcomed.fetch_sub(1, Ordering::SeqCst);
+                    return Ok(Ended::Restarted);
+                }
                 last_sent = shared.now();
                 shared.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
             line = lines.next_line() => {
-                match line? {
-                    // What the gateway tells a live node is not timed.
-                    Some(_) => {}
-                    None => {
+                match line {
+                    // What the gateway tells a live node is not timed, only counted.
+                    Ok(Some(line)) => {
+                        if line.contains("\"moved\"") || line.contains("\"assigned\"") {
+                            shared.route_messages.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    end => {
                         if silent {
+                            // A failed (silent) node's connection is closed by the gateway.
                             note_event();
-                        } else if !shared.stop.load(Ordering::Relaxed) {
-                            bail!("the gateway closed the connection");
+                            shared.welcomed.fetch_sub(1, Ordering::SeqCst);
+                            return Ok(Ended::Failed);
                         }
-                        // A failed (silent) node's connection is closed by the gateway.
-                        loop {
-                            if shared.stop.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        if shared.restarting.load(Ordering::SeqCst) {
+                            shared.welcomed.fetch_sub(1, Ordering::SeqCst);
+                            return Ok(Ended::Restarted);
                         }
+                        if shared.stop.load(Ordering::Relaxed) {
+                            return Ok(Ended::Stopped);
+                        }
+                        end?;
+                        bail!("the gateway closed the connection");
                     }
                 }
             }
