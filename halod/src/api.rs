@@ -129,7 +129,7 @@ pub struct ListenerSummary {
     pub base_port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub nodes: usize,
     pub active: usize,

@@ -167,9 +167,6 @@ pub enum Request {
     },
     /// A copy of the node table (for the control socket and tests).
     Snapshot { reply: oneshot::Sender<Snapshot> },
-    /// The counts `halod status` shows, without the node table (cheap at
-    /// any number of nodes).
-    Summary { reply: oneshot::Sender<Summary> },
     /// An operator drains `name` (`halod drain`): a leave, announced to the
     /// node, which is then told it was drained and disconnected.
     Drain {
@@ -179,7 +176,7 @@ pub enum Request {
 }
 
 /// What `halod status` shows of the manager's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub counts: crate::api::Counts,
     pub last_failover: Option<Failover>,
@@ -205,6 +202,10 @@ pub struct Observers {
     pub metrics: Metrics,
     /// The config fingerprint to save with the table, and where to publish it.
     pub state: Option<(Fingerprint, watch::Sender<Option<SavedState>>)>,
+    /// Where the counts `halod status` shows are published, after every
+    /// turn of the manager: read without waiting for the manager, which a
+    /// storm of hellos keeps busy.
+    pub summary: Option<watch::Sender<Summary>>,
 }
 
 /// The registered nodes as the manager sees them.
@@ -609,6 +610,7 @@ impl<T: TablePush> Manager<T> {
                 }
                 () = sleep_until_some(self.publishing.due()) => self.publish_state(),
             }
+            self.publish_summary();
         }
         // The last table goes to the state writer, which outlives the manager.
         self.publishing.now();
@@ -667,9 +669,6 @@ impl<T: TablePush> Manager<T> {
             }
             Request::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
-            }
-            Request::Summary { reply } => {
-                let _ = reply.send(self.summary());
             }
             Request::Drain { name, reply } => {
                 let _ = reply.send(self.drain(name).await);
@@ -919,6 +918,7 @@ impl<T: TablePush> Manager<T> {
         entry.last_seen.store(now, Ordering::Relaxed);
         let last_seen = entry.last_seen.clone();
         let index = entry.index();
+        self.publish_summary();
         let delivered = greeting
             .reply
             .send(Ok(Registered {
@@ -1104,6 +1104,9 @@ impl<T: TablePush> Manager<T> {
                 .observe(started.elapsed().as_secs_f64());
         }
         self.publishing.changed();
+        // Before the nodes hear of it: a node told it joined finds itself
+        // counted.
+        self.publish_summary();
         for notification in &plan.notifications {
             match notification {
                 Notification::Moved { .. } => {}
@@ -1373,6 +1376,13 @@ impl<T: TablePush> Manager<T> {
             .chain(self.drains.next_end())
             .min()
             .map(|at| Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    /// Publishes [`Manager::summary`] for `halod status`.
+    fn publish_summary(&self) {
+        if let Some(summary) = &self.observers.summary {
+            summary.send_replace(self.summary());
+        }
     }
 
     /// The counts of the node table and the last failover.

@@ -22,7 +22,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -96,6 +96,8 @@ impl DaemonInfo {
 #[derive(Clone, Debug)]
 pub struct Services<D> {
     pub requests: mpsc::Sender<Request>,
+    /// The counts the manager published after its last turn.
+    pub summary: watch::Receiver<Summary>,
     pub dataplane: D,
     pub events: broadcast::Sender<Stamped>,
     pub metrics: Metrics,
@@ -107,16 +109,6 @@ impl<D: DataplaneView> Services<D> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Snapshot { reply })
-            .await
-            .ok()
-            .context("the node manager has stopped")?;
-        answer.await.context("the node manager has stopped")
-    }
-
-    async fn summary(&self) -> anyhow::Result<Summary> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Summary { reply })
             .await
             .ok()
             .context("the node manager has stopped")?;
@@ -227,7 +219,8 @@ impl<D: DataplaneView> Services<D> {
     }
 
     pub async fn status(&self) -> anyhow::Result<StatusReply> {
-        let summary = self.summary().await?;
+        // As of the manager's last turn: never waits for a busy manager.
+        let summary = self.summary.borrow().clone();
         let dataplane = self
             .dataplane
             .modes()

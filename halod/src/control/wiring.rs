@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::ConnectionContext;
-use super::manager::{Clock, Manager, Observers, Request, Settings};
+use super::manager::{Clock, Manager, Observers, Request, Settings, Summary};
 use super::metrics::Metrics;
 use super::policy::NodePolicy;
 use super::socket::{DaemonInfo, Services};
@@ -138,18 +138,21 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
     /// Starts the manager on `tasks`; it stops on `shutdown`.
     pub async fn start(self, tasks: &TaskTracker, shutdown: &CancellationToken) -> Wired<T> {
         let (events, _) = broadcast::channel::<Stamped>(EVENT_QUEUE);
+        let (summary, summaries) = watch::channel(Summary::default());
         let mut manager =
             Manager::new(self.cluster, self.settings, self.tables.clone(), self.clock).observe(
                 Observers {
                     events: Some(events.clone()),
                     metrics: self.metrics.clone(),
                     state: self.publish,
+                    summary: Some(summary.clone()),
                 },
             );
         if let Some((saved, grace)) = &self.restore {
             manager.restore(saved, *grace).await;
         }
         manager.adopt_drains(&self.drains);
+        summary.send_replace(manager.summary());
         let (requests, inbox) = mpsc::channel(self.queue);
         // Operators' requests get their own queue, which the manager serves
         // first: a storm of hellos does not hold `halod status` back.
@@ -158,6 +161,7 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
         Wired {
             services: Services {
                 requests: control,
+                summary: summaries,
                 dataplane: self.tables,
                 events,
                 metrics: self.metrics.clone(),
