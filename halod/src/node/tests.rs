@@ -40,6 +40,7 @@ fn options(gateway: &str, name: &str, last_octet: u8) -> ClientOptions {
         name: name.to_string(),
         addr: Some(Ipv4Addr::new(198, 19, 0, last_octet)),
         token: Some("t0ken".to_string()),
+        version: crate::protocol::VERSION,
     }
 }
 
