@@ -702,7 +702,7 @@ mod tests {
             let [a, b, c, _] = addr.octets();
             assert!(a == 198 && (b == 18 || b == 19), "{addr}");
             assert!(
-                c >= 1 && c < 255,
+                (1..255).contains(&c),
                 "{addr}: not in a test-bed subnet nor a source"
             );
             assert!(seen.insert(addr), "{addr} twice");

@@ -828,29 +828,6 @@ fn routing_core(previous: &str) -> String {
     previous[start..].to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_routing_core_section_is_kept_verbatim() {
-        let before = "# x\n\n## Forwarding\nold\n## Routing core\nhand\n| a |\n\n## Later\nz\n";
-        assert_eq!(
-            routing_core(before),
-            "## Routing core\nhand\n| a |\n\n## Later\nz\n",
-            "the hand-written sections after it too"
-        );
-        let last = "# x\n## Routing core\nhand\n";
-        assert_eq!(routing_core(last), "## Routing core\nhand\n");
-    }
-
-    #[test]
-    fn thousands_are_grouped() {
-        assert_eq!(thousands(1234567.4), "1,234,567");
-        assert_eq!(thousands(999.0), "999");
-    }
-}
-
 /// Issue 15's heartbeat target: under 20% of one core at 100,000 heartbeats a second,
 /// the daemon's CPU and the XDP program's run time together.
 fn heartbeat_target(results: &Results) -> Option<Target> {
@@ -955,4 +932,27 @@ fn heartbeats_section(md: &mut String, ctx: &Context, results: &Results) {
         }
     }
     let _ = writeln!(md);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_core_section_is_kept_verbatim() {
+        let before = "# x\n\n## Forwarding\nold\n## Routing core\nhand\n| a |\n\n## Later\nz\n";
+        assert_eq!(
+            routing_core(before),
+            "## Routing core\nhand\n| a |\n\n## Later\nz\n",
+            "the hand-written sections after it too"
+        );
+        let last = "# x\n## Routing core\nhand\n";
+        assert_eq!(routing_core(last), "## Routing core\nhand\n");
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+    }
 }
