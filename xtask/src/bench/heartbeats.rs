@@ -62,6 +62,20 @@ const GENERATOR_NICE: libc::c_int = 10;
 /// Generous (as in the scale section): the generator shares the two cores with the
 /// daemon, and its own delays must not fail nodes. Detection is reported against it.
 pub const DEAD_AFTER: u32 = 30;
+/// Version 1 at 10,000 nodes keeps the daemon's core busy, and a node's heartbeats can
+/// wait seconds in the niced generator: a longer window still.
+pub const DEAD_AFTER_V1: u32 = 100;
+
+impl Load {
+    /// The `dead_after` of the row's gateway.
+    pub fn dead_after(&self) -> u32 {
+        if self.version == 1 {
+            DEAD_AFTER_V1
+        } else {
+            DEAD_AFTER
+        }
+    }
+}
 /// Source addresses of the registrations (on `lo` in the gateway namespace).
 const SOURCES: u8 = 16;
 /// As in the scale section: a faster mass join leaves nodes' `moved` messages unread
@@ -193,10 +207,11 @@ fn config_text(load: Load) -> String {
          vip: 198.18.0.1\n\
          routes: {ROUTES}\n\
          listeners:\n  - {{name: bench, base_port: {BASE_PORT}}}\n\
-         nodes:\n  listen: {NODES_LISTEN}\n  heartbeat_ms: {hb}\n  dead_after: {DEAD_AFTER}\n  \
+         nodes:\n  listen: {NODES_LISTEN}\n  heartbeat_ms: {hb}\n  dead_after: {dead}\n  \
          reconnect_grace_ms: 0\n  spares: 0\n  max_active: {MAX_ACTIVE}\n  max_nodes: {max}\n  \
          drain_ms: 0\n  flush_pps: 0\n",
         hb = load.heartbeat_ms,
+        dead = load.dead_after(),
         max = load.nodes + 16,
         dir = dir.display(),
     )
@@ -335,11 +350,12 @@ fn measure(bed: &Testbed, objects: &Objects, load: Load, window: u64) -> Result<
         let sent_before = shared.sent.load(Ordering::SeqCst);
         let t = Instant::now();
         thread::sleep(Duration::from_secs(window));
+        let sent = shared.sent.load(Ordering::SeqCst) - sent_before;
         let cpu = process_cpu_ns(pid)? - cpu_before;
         let xdp = program_stats(program)?;
         let elapsed = t.elapsed().as_secs_f64();
         drop(stats);
-        let offered = (shared.sent.load(Ordering::SeqCst) - sent_before) as f64 / elapsed;
+        let offered = sent as f64 / elapsed;
         let xdp_ns = xdp.0.saturating_sub(xdp_before.0);
         let xdp_runs = xdp.1.saturating_sub(xdp_before.1);
 
@@ -358,7 +374,7 @@ fn measure(bed: &Testbed, objects: &Objects, load: Load, window: u64) -> Result<
             }
             let last_hb = shared.victim_last_hb.load(Ordering::SeqCst);
             shared.armed_at.store(last_hb, Ordering::SeqCst);
-            let dead = Duration::from_millis(load.heartbeat_ms * u64::from(DEAD_AFTER));
+            let dead = Duration::from_millis(load.heartbeat_ms * u64::from(load.dead_after()));
             let deadline = Instant::now() + dead + Duration::from_secs(10);
             let first = loop {
                 let first = shared.first_event.load(Ordering::SeqCst);
@@ -589,6 +605,7 @@ fn udp_heartbeats(
     pin_thread(GENERATOR_CPU)?;
     // Built when the node's key is known.
     let mut packets: Vec<Option<[u8; 44]>> = vec![None; keys.len()];
+    let mut last_sent = [0u64; VICTIMS];
     // SAFETY: plain socket syscalls with valid arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -613,8 +630,12 @@ fn udp_heartbeats(
         let mut next: u64 = 0;
         let mut silenced: Option<usize> = None;
         let mut victim_seen = u64::MAX;
+        // Behind by more than this (the thread did not run), the missed heartbeats are
+        // skipped, not sent in a burst: the offered rate never exceeds the nominal one.
+        let most_behind = (per_ns * 10e6) as u64 + BATCH as u64;
         while !shared.stop.load(Ordering::Relaxed) {
             let due = (start.elapsed().as_nanos() as f64 * per_ns) as u64;
+            next = next.max(due.saturating_sub(most_behind));
             while next < due {
                 let count = ((due - next) as usize).min(BATCH);
                 let mut iovecs = Vec::with_capacity(count);
@@ -626,9 +647,8 @@ fn udp_heartbeats(
                         // Its next heartbeat is the one it does not send.
                         victim_seen = victim;
                         silenced = Some(i);
-                        // Its last one left an interval ago (sends are paced
-                        // within a millisecond).
-                        let last = shared.now().saturating_sub(interval.as_nanos() as u64);
+                        let last = packets.len() - 1 - i;
+                        let last = last_sent.get(last).copied().unwrap_or(0);
                         shared.victim_last_hb.store(last.max(1), Ordering::SeqCst);
                     }
                     if silenced == Some(i) {
@@ -643,6 +663,10 @@ fn udp_heartbeats(
                         packets[i] = Some(datagram(sim_addr(i), id, key));
                     }
                     let Some(packet) = &packets[i] else { continue };
+                    // The victims are the last nodes: when each last sent.
+                    if let Some(sent) = last_sent.get_mut(packets.len() - 1 - i) {
+                        *sent = shared.now();
+                    }
                     iovecs.push(libc::iovec {
                         iov_base: packet.as_ptr() as *mut libc::c_void,
                         iov_len: packet.len(),

@@ -880,7 +880,7 @@ fn heartbeats_section(md: &mut String, ctx: &Context, results: &Results) {
         "Command: `{}` (section `heartbeats`). Code: `xtask/src/bench/heartbeats.rs`, whose \
          doc comment has the method. Protocol version 1 (TCP `hb` lines) and version 2 (UDP \
          datagrams the XDP program stamps and drops) against one `halod run` each, pinned to \
-         CPU 1, `dead_after: {}`; CPU over {} s of steady heartbeats: the daemon's utime + \
+         CPU 1, `dead_after: {}` (version 1: {}, its daemon is saturated); CPU over {} s of steady heartbeats: the daemon's utime + \
          stime and the XDP program's run time (BPF run-time statistics), each as a share of \
          one core. The kernel's cost of carrying the datagrams to the program (the \
          generator's raw socket, veths, bridge) is on the generator's CPU and not counted, \
@@ -893,6 +893,7 @@ fn heartbeats_section(md: &mut String, ctx: &Context, results: &Results) {
          nodes x 1/s or 50,000 x 10/s cannot be registered on this VM.\n",
         ctx.command,
         heartbeats::DEAD_AFTER,
+        heartbeats::DEAD_AFTER_V1,
         h.window_seconds,
         thousands(heartbeats::MOST_NODES as f64),
     );
@@ -923,7 +924,7 @@ fn heartbeats_section(md: &mut String, ctx: &Context, results: &Results) {
                     r.total_percent(),
                     r.join_seconds,
                     det.join(", "),
-                    r.load.heartbeat_ms * u64::from(heartbeats::DEAD_AFTER),
+                    r.load.heartbeat_ms * u64::from(r.load.dead_after()),
                 );
             }
             Err(e) => {
