@@ -1759,3 +1759,182 @@ fn without_recording_there_are_no_connection_estimates() {
         assert_eq!(bed.dataplane.stats().unwrap().connections, None);
     });
 }
+
+/// The gateway's own address on the node side, where heartbeats go.
+const GATEWAY_INT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const HEARTBEAT_PORT: u16 = 7000;
+
+/// A UDP datagram from `src` (MAC `mac`) to the gateway's `port`.
+fn to_gateway(mac: Mac, src: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    frame(
+        (mac, INT_MAC),
+        (src, 45000),
+        (GATEWAY_INT, port),
+        64,
+        Udp,
+        payload,
+    )
+}
+
+/// A heartbeat payload as docs/protocol.md spells it, built here byte by
+/// byte, not by the code under test.
+fn heartbeat(id: u32, key: u64) -> Vec<u8> {
+    let mut payload = b"HLHB".to_vec();
+    payload.extend_from_slice(&id.to_be_bytes());
+    payload.extend_from_slice(&key.to_be_bytes());
+    payload
+}
+
+#[test]
+fn udp_heartbeats_are_stamped_and_dropped_and_nothing_else_is() {
+    in_netns(false, |bed| {
+        bed.table();
+        bed.dataplane.set_heartbeat_port(HEARTBEAT_PORT).unwrap();
+        let stamps = bed.dataplane.heartbeats().unwrap();
+        assert_eq!(stamps.len(), 8);
+        // Node A (index 0) is active; node C (index 3) a spare, in no slot.
+        const KEY_A: u64 = 0x1122_3344_5566_7788;
+        const KEY_C: u64 = 0x0102_0304_0506_0708;
+        assert!(stamps.arm(0, KEY_A, NODE_A, 1));
+        assert!(stamps.arm(3, KEY_C, NODE_C, 1));
+        assert!(stamps.arm(1, 0x99, NODE_B, 1));
+
+        // Stamped and dropped.
+        for (name, mac, src, id, key) in [
+            ("an active node's heartbeat", NODE_A_MAC, NODE_A, 0, KEY_A),
+            ("a spare's heartbeat", NODE_C_MAC, NODE_C, 3, KEY_C),
+        ] {
+            let before = bed.reason("heartbeat");
+            let (verdict, _) = bed.run(
+                &to_gateway(mac, src, HEARTBEAT_PORT, &heartbeat(id, key)),
+                bed.int,
+            );
+            assert_eq!(verdict, XDP_DROP, "{name}: verdict");
+            assert_eq!(bed.reason("heartbeat"), before + 1, "{name}: counter");
+            let stamp = stamps.last_ns(id).unwrap();
+            let now = halod::dataplane::heartbeats::coarse_now_ns();
+            assert!(
+                stamp > 1 && stamp <= now,
+                "{name}: stamp {stamp}, now {now}"
+            );
+        }
+
+        // Refused: counted, dropped, nothing stamped.
+        let stamp_a = stamps.last_ns(0).unwrap();
+        let stamp_b = stamps.last_ns(1).unwrap();
+        for (name, mac, src, payload) in [
+            ("a wrong key", NODE_A_MAC, NODE_A, heartbeat(0, KEY_A ^ 1)),
+            ("key 0", NODE_A_MAC, NODE_A, heartbeat(0, 0)),
+            (
+                "node B's id from node A",
+                NODE_A_MAC,
+                NODE_A,
+                heartbeat(1, 0x99),
+            ),
+            (
+                "an id past the table",
+                NODE_A_MAC,
+                NODE_A,
+                heartbeat(8, KEY_A),
+            ),
+            ("an id with no node", NODE_A_MAC, NODE_A, heartbeat(5, 0)),
+            (
+                "node A's key from another address",
+                NODE_C_MAC,
+                Ipv4Addr::new(198, 19, 0, 77),
+                heartbeat(0, KEY_A),
+            ),
+        ] {
+            let before = bed.reason("drop_heartbeat");
+            let (verdict, _) = bed.run(&to_gateway(mac, src, HEARTBEAT_PORT, &payload), bed.int);
+            assert_eq!(verdict, XDP_DROP, "{name}: verdict");
+            assert_eq!(bed.reason("drop_heartbeat"), before + 1, "{name}: counter");
+        }
+        assert_eq!(
+            stamps.last_ns(0),
+            Some(stamp_a),
+            "node A stamped by a refused heartbeat"
+        );
+        assert_eq!(
+            stamps.last_ns(1),
+            Some(stamp_b),
+            "node B stamped by a refused heartbeat"
+        );
+
+        // Not heartbeats: the kernel's, untouched.
+        let good = heartbeat(3, KEY_C);
+        let mut other_magic = good.clone();
+        other_magic[0] = b'X';
+        let mut longer = good.clone();
+        longer.push(0);
+        let cases = vec![
+            (
+                "a short payload",
+                to_gateway(NODE_C_MAC, NODE_C, HEARTBEAT_PORT, &good[..15]),
+            ),
+            (
+                "a longer payload",
+                to_gateway(NODE_C_MAC, NODE_C, HEARTBEAT_PORT, &longer),
+            ),
+            (
+                "another magic",
+                to_gateway(NODE_C_MAC, NODE_C, HEARTBEAT_PORT, &other_magic),
+            ),
+            (
+                "another port",
+                to_gateway(NODE_C_MAC, NODE_C, HEARTBEAT_PORT + 1, &good),
+            ),
+        ];
+        let stamp_c = stamps.last_ns(3).unwrap();
+        bed.check_all(
+            cases
+                .into_iter()
+                .map(|(name, frame)| (name, Int, frame, Pass("pass_not_ours"))),
+        );
+        assert_eq!(
+            stamps.last_ns(3),
+            Some(stamp_c),
+            "node C stamped by a non-heartbeat"
+        );
+        // An active node's datagram to the port that is no heartbeat is not
+        // taken for one either.
+        bed.check(
+            "an active node's other datagram to the heartbeat port",
+            Int,
+            &to_gateway(NODE_A_MAC, NODE_A, HEARTBEAT_PORT, b"hello"),
+            &Pass("pass_not_route_port"),
+        );
+        // A node's answer to a client whose port is the heartbeat port is
+        // routed as ever, even with a heartbeat's payload.
+        let out = frame(
+            (EXT_MAC, CLIENT_MAC),
+            (VIP, 8002),
+            (CLIENT, HEARTBEAT_PORT),
+            63,
+            Udp,
+            &heartbeat(0, 1),
+        );
+        bed.check(
+            "a node's answer to a client on the heartbeat port",
+            Int,
+            &frame(
+                (NODE_A_MAC, INT_MAC),
+                (NODE_A, 8002),
+                (CLIENT, HEARTBEAT_PORT),
+                64,
+                Udp,
+                &heartbeat(0, 1),
+            ),
+            &Out(out),
+        );
+
+        // With the port off (0), heartbeats are the kernel's.
+        bed.dataplane.set_heartbeat_port(0).unwrap();
+        bed.check(
+            "a heartbeat while the port is off",
+            Int,
+            &to_gateway(NODE_C_MAC, NODE_C, HEARTBEAT_PORT, &good),
+            &Pass("pass_not_ours"),
+        );
+    });
+}

@@ -4,9 +4,11 @@
 //! - [`checksum`]: RFC 1624 incremental checksum updates used by the rewrite.
 //! - [`listener`]: port <-> route arithmetic for listener groups.
 //! - [`packet`]: the header checks made before a packet is rewritten.
+//! - [`heartbeat`]: the UDP heartbeat datagram of protocol version 2.
 #![no_std]
 
 pub mod checksum;
+pub mod heartbeat;
 pub mod listener;
 pub mod maps;
 pub mod packet;

@@ -28,6 +28,9 @@ pub mod names {
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const RECENT_NODES: &str = "RECENT_NODES";
     pub const ROUTE_CONNECTIONS: &str = "ROUTE_CONNECTIONS";
+    /// Each node's heartbeat key and last UDP heartbeat. Not pinned: session
+    /// state; the nodes of a restarted daemon reconnect and get new keys.
+    pub const HEARTBEATS: &str = "HEARTBEATS";
     /// Every pinned map, in the order user space pins them.
     pub const ALL: [&str; 15] = [
         CONFIG,
@@ -97,8 +100,12 @@ pub struct Config {
     /// How long a next hop found by `bpf_fib_lookup` is reused from `NEXT_HOP`,
     /// in milliseconds; 0 looks every packet up.
     pub next_hop_ttl_ms: u32,
+    /// The UDP port of protocol version 2's heartbeats (wire order; all zero:
+    /// the program leaves heartbeats to the kernel stack).
+    pub heartbeat_port: [u8; 2],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Config>() == 44);
 
 /// Value of `ROUTE_SLOT[route - 1]`: the slot serving the route (0 for none),
 /// with [`ROUTE_DRAINING`] set while the route drains.
@@ -217,6 +224,25 @@ pub struct SlotNode {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<SlotNode>() == 12);
+
+/// Value of `HEARTBEATS[node index]`: the node's session key and its last
+/// UDP heartbeat. User space writes `key`, `addr` and `last_ns` when it
+/// welcomes the node and zeroes the entry when it forgets the node; the
+/// program (or the daemon's fallback socket) writes `last_ns` for every
+/// heartbeat whose key and source address match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatSlot {
+    /// The session key of the node's `welcome`; 0 (no node) never matches.
+    pub key: u64,
+    /// The last heartbeat, on the kernel's monotonic clock
+    /// (`bpf_ktime_get_coarse_ns`, `CLOCK_MONOTONIC_COARSE`).
+    pub last_ns: u64,
+    /// The node's address (wire bytes): a heartbeat must come from it.
+    pub addr: [u8; 4],
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<HeartbeatSlot>() == 24);
 
 /// Key of `NODE_BY_ADDR`: a node address as its wire bytes.
 #[repr(C)]
@@ -339,11 +365,17 @@ pub enum Reason {
     /// Last, so the indexes of a pinned counter map from an older build keep
     /// their meaning.
     PassDirect,
+    /// Dropped: a node's UDP heartbeat (protocol version 2), its key and
+    /// source address matched and its time was stamped in `HEARTBEATS`.
+    Heartbeat,
+    /// Dropped: a UDP heartbeat with an unknown id, a wrong key, or from an
+    /// address that is not its node's: nothing was stamped.
+    DropHeartbeat,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::ForwardedIn,
         Reason::ForwardedOut,
         Reason::PassNotConfigured,
@@ -360,6 +392,8 @@ impl Reason {
         Reason::PassFibFailed,
         Reason::DropMalformed,
         Reason::PassDirect,
+        Reason::Heartbeat,
+        Reason::DropHeartbeat,
     ];
     /// Number of reasons: the size of `REASON_COUNTERS`.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -383,6 +417,8 @@ impl Reason {
             Reason::PassFibFailed => "pass_fib_failed",
             Reason::DropMalformed => "drop_malformed",
             Reason::PassDirect => "pass_direct",
+            Reason::Heartbeat => "heartbeat",
+            Reason::DropHeartbeat => "drop_heartbeat",
         }
     }
 }
@@ -401,6 +437,7 @@ mod pod {
     unsafe impl aya::Pod for super::DrainFlow {}
     unsafe impl aya::Pod for super::FlowNode {}
     unsafe impl aya::Pod for super::RecentFlow {}
+    unsafe impl aya::Pod for super::HeartbeatSlot {}
 }
 
 #[cfg(test)]

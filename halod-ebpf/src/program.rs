@@ -2,8 +2,8 @@ use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams, xdp_action,
+        BPF_F_MMAPABLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{map, xdp},
@@ -12,14 +12,15 @@ use aya_ebpf::{
 };
 use halod_common::{
     checksum,
+    heartbeat::{self, PAYLOAD_LEN},
     listener::route_for_port,
     maps::{
         CLIENT_NEXT_HOP_SLOTS, CONFIG_ENABLED, CONFIG_RECENT_FLOWS, Config, Counter,
         DIRECT_FLOW_SLOTS, DRAIN_ACTIVE, DRAIN_NEW_PRESENT, DirectFlow, DrainFlow, FlowNode,
-        NODE_PRESENT, NextHop, NodeAddr, NodeIndex, ROUTE_DRAINING, Reason, RecentFlow, RecentNode,
-        RouteDrain, RouteSlot, SlotNode, client_slot, drain_counter,
+        HeartbeatSlot, NODE_PRESENT, NextHop, NodeAddr, NodeIndex, ROUTE_DRAINING, Reason,
+        RecentFlow, RecentNode, RouteDrain, RouteSlot, SlotNode, client_slot, drain_counter,
     },
-    packet::{self, IPPROTO_TCP},
+    packet::{self, IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -138,6 +139,14 @@ static RECENT_NODES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ROUTE_CONNECTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per node index: the node's heartbeat key, address and last UDP heartbeat
+/// (protocol version 2). Written by user space when it welcomes or forgets a
+/// node; `last_ns` written by the program for every heartbeat that matches.
+/// Memory-mappable, so the daemon reads the stamps by plain loads at its
+/// failure sweeps. Not pinned.
+#[map]
+static HEARTBEATS: Array<HeartbeatSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 const AF_INET: u8 = 2;
 const BPF_NOEXIST: u64 = 1;
 const TCP_FIN: u8 = 0x01;
@@ -159,7 +168,10 @@ pub fn halod(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn verdict(reason: Reason) -> u32 {
     count(reason);
-    if matches!(reason, Reason::DropMalformed) {
+    if matches!(
+        reason,
+        Reason::DropMalformed | Reason::Heartbeat | Reason::DropHeartbeat
+    ) {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -261,9 +273,28 @@ struct Hop {
 fn try_halod(ctx: &XdpContext) -> Result<u32, Reason> {
     let config = configuration()?;
     let frame = parse(ctx)?;
-    let direction = classify(config, &frame)?;
+    let direction = match classify(config, &frame) {
+        Ok(direction) => direction,
+        // A spare's heartbeat comes this way (only nodes in a slot are in
+        // `NODE_BY_ADDR`): it is for the gateway itself, not routed.
+        Err(Reason::PassNotOurs) => return Err(not_ours(ctx, config, &frame)),
+        Err(reason) => return Err(reason),
+    };
     let segment = transport(ctx, &frame)?;
-    let route = route_of(config, direction, &segment)?;
+    let route = match route_of(config, direction, &segment) {
+        Ok(route) => route,
+        // An active node's heartbeat is a packet from a node, as its answers
+        // to clients are, but from a port that is no route port: the routed
+        // path pays nothing for heartbeats. (One sent from a port that is a
+        // route port goes on as an answer, to the gateway's own address, and
+        // the kernel hands it to the daemon's heartbeat socket.)
+        Err(reason) => {
+            return Err(match direction {
+                Direction::Return(_) => heartbeat(ctx, config, &frame, &segment).unwrap_or(reason),
+                _ => reason,
+            });
+        }
+    };
     let target = match direction {
         Direction::Direct(index) => return Err(note_direct(index, &frame, &segment)),
         Direction::Inbound => {
@@ -277,6 +308,62 @@ fn try_halod(ctx: &XdpContext) -> Result<u32, Reason> {
     };
     let hop = next_hop(ctx, config, &frame, &segment, &target)?;
     Ok(forward(&frame, &segment, &target, route, &hop))
+}
+
+/// A packet that is not for the VIP nor from a node in a slot: a heartbeat
+/// (stamped or refused, and dropped), else the kernel's.
+#[inline(always)]
+fn not_ours(ctx: &XdpContext, config: &Config, frame: &Frame) -> Reason {
+    if frame.header.proto != IPPROTO_UDP {
+        return Reason::PassNotOurs;
+    }
+    match transport(ctx, frame) {
+        Ok(segment) => heartbeat(ctx, config, frame, &segment).unwrap_or(Reason::PassNotOurs),
+        Err(_) => Reason::PassNotOurs,
+    }
+}
+
+/// A UDP datagram to the heartbeat port whose payload is a heartbeat
+/// (`HLHB`, id, key: docs/protocol.md): its node's `HEARTBEATS` entry is
+/// stamped when the key and the source address are the node's (`Heartbeat`),
+/// else nothing is (`DropHeartbeat`); dropped either way. `None`: not a
+/// heartbeat, the packet goes its way.
+#[inline(always)]
+fn heartbeat(
+    ctx: &XdpContext,
+    config: &Config,
+    frame: &Frame,
+    segment: &Segment,
+) -> Option<Reason> {
+    let L4::Udp(udp) = segment.l4 else {
+        return None;
+    };
+    if config.heartbeat_port == [0, 0] || segment.destination_port != config.heartbeat_port {
+        return None;
+    }
+    // SAFETY: `transport` checked the bounds of the UDP header.
+    let length = u16::from_be_bytes(unsafe { (*udp).len });
+    if usize::from(length) != UdpHdr::LEN + PAYLOAD_LEN {
+        return None;
+    }
+    let payload = udp as usize + UdpHdr::LEN;
+    if payload + PAYLOAD_LEN > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: bounds checked just above; copied out at once.
+    let beat = heartbeat::parse_exact(unsafe { &*(payload as *const [u8; PAYLOAD_LEN]) })?;
+    let Some(slot) = HEARTBEATS.get_ptr_mut(beat.id) else {
+        return Some(Reason::DropHeartbeat);
+    };
+    // SAFETY: a value of a shared array; the fields are read and written
+    // whole (user space writes them with atomic stores).
+    unsafe {
+        if beat.key == 0 || (*slot).key != beat.key || (*slot).addr != frame.header.src_addr {
+            return Some(Reason::DropHeartbeat);
+        }
+        (*slot).last_ns = bpf_ktime_get_coarse_ns();
+    }
+    Some(Reason::Heartbeat)
 }
 
 /// The configuration user space wrote; until then every packet is the kernel's.

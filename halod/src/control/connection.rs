@@ -127,7 +127,7 @@ pub async fn serve<R, W>(
         &context,
     ))
     .await;
-    let Some((name, registered)) = registered else {
+    let Some((name, version, registered)) = registered else {
         return;
     };
     let Registered {
@@ -145,7 +145,10 @@ pub async fn serve<R, W>(
         tokio::select! {
             () = &mut shutdown => return,
             message = outbound.recv() => match message {
-                Some(message) => {
+                Some(mut message) => {
+                    if version < 2 {
+                        without_udp_heartbeats(&mut message);
+                    }
                     if let Err(reason) = Box::pin(write(&mut writer, &message)).await {
                         context.metrics.node_refused("slow_reader");
                         break reason;
@@ -204,8 +207,17 @@ pub async fn serve<R, W>(
     let _ = Box::pin(context.requests.send(closed)).await;
 }
 
+/// What a version-1 node is told: the manager's `welcome` offers UDP
+/// heartbeats to every node, and only version 2 knows them.
+fn without_udp_heartbeats(message: &mut Outbound) {
+    if let GatewayMessage::Welcome { hb_udp, .. } = message.as_mut() {
+        *hb_udp = None;
+    }
+}
+
 /// Reads and checks `hello` and registers the node with the manager; `None`
-/// when the connection ends or is refused (the node was told why).
+/// when the connection ends or is refused (the node was told why). With the
+/// name, the protocol version the node said.
 async fn register<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -213,7 +225,7 @@ async fn register<R, W>(
     peer: IpAddr,
     conn: ConnId,
     context: &ConnectionContext,
-) -> Option<(String, Registered)>
+) -> Option<(String, u32, Registered)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -243,12 +255,12 @@ where
     };
     let checked = match check_hello(&hello, peer, context.token.as_deref()) {
         Err(refusal) => Err((refusal_label(refusal.code), refusal)),
-        Ok((name, addr)) => match context.policy.check_address(addr) {
-            Ok(()) => Ok((name, addr)),
+        Ok((name, addr, version)) => match context.policy.check_address(addr) {
+            Ok(()) => Ok((name, addr, version)),
             Err(refusal) => Err(("address_not_allowed", refusal)),
         },
     };
-    let (name, addr) = match checked {
+    let (name, addr, version) = match checked {
         Ok(hello) => hello,
         Err((label, refusal)) => {
             refusal!(context.policy, %peer, code = %refusal.code, message = %refusal.message, "hello refused");
@@ -266,7 +278,7 @@ where
     };
     context.requests.send(request).await.ok()?;
     match answer.await {
-        Ok(Ok(registered)) => Some((name, registered)),
+        Ok(Ok(registered)) => Some((name, version, registered)),
         Ok(Err(refusal)) => {
             refusal!(context.policy, %peer, node = %name, code = %refusal.code, message = %refusal.message, "hello refused");
             context.metrics.node_refused(refusal_label(refusal.code));
@@ -277,12 +289,13 @@ where
     }
 }
 
-/// Checks a `hello` line: valid message, name, token and address.
+/// Checks a `hello` line: valid message, version, name, token and address.
+/// Returns the name, the address and the protocol version.
 pub fn check_hello(
     line: &str,
     peer: IpAddr,
     token: Option<&str>,
-) -> Result<(String, Ipv4Addr), Refusal> {
+) -> Result<(String, Ipv4Addr, u32), Refusal> {
     let bad = |message: String| Refusal {
         code: ErrorCode::BadRequest,
         message,
@@ -329,7 +342,7 @@ pub fn check_hello(
     if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
         return Err(bad(format!("{addr} cannot be a node address")));
     }
-    Ok((hello.name, addr))
+    Ok((hello.name, addr, hello.version))
 }
 
 /// Compares tokens in time that does not depend on where they differ.
@@ -389,7 +402,11 @@ mod tests {
     fn hello_checks() {
         assert_eq!(
             check_hello(r#"{"type":"hello","version":1,"name":"n1"}"#, PEER, None),
-            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11)))
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11), 1))
+        );
+        assert_eq!(
+            check_hello(r#"{"type":"hello","version":2,"name":"n1"}"#, PEER, None),
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11), 2))
         );
         assert_eq!(
             check_hello(
@@ -397,12 +414,16 @@ mod tests {
                 PEER,
                 None
             ),
-            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 99)))
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 99), 1))
         );
         let code = |line: &str, token| check_hello(line, PEER, token).map_err(|r| r.code);
         assert_eq!(code(r#"{"type":"hb"}"#, None), Err(ErrorCode::BadRequest));
         assert_eq!(
-            code(r#"{"type":"hello","version":2,"name":"n1"}"#, None),
+            code(r#"{"type":"hello","version":3,"name":"n1"}"#, None),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"type":"hello","version":0,"name":"n1"}"#, None),
             Err(ErrorCode::BadRequest)
         );
         assert_eq!(
@@ -432,7 +453,7 @@ mod tests {
                 r#"{"type":"hello","version":1,"name":"n1","token":"s"}"#,
                 Some("s")
             ),
-            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11)))
+            Ok(("n1".to_string(), Ipv4Addr::new(198, 19, 0, 11), 1))
         );
         let v6: IpAddr = "::ffff:198.19.0.12".parse().unwrap();
         assert_eq!(

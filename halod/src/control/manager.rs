@@ -23,7 +23,8 @@ pub use super::policy::Refusal;
 use super::state::{Coalescer, Fingerprint, STATE_VERSION, SavedNode, SavedState};
 use super::tables::{Flush, NodeTarget, TablePush, Write};
 use crate::api::{Failover, Stamped, WatchEvent, unix_ms};
-use crate::protocol::{ErrorCode, GatewayMessage, MovedRoute, RoutePorts};
+use crate::dataplane::heartbeats::{HeartbeatTable, coarse_now_ns, new_key};
+use crate::protocol::{ErrorCode, GatewayMessage, HbUdp, HeartbeatKey, MovedRoute, RoutePorts};
 use crate::routing::{self, Cluster, Event, Notification, Plan, Route, Slot, TableWrite};
 use halod_common::listener::port_for_route;
 
@@ -358,6 +359,17 @@ pub struct Manager<T> {
     /// Routes that moved away from live nodes and still reach them for the
     /// connections open at the move.
     drains: Drains,
+    /// Protocol version 2's UDP heartbeats, when the daemon takes them.
+    udp_heartbeats: Option<UdpHeartbeats>,
+}
+
+/// Where UDP heartbeats are stamped, and the port nodes send them to.
+struct UdpHeartbeats {
+    table: HeartbeatTable,
+    port: u16,
+    /// Per counter index, the stamp the last sweep took: only a newer one is
+    /// a new heartbeat.
+    taken: Vec<u64>,
 }
 
 impl<T: TablePush> Manager<T> {
@@ -375,7 +387,17 @@ impl<T: TablePush> Manager<T> {
             fatal: None,
             publishing: Coalescer::default(),
             drains: Drains::default(),
+            udp_heartbeats: None,
         }
+    }
+
+    /// Offers UDP heartbeats to `port` in every `welcome` (the connection
+    /// of a version-1 node leaves the offer out) and takes each node's last
+    /// heartbeat from `table` too, at the failure sweeps.
+    pub fn udp_heartbeats(mut self, table: HeartbeatTable, port: u16) -> Manager<T> {
+        let taken = vec![0; table.len()];
+        self.udp_heartbeats = Some(UdpHeartbeats { table, port, taken });
+        self
     }
 
     /// Reports events, metrics and states to `observers`.
@@ -977,6 +999,7 @@ impl<T: TablePush> Manager<T> {
             return false;
         }
         if let Some(entry) = self.nodes.retire(name) {
+            self.stop_udp_heartbeats(entry.index());
             self.drains.leave(
                 name,
                 Leaving {
@@ -1058,8 +1081,38 @@ impl<T: TablePush> Manager<T> {
     /// Drops a node's entry: closes its connection (after what is queued) and
     /// recycles its counter index.
     fn forget(&mut self, name: &str) {
-        self.nodes.remove(name);
+        if let Some(entry) = self.nodes.remove(name) {
+            self.stop_udp_heartbeats(entry.index());
+        }
         self.publishing.changed();
+    }
+
+    /// No UDP heartbeat counts for counter index `index` any more.
+    fn stop_udp_heartbeats(&self, index: u32) {
+        if let Some(udp) = &self.udp_heartbeats {
+            udp.table.disarm(index);
+        }
+    }
+
+    /// A new UDP heartbeat session for `name` (a new key, heard from now),
+    /// for its `welcome`; `None` without UDP heartbeats.
+    fn start_udp_heartbeats(&self, name: &str) -> Option<HbUdp> {
+        let udp = self.udp_heartbeats.as_ref()?;
+        let entry = self.nodes.get(name)?;
+        let key = match new_key() {
+            Ok(key) => key,
+            Err(error) => {
+                warn!(node = %name, %error, "no random heartbeat key; the node heartbeats over TCP");
+                return None;
+            }
+        };
+        udp.table
+            .arm(entry.index(), key, entry.addr(), coarse_now_ns())
+            .then_some(HbUdp {
+                port: udp.port,
+                id: entry.index(),
+                key: HeartbeatKey(key),
+            })
     }
 
     /// Carries out a plan: `moved` to the nodes that lose routes, then the
@@ -1259,6 +1312,7 @@ impl<T: TablePush> Manager<T> {
             role,
             heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
             routes,
+            hb_udp: self.start_udp_heartbeats(name),
         };
         self.send(name, message);
     }
@@ -1330,6 +1384,7 @@ impl<T: TablePush> Manager<T> {
         let now = self.clock.now_ms();
         let dead = self.settings.dead_window().as_millis() as u64;
         let mut failed: Vec<(String, Cause)> = Vec::new();
+        self.take_udp_heartbeats(now);
         for (name, entry) in self.nodes.iter() {
             match entry.awaiting {
                 Some(awaiting) => {
@@ -1359,6 +1414,35 @@ impl<T: TablePush> Manager<T> {
         self.end_drains().await;
         self.fail_overflowed().await;
         self.publish_state();
+    }
+
+    /// Brings every connected node's last sign of life up to its last UDP
+    /// heartbeat: the stamps are read here, at the sweeps, never per
+    /// heartbeat. A stamp is on the kernel's coarse monotonic clock; a new
+    /// one's age now is its age on the manager's clock (`now_ms`).
+    fn take_udp_heartbeats(&mut self, now_ms: u64) {
+        let Some(udp) = &mut self.udp_heartbeats else {
+            return;
+        };
+        let now_ns = coarse_now_ns();
+        for entry in self.nodes.values() {
+            if entry.awaiting.is_some() {
+                continue;
+            }
+            let index = entry.index() as usize;
+            let (Some(stamp), Some(taken)) =
+                (udp.table.last_ns(entry.index()), udp.taken.get_mut(index))
+            else {
+                continue;
+            };
+            if stamp > *taken {
+                *taken = stamp;
+                let age_ms = now_ns.saturating_sub(stamp) / 1_000_000;
+                entry
+                    .last_seen
+                    .fetch_max(now_ms.saturating_sub(age_ms), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Time until the earliest moment a node could fail (its dead window or

@@ -25,6 +25,7 @@ mod check;
 pub mod connection;
 pub mod drains;
 pub mod exporter;
+pub mod heartbeats;
 pub mod lock;
 pub mod manager;
 pub mod metrics;
@@ -255,6 +256,10 @@ struct Gateway {
     group: Option<nix::unistd::Gid>,
     metrics_listener: Option<TcpListener>,
     tables: dataplane::DataplaneHandle,
+    /// Protocol version 2's heartbeat stamps, and the socket for the
+    /// heartbeats the XDP program does not take.
+    heartbeats: dataplane::HeartbeatTable,
+    heartbeat_socket: tokio::net::UdpSocket,
     /// The drains an adopted data plane kept.
     drains: Vec<(
         crate::routing::Route,
@@ -304,12 +309,21 @@ impl Gateway {
                 config.nodes.listen
             )
         })?;
+        // UDP heartbeats go to the same address and port number as `hello`.
+        let heartbeat_socket = tokio::net::UdpSocket::bind(config.nodes.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "nodes.listen: cannot receive UDP heartbeats on {} (is the UDP port free?)",
+                    config.nodes.listen
+                )
+            })?;
         let control = socket::bind(&config.control.socket, group)?;
         let metrics_listener = match config.metrics.listen {
             Some(listen) => Some(exporter::bind(listen).await?),
             None => None,
         };
-        let (tables, drains) = start_dataplane(&config, saved.is_some())?;
+        let (tables, drains, heartbeats) = start_dataplane(&config, saved.is_some())?;
         Ok(Gateway {
             config,
             token,
@@ -322,6 +336,8 @@ impl Gateway {
             group,
             metrics_listener,
             tables,
+            heartbeats,
+            heartbeat_socket,
             drains,
         })
     }
@@ -342,6 +358,8 @@ impl Gateway {
             group,
             metrics_listener,
             tables,
+            heartbeats,
+            heartbeat_socket,
             drains,
         } = self;
         let state_path = config.state_file();
@@ -349,7 +367,8 @@ impl Gateway {
         let mut wiring = Wiring::new(&config, tables.clone())?
             .token(token)
             .publish(Fingerprint::of(&config), states)
-            .drains(drains);
+            .drains(drains)
+            .udp_heartbeats(heartbeats.clone(), config.nodes.listen.port());
         if let Some((saved, cluster)) = saved {
             let grace = std::time::Duration::from_millis(config.nodes.restart_grace_ms);
             wiring = wiring.restore(saved, cluster, grace);
@@ -398,6 +417,11 @@ impl Gateway {
             holder,
             shutdown.clone(),
         ));
+        tasks.spawn(heartbeats::serve(
+            heartbeat_socket,
+            heartbeats,
+            shutdown.clone(),
+        ));
         tasks.spawn(accept_loop(listener, wired.connections));
         let outcome = supervise(&shutdown, wired.manager, tables.stopped()).await;
         // Whatever ended it, every task stops now.
@@ -430,6 +454,8 @@ impl Gateway {
 /// The data plane `config` describes: with a saved table, the one the
 /// previous daemon left forwarding is adopted (forwarding never stops);
 /// otherwise whatever it left pinned is removed and a new one started.
+/// With it, its heartbeat stamps (a new map either way: the keys of the
+/// previous daemon's nodes die with it).
 /// The instance lock is held, so whatever is pinned for the instance is a
 /// previous daemon's.
 #[allow(clippy::type_complexity)]
@@ -443,6 +469,7 @@ fn start_dataplane(
         dataplane::NodeTarget,
         std::time::Duration,
     )>,
+    dataplane::HeartbeatTable,
 )> {
     let dataplane_config = dataplane::DataplaneConfig {
         instance: config.instance.clone(),
@@ -506,8 +533,14 @@ fn start_dataplane(
             ),
         }
     }
+    dataplane
+        .set_heartbeat_port(config.nodes.listen.port())
+        .context("writing the UDP heartbeat port into the data plane")?;
+    let heartbeats = dataplane
+        .heartbeats()
+        .context("mapping the heartbeat stamps")?;
     let drains = dataplane.drains();
-    Ok((dataplane::spawn(dataplane), drains))
+    Ok((dataplane::spawn(dataplane), drains, heartbeats))
 }
 
 /// How long the tasks have to stop once the daemon stops.

@@ -1074,3 +1074,122 @@ async fn a_burst_of_hellos_joins_together_and_every_node_knows_its_routes() {
     );
     assert_eq!(snapshot.spares.len(), 1);
 }
+
+/// A gateway that offers UDP heartbeats (protocol version 2) on port 7000,
+/// stamped in a table in memory, which the test stamps as the XDP program or
+/// the heartbeat socket would.
+async fn gateway_with_udp_heartbeats() -> (Gateway, crate::dataplane::HeartbeatTable) {
+    let config = test_config(&format!(
+        "heartbeat_ms: {}, dead_after: 3, drain_ms: 0",
+        HEARTBEAT.as_millis()
+    ));
+    let recorder = Recorder::default();
+    let table = crate::dataplane::HeartbeatTable::in_memory(config.nodes.max_nodes);
+    let wired = Wiring::new(&config, recorder.clone())
+        .unwrap()
+        .queue(64)
+        .udp_heartbeats(table.clone(), 7000)
+        .start(&TaskTracker::new(), &CancellationToken::new())
+        .await;
+    let gateway = Gateway {
+        requests: wired.requests,
+        recorder,
+        context: wired.connections,
+        next_conn: 0,
+    };
+    (gateway, table)
+}
+
+/// Sends UDP heartbeats for `node` (as `stamps` says) every heartbeat
+/// interval for `duration`, sending nothing over its connection.
+async fn udp_heartbeats_for(
+    table: &crate::dataplane::HeartbeatTable,
+    beat: halod_common::heartbeat::Heartbeat,
+    from: Ipv4Addr,
+    duration: Duration,
+) -> usize {
+    let mut stamped = 0;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        tokio::time::sleep(HEARTBEAT).await;
+        // The stamps are on the kernel's coarse clock, which the paused
+        // tokio clock does not move: let it tick (4 ms at most) so that each
+        // heartbeat is a new stamp.
+        std::thread::sleep(Duration::from_millis(5));
+        if table.accept(beat, from, crate::dataplane::heartbeats::coarse_now_ns()) {
+            stamped += 1;
+        }
+    }
+    stamped
+}
+
+#[tokio::test(start_paused = true)]
+async fn version_2_nodes_heartbeat_over_udp_and_fail_when_those_stop() {
+    let (mut gateway, table) = gateway_with_udp_heartbeats().await;
+    let offer = |message: GatewayMessage| match message {
+        GatewayMessage::Welcome { hb_udp, .. } => hb_udp,
+        other => panic!("expected welcome, got {other:?}"),
+    };
+    // A version-1 node hears nothing of UDP heartbeats: its welcome is as
+    // before; it heartbeats over TCP.
+    let mut n1 = gateway.connect(1, "n1", "").await;
+    assert_eq!(offer(n1.recv().await), None);
+    let beats = TestNode::heartbeat(n1.writer);
+    // A version-2 node is offered them: its id is its counter index, its
+    // key random and new at every welcome.
+    let (reader, writer) = gateway.open(2);
+    let mut n2 = TestNode {
+        name: "n3".to_string(),
+        reader,
+        writer,
+        lines: LineReader::new(),
+        routes: BTreeSet::new(),
+        role: None,
+    };
+    n2.send(r#"{"type":"hello","version":2,"name":"n3"}"#).await;
+    let hb_udp = offer(n2.recv().await).expect("a version-2 node's welcome has hb_udp");
+    let snapshot = gateway.snapshot().await;
+    let index = snapshot
+        .nodes
+        .iter()
+        .find(|n| n.name == "n3")
+        .unwrap()
+        .index;
+    assert_eq!((hb_udp.port, hb_udp.id), (7000, index));
+    assert_ne!(hb_udp.key.0, 0);
+    let beat = halod_common::heartbeat::Heartbeat {
+        id: hb_udp.id,
+        key: hb_udp.key.0,
+    };
+    // UDP heartbeats alone keep n3 alive for many dead windows.
+    let stamped = udp_heartbeats_for(&table, beat, addr(2), Duration::from_secs(2)).await;
+    assert!(stamped >= 15, "{stamped} heartbeats stamped");
+    let names = |snapshot: Snapshot| -> Vec<String> {
+        snapshot.nodes.into_iter().map(|n| n.name).collect()
+    };
+    assert_eq!(names(gateway.snapshot().await), ["n1", "n3"]);
+    // Heartbeats with another key, or from another address, do not count.
+    let forged = halod_common::heartbeat::Heartbeat {
+        key: beat.key ^ 1,
+        ..beat
+    };
+    assert_eq!(
+        udp_heartbeats_for(&table, forged, addr(2), Duration::from_millis(200)).await,
+        0
+    );
+    assert_eq!(
+        udp_heartbeats_for(&table, beat, addr(9), Duration::from_millis(200)).await,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(
+        names(gateway.snapshot().await),
+        ["n1"],
+        "n3 silent for a dead window"
+    );
+    // A forgotten node's key matches no more.
+    assert_eq!(table.last_ns(index), None);
+    assert!(!table.accept(beat, addr(2), crate::dataplane::heartbeats::coarse_now_ns()));
+    beats.abort();
+}

@@ -23,6 +23,7 @@ use super::state::{Fingerprint, SavedState};
 use super::tables::{DataplaneView, TablePush};
 use crate::api::Stamped;
 use crate::config::Config;
+use crate::dataplane::HeartbeatTable;
 use crate::routing::{Cluster, ClusterConfig};
 
 /// Requests queued for the manager before connection tasks wait.
@@ -47,6 +48,8 @@ pub struct Wiring<T> {
     drains: Vec<(crate::routing::Route, super::tables::NodeTarget, Duration)>,
     /// Where each new table is published for the state file.
     publish: Option<(Fingerprint, watch::Sender<Option<SavedState>>)>,
+    /// Protocol version 2's heartbeat stamps and port.
+    udp_heartbeats: Option<(HeartbeatTable, u16)>,
 }
 
 /// A started daemon core.
@@ -85,6 +88,7 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
             restore: None,
             drains: Vec::new(),
             publish: None,
+            udp_heartbeats: None,
         })
     }
 
@@ -114,6 +118,12 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
         states: watch::Sender<Option<SavedState>>,
     ) -> Self {
         self.publish = Some((fingerprint, states));
+        self
+    }
+
+    /// Offers version-2 nodes UDP heartbeats to `port`, stamped in `table`.
+    pub fn udp_heartbeats(mut self, table: HeartbeatTable, port: u16) -> Self {
+        self.udp_heartbeats = Some((table, port));
         self
     }
 
@@ -148,6 +158,9 @@ impl<T: TablePush + DataplaneView + 'static> Wiring<T> {
                     summary: Some(summary.clone()),
                 },
             );
+        if let Some((table, port)) = self.udp_heartbeats {
+            manager = manager.udp_heartbeats(table, port);
+        }
         if let Some((saved, grace)) = &self.restore {
             manager.restore(saved, *grace).await;
         }

@@ -15,6 +15,7 @@ mod actor;
 pub mod attached;
 mod batch;
 mod flush;
+pub mod heartbeats;
 mod object;
 mod table;
 
@@ -47,6 +48,7 @@ use serde::Serialize;
 
 pub use actor::{DataplaneHandle, spawn};
 pub use flush::{Flush, FlushSender, FlushStats, segment as flush_segment};
+pub use heartbeats::HeartbeatTable;
 use table::{AddrChange, Table};
 
 /// Where the maps of every instance are pinned (bpffs).
@@ -276,6 +278,8 @@ pub enum DataplaneError {
     },
     #[error("map {map} is missing from the XDP object")]
     MissingMap { map: &'static str },
+    #[error("map {map}: mapping it into memory (mmap, Linux 5.5 or later) failed: {error}")]
+    Mmap { map: &'static str, error: io::Error },
     #[error("pinning maps under {path}: {message}")]
     Pin { path: PathBuf, message: String },
     #[error("table write #{position} {write:?} refused, nothing written: {reason}")]
@@ -404,6 +408,7 @@ impl Dataplane {
             .map_max_entries(names::NODE_BY_ADDR, config.max_nodes)
             .map_max_entries(names::NEXT_HOP, config.max_nodes)
             .map_max_entries(names::DIRECT_NODES, config.max_nodes)
+            .map_max_entries(names::HEARTBEATS, config.max_nodes)
             .map_max_entries(names::ROUTE_DRAIN, routes)
             .map_max_entries(names::DRAIN_FLOWS, config.drain_flows.max(1))
             .map_max_entries(names::RECENT_FLOWS, config.flush_flows.max(1))
@@ -457,6 +462,7 @@ impl Dataplane {
                 CONFIG_ENABLED
             },
             next_hop_ttl_ms: NEXT_HOP_TTL.as_millis() as u32,
+            ..Default::default()
         };
         let mut dataplane = Dataplane {
             ebpf,
@@ -648,6 +654,35 @@ impl Dataplane {
         value.next_hop_ttl_ms = millis;
         map.set(0, value, 0)
             .map_err(map_error(names::CONFIG, "writing the next-hop TTL"))
+    }
+
+    /// Protocol version 2: the program stamps UDP heartbeats to `port`
+    /// (0: it leaves them to the kernel stack).
+    pub fn set_heartbeat_port(&mut self, port: u16) -> Result<(), DataplaneError> {
+        let mut map = self.array::<common::Config>(names::CONFIG)?;
+        let mut value = map
+            .get(&0, 0)
+            .map_err(map_error(names::CONFIG, "reading the configuration"))?;
+        value.heartbeat_port = port.to_be_bytes();
+        map.set(0, value, 0)
+            .map_err(map_error(names::CONFIG, "writing the heartbeat port"))
+    }
+
+    /// The program's heartbeat stamps (`HEARTBEATS`), mapped into this
+    /// process: see [`HeartbeatTable`].
+    pub fn heartbeats(&self) -> Result<HeartbeatTable, DataplaneError> {
+        let aya::maps::Map::Array(data) = self.map_ref(names::HEARTBEATS)? else {
+            return Err(DataplaneError::MissingMap {
+                map: names::HEARTBEATS,
+            });
+        };
+        use std::os::fd::AsFd;
+        HeartbeatTable::map(data.fd().as_fd(), self.config.max_nodes).map_err(|error| {
+            DataplaneError::Mmap {
+                map: names::HEARTBEATS,
+                error,
+            }
+        })
     }
 
     /// The next hop the program has cached for node index `index`, per CPU

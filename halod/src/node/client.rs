@@ -4,19 +4,20 @@
 //! it reads.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::protocol::{
-    DecodeError, ErrorCode, GatewayMessage, Hello, LineError, LineReader, NodeMessage, Role, Route,
-    VERSION,
+    DecodeError, ErrorCode, GatewayMessage, HbUdp, Hello, LineError, LineReader, NodeMessage, Role,
+    Route,
 };
+use halod_common::heartbeat::{self, Heartbeat};
 
 /// How long `connect` waits for the gateway's answer to `hello`.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,10 @@ pub struct ClientOptions {
     /// address this node connects from.
     pub addr: Option<Ipv4Addr>,
     pub token: Option<String>,
+    /// The protocol version to say in `hello` ([`crate::protocol::VERSION`]:
+    /// 2, with UDP heartbeats). A version-2 node refused with `bad_request`
+    /// (a gateway that speaks version 1 only) says `hello` again with 1.
+    pub version: u32,
 }
 
 /// Why the client stopped.
@@ -91,6 +96,10 @@ pub struct Client {
     role: Role,
     heartbeat_ms: u64,
     routes: BTreeMap<Route, Vec<u16>>,
+    /// The protocol version the gateway took.
+    version: u32,
+    /// Where heartbeats go as UDP datagrams (`None`: TCP `hb` lines).
+    udp_target: Option<SocketAddr>,
 }
 
 impl Drop for Client {
@@ -100,9 +109,24 @@ impl Drop for Client {
 }
 
 impl Client {
-    /// Connects, says `hello` and waits for `welcome`; heartbeats start.
-    /// Returns the client and the `welcome` message.
+    /// Connects, says `hello` and waits for `welcome`; heartbeats start
+    /// (as UDP datagrams when the `welcome` offers them). Returns the client
+    /// and the `welcome` message.
     pub async fn connect(options: &ClientOptions) -> Result<(Client, Received), ClientError> {
+        match Client::connect_with(options, options.version).await {
+            // A gateway that speaks version 1 only refuses any other.
+            Err(ClientError::Refused {
+                code: ErrorCode::BadRequest,
+                ..
+            }) if options.version > 1 => Client::connect_with(options, 1).await,
+            result => result,
+        }
+    }
+
+    async fn connect_with(
+        options: &ClientOptions,
+        version: u32,
+    ) -> Result<(Client, Received), ClientError> {
         let stream = TcpStream::connect(&options.gateway)
             .await
             .map_err(|source| ClientError::Connect {
@@ -110,9 +134,10 @@ impl Client {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let ends = (stream.local_addr(), stream.peer_addr());
         let (mut reader, mut writer) = stream.into_split();
         let hello = NodeMessage::Hello(Hello {
-            version: VERSION,
+            version,
             name: options.name.clone(),
             addr: options.addr,
             token: options.token.clone(),
@@ -127,12 +152,13 @@ impl Client {
             .map_err(|_| ClientError::NoWelcome)??
             .ok_or(ClientError::Closed)?;
         let message = GatewayMessage::decode(&line)?;
-        let (role, heartbeat_ms, routes) = match &message {
+        let (role, heartbeat_ms, routes, hb_udp) = match &message {
             GatewayMessage::Welcome {
                 role,
                 heartbeat_ms,
                 routes,
-            } => (*role, *heartbeat_ms, routes),
+                hb_udp,
+            } => (*role, *heartbeat_ms, routes, *hb_udp),
             GatewayMessage::Error { code, message } => {
                 return Err(ClientError::Refused {
                     code: *code,
@@ -146,9 +172,18 @@ impl Client {
             .iter()
             .map(|route| (route.route, route.ports.clone()))
             .collect();
+        let udp = match (hb_udp, ends) {
+            (Some(hb_udp), (Ok(local), Ok(peer))) => {
+                let source = options.addr.map_or(local.ip(), IpAddr::V4);
+                udp_heartbeats(hb_udp, source, peer.ip()).await
+            }
+            _ => None,
+        };
+        let udp_target = udp.as_ref().and_then(|(socket, _)| socket.peer_addr().ok());
         let (outgoing, queue) = mpsc::channel(4);
         let heartbeat = tokio::spawn(send_heartbeats(
             writer,
+            udp,
             Duration::from_millis(heartbeat_ms.max(1)),
             queue,
         ));
@@ -160,6 +195,8 @@ impl Client {
             role,
             heartbeat_ms,
             routes,
+            version,
+            udp_target,
         };
         Ok((client, Received { message, line }))
     }
@@ -178,6 +215,7 @@ impl Client {
                 role,
                 heartbeat_ms,
                 routes,
+                ..
             } => {
                 // Not sent twice by this protocol version; accept it as a resync.
                 self.role = *role;
@@ -256,6 +294,16 @@ impl Client {
         self.heartbeat_ms
     }
 
+    /// The protocol version the gateway took (1 after a fallback).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Where the heartbeats go as UDP datagrams; `None`: TCP `hb` lines.
+    pub fn udp_heartbeats(&self) -> Option<SocketAddr> {
+        self.udp_target
+    }
+
     /// Routes this node serves now with their ports, ascending by route.
     pub fn route_ports(&self) -> &BTreeMap<Route, Vec<u16>> {
         &self.routes
@@ -274,9 +322,43 @@ impl Client {
     }
 }
 
-/// Writes a heartbeat every `interval`, and whatever `queue` asks for.
+/// A socket for `welcome`'s `hb_udp`: from the node's address (`source`,
+/// which the gateway checks) to the heartbeat port of the gateway address
+/// the TCP connection reached, and the datagram to send. `None` (the node
+/// heartbeats over TCP) when no such socket can be made.
+async fn udp_heartbeats(
+    hb_udp: HbUdp,
+    source: IpAddr,
+    gateway: IpAddr,
+) -> Option<(UdpSocket, [u8; heartbeat::PAYLOAD_LEN])> {
+    let made = async {
+        let socket = UdpSocket::bind(SocketAddr::new(source, 0)).await?;
+        socket
+            .connect(SocketAddr::new(gateway, hb_udp.port))
+            .await?;
+        std::io::Result::Ok(socket)
+    };
+    match made.await {
+        Ok(socket) => Some((
+            socket,
+            heartbeat::encode(Heartbeat {
+                id: hb_udp.id,
+                key: hb_udp.key.0,
+            }),
+        )),
+        Err(error) => {
+            tracing::warn!(%source, %gateway, port = hb_udp.port, %error,
+                "cannot send UDP heartbeats from the node's address; heartbeating over TCP");
+            None
+        }
+    }
+}
+
+/// Writes a heartbeat every `interval` (a datagram on `udp`, else an `hb`
+/// line), and whatever `queue` asks for.
 async fn send_heartbeats(
     mut writer: OwnedWriteHalf,
+    udp: Option<(UdpSocket, [u8; heartbeat::PAYLOAD_LEN])>,
     interval: Duration,
     mut queue: mpsc::Receiver<(NodeMessage, oneshot::Sender<std::io::Result<()>>)>,
 ) {
@@ -285,11 +367,18 @@ async fn send_heartbeats(
     let heartbeat = NodeMessage::Hb {}.encode();
     loop {
         tokio::select! {
-            _ = ticks.tick() => {
-                if writer.write_all(heartbeat.as_bytes()).await.is_err() {
-                    return;
+            _ = ticks.tick() => match &udp {
+                // A lost datagram is a missed heartbeat, not a lost gateway
+                // (an ICMP error of an earlier one is reported here too).
+                Some((socket, datagram)) => {
+                    let _ = socket.send(datagram).await;
                 }
-            }
+                None => {
+                    if writer.write_all(heartbeat.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            },
             request = queue.recv() => match request {
                 Some((message, done)) => {
                     let _ = done.send(writer.write_all(message.encode().as_bytes()).await);

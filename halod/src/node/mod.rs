@@ -61,6 +61,12 @@ pub struct NodeArgs {
     /// exit).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
+    /// Protocol version to speak: 2 sends heartbeats as UDP datagrams (when
+    /// the gateway offers them), 1 as TCP lines. A gateway that speaks only
+    /// version 1 is answered with version 1 either way.
+    #[arg(long, default_value_t = crate::protocol::VERSION,
+        value_parser = clap::value_parser!(u32).range(1..=crate::protocol::VERSION as i64))]
+    pub protocol_version: u32,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -93,6 +99,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         name: args.name.clone(),
         addr: args.addr,
         token,
+        version: args.protocol_version,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

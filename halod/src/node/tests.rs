@@ -40,6 +40,7 @@ fn options(gateway: &str, name: &str, last_octet: u8) -> ClientOptions {
         name: name.to_string(),
         addr: Some(Ipv4Addr::new(198, 19, 0, last_octet)),
         token: Some("t0ken".to_string()),
+        version: crate::protocol::VERSION,
     }
 }
 
@@ -425,5 +426,87 @@ async fn a_node_that_leaves_drains_until_the_gateway_says_drain_done() {
         started.elapsed() >= Duration::from_millis(300),
         "drain_done came before the window ended"
     );
+    shutdown.cancel();
+}
+
+/// A gateway of a build that speaks version 1 only: it refuses `hello` with
+/// any other version as such a gateway does (`bad_request`), and welcomes a
+/// version-1 node. Returns its address and the versions it was offered.
+async fn version_1_gateway() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let offered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = offered.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, mut writer) = stream.into_split();
+            let mut lines = BufReader::new(reader).lines();
+            let hello = lines.next_line().await.unwrap().unwrap();
+            let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+            let version = hello["version"].as_u64().unwrap();
+            seen.lock().unwrap().push(version);
+            let answer = if version == 1 {
+                WELCOME_1_2_3.to_string()
+            } else {
+                format!(
+                    r#"{{"type":"error","code":"bad_request","message":"unsupported protocol version {version} (this build speaks 1)"}}"#
+                )
+            };
+            writer
+                .write_all(format!("{answer}\n").as_bytes())
+                .await
+                .unwrap();
+            // Held open until the test ends.
+            tokio::spawn(async move {
+                let _lines = lines;
+                let _writer = writer;
+                std::future::pending::<()>().await
+            });
+        }
+    });
+    (address, offered)
+}
+
+#[tokio::test]
+async fn a_version_2_client_falls_back_to_version_1_on_an_older_gateway() {
+    let (gateway, offered) = version_1_gateway().await;
+    let (client, welcome) = Client::connect(&options(&gateway, "n1", 11)).await.unwrap();
+    assert_eq!(*offered.lock().unwrap(), [2, 1]);
+    assert_eq!(client.version(), 1);
+    assert_eq!(
+        client.udp_heartbeats(),
+        None,
+        "TCP heartbeats with version 1"
+    );
+    assert_eq!(client.routes(), [1, 2, 3]);
+    assert!(matches!(
+        welcome.message,
+        GatewayMessage::Welcome { hb_udp: None, .. }
+    ));
+    // Asked for version 1, it says 1 at once.
+    let (gateway, offered) = version_1_gateway().await;
+    let options = ClientOptions {
+        version: 1,
+        ..options(&gateway, "n1", 11)
+    };
+    let (client, _) = Client::connect(&options).await.unwrap();
+    assert_eq!(*offered.lock().unwrap(), [1]);
+    assert_eq!(client.version(), 1);
+}
+
+#[tokio::test]
+async fn a_version_2_client_is_offered_udp_heartbeats_only_when_the_gateway_has_them() {
+    // The in-process gateway of these tests takes no UDP heartbeats: a
+    // version-2 welcome without `hb_udp` means heartbeats over TCP.
+    let (gateway, shutdown) = gateway(Some("t0ken")).await;
+    let (client, welcome) = Client::connect(&options(&gateway, "n1", 11)).await.unwrap();
+    assert_eq!(client.version(), 2);
+    assert!(matches!(
+        welcome.message,
+        GatewayMessage::Welcome { hb_udp: None, .. }
+    ));
+    assert_eq!(client.udp_heartbeats(), None);
     shutdown.cancel();
 }

@@ -9,8 +9,10 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// The protocol version this build speaks (`hello.version`).
-pub const VERSION: u32 = 1;
+/// The newest protocol version this build speaks (`hello.version`); it
+/// speaks every version from 1 up to this one. Version 2 adds UDP
+/// heartbeats ([`HbUdp`]).
+pub const VERSION: u32 = 2;
 /// Longest line in either direction, in bytes, including the `\n`.
 pub const MAX_LINE: usize = 4096;
 /// Longest node name, in bytes.
@@ -100,15 +102,60 @@ fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
+/// Where and how a version-2 node sends its UDP heartbeats (`welcome`'s
+/// `hb_udp`): 16-byte datagrams ([`halod_common::heartbeat`]) to `port` of
+/// the address its TCP connection reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HbUdp {
+    pub port: u16,
+    /// The node's id (its counter index).
+    pub id: u32,
+    /// The session's secret, new at every `welcome`: 16 hex digits.
+    pub key: HeartbeatKey,
+}
+
+/// A heartbeat key: a non-zero u64, on the wire as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatKey(pub u64);
+
+impl Serialize for HeartbeatKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HeartbeatKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HeartbeatKey::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl HeartbeatKey {
+    /// 16 hex digits, not all zero.
+    pub fn parse(text: &str) -> Result<HeartbeatKey, String> {
+        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("heartbeat key {text:?} is not 16 hex digits"));
+        }
+        match u64::from_str_radix(text, 16) {
+            Ok(0) | Err(_) => Err(format!("heartbeat key {text:?} is zero")),
+            Ok(key) => Ok(HeartbeatKey(key)),
+        }
+    }
+}
+
 /// What the gateway sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GatewayMessage {
-    /// Answer to `hello`: the node is registered.
+    /// Answer to `hello`: the node is registered. `hb_udp` only for a node
+    /// that said version 2.
     Welcome {
         role: Role,
         heartbeat_ms: u64,
         routes: Vec<RoutePorts>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hb_udp: Option<HbUdp>,
     },
     /// Routes the node gained.
     Assigned { routes: Vec<RoutePorts> },
@@ -140,7 +187,7 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("bad {kind:?} message: {reason}")]
     Invalid { kind: String, reason: String },
-    #[error("unsupported protocol version {0} (this build speaks {VERSION})")]
+    #[error("unsupported protocol version {0} (this build speaks 1 to {VERSION})")]
     Version(u32),
 }
 
@@ -203,7 +250,7 @@ impl NodeMessage {
         }
         let message: NodeMessage = decode(line, &["hello", "hb", "bye"])?;
         if let NodeMessage::Hello(hello) = &message
-            && hello.version != VERSION
+            && !(1..=VERSION).contains(&hello.version)
         {
             return Err(DecodeError::Version(hello.version));
         }
@@ -246,12 +293,14 @@ impl GatewayMessage {
                 role,
                 heartbeat_ms,
                 routes,
+                hb_udp,
             } => {
                 // The exact framing: `heartbeat_ms` can be up to 20 digits long.
                 let frame = line(&GatewayMessage::Welcome {
                     role: *role,
                     heartbeat_ms: *heartbeat_ms,
                     routes: Vec::new(),
+                    hb_udp: *hb_udp,
                 })
                 .len();
                 let assigned = line(&GatewayMessage::Assigned { routes: Vec::new() }).len();
@@ -260,6 +309,7 @@ impl GatewayMessage {
                     role: *role,
                     heartbeat_ms: *heartbeat_ms,
                     routes: first,
+                    hb_udp: *hb_udp,
                 })];
                 lines.extend(
                     rest.into_iter()
@@ -576,10 +626,19 @@ mod tests {
 
     #[test]
     fn bad_node_lines_say_why() {
-        assert_eq!(
-            NodeMessage::decode(r#"{"type":"hello","version":2,"name":"n1"}"#),
-            Err(DecodeError::Version(2))
-        );
+        for version in [0, 3, 4_000_000_000] {
+            let line = format!(r#"{{"type":"hello","version":{version},"name":"n1"}}"#);
+            assert_eq!(
+                NodeMessage::decode(&line),
+                Err(DecodeError::Version(version))
+            );
+        }
+        for version in [1, 2] {
+            let line = format!(r#"{{"type":"hello","version":{version},"name":"n1"}}"#);
+            assert!(
+                matches!(NodeMessage::decode(&line), Ok(NodeMessage::Hello(hello)) if hello.version == version)
+            );
+        }
         assert_eq!(
             NodeMessage::decode(r#"{"type":"ping"}"#),
             Err(DecodeError::UnknownType("ping".into()))
@@ -620,6 +679,7 @@ mod tests {
                 route: 3,
                 ports: vec![8002, 9002],
             }],
+            hb_udp: None,
         };
         assert_eq!(
             welcome.encode(),
@@ -627,6 +687,36 @@ mod tests {
                 "{\"type\":\"welcome\",\"role\":\"active\",\"heartbeat_ms\":100,\"routes\":[{\"route\":3,\"ports\":[8002,9002]}]}\n"
             ]
         );
+        // A version-2 node's welcome: `hb_udp` after the routes, the key as 16
+        // hex digits (leading zeros kept).
+        let welcome = GatewayMessage::Welcome {
+            role: Role::Spare,
+            heartbeat_ms: 100,
+            routes: vec![],
+            hb_udp: Some(HbUdp {
+                port: 7000,
+                id: 5,
+                key: HeartbeatKey(0x00ab_cdef_0123_4567),
+            }),
+        };
+        let line = "{\"type\":\"welcome\",\"role\":\"spare\",\"heartbeat_ms\":100,\"routes\":[],\"hb_udp\":{\"port\":7000,\"id\":5,\"key\":\"00abcdef01234567\"}}\n";
+        assert_eq!(welcome.encode(), vec![line]);
+        assert_eq!(GatewayMessage::decode(line.trim_end()).unwrap(), welcome);
+        for bad in [
+            "0000000000000000",
+            "abc",
+            "00abcdef0123456g",
+            "00abcdef012345678",
+        ] {
+            let line = line.replace("00abcdef01234567", bad);
+            assert!(
+                matches!(
+                    GatewayMessage::decode(line.trim_end()),
+                    Err(DecodeError::Invalid { .. })
+                ),
+                "key {bad:?} accepted"
+            );
+        }
         let moved = GatewayMessage::Moved {
             routes: vec![
                 MovedRoute {
@@ -696,6 +786,7 @@ mod tests {
             role: Role::Active,
             heartbeat_ms: 60_000,
             routes: routes.clone(),
+            hb_udp: None,
         }
         .encode();
         assert!(lines.len() > 10);
@@ -768,6 +859,11 @@ mod tests {
                     role: Role::Active,
                     heartbeat_ms: u64::MAX,
                     routes: plain,
+                    hb_udp: Some(HbUdp {
+                        port: u16::MAX,
+                        id: u32::MAX,
+                        key: HeartbeatKey(u64::MAX),
+                    }),
                 },
             ] {
                 for line in message.encode() {
@@ -785,7 +881,8 @@ mod tests {
             GatewayMessage::Welcome {
                 role: Role::Spare,
                 heartbeat_ms: 100,
-                routes: vec![]
+                routes: vec![],
+                hb_udp: None,
             }
             .encode()
             .len(),

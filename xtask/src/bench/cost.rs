@@ -344,6 +344,7 @@ fn load_halod(object: &[u8], ext: u32, int: u32, vip: Ipv4Addr, node: Ipv4Addr) 
         listeners,
         flags: CONFIG_ENABLED,
         next_hop_ttl_ms: NEXT_HOP_TTL_MS,
+        ..Default::default()
     };
     Array::<&mut MapData, common::Config>::try_from(
         ebpf.map_mut(names::CONFIG).context("CONFIG")?,

@@ -9,6 +9,7 @@
 //! - [`failover`]: node death to first packet at the new owner: halod and HAProxy.
 //! - [`scale`]: 1,000-10,000 simulated nodes heartbeating: daemon memory, CPU, detection.
 //! - [`drain`]: connections a join resets, with and without the drain of planned moves.
+//! - [`heartbeats`]: node protocol version 1 (TCP) against 2 (UDP stamped in XDP) at scale.
 //!
 //! The "## Routing core" section of docs/benchmarks.md comes from
 //! `cargo bench -p halod --bench routing` and is written by hand; it and the hand-written
@@ -21,6 +22,7 @@ mod drain;
 mod failover;
 mod forwarding;
 mod halod;
+mod heartbeats;
 mod objects;
 mod process;
 mod report;
@@ -53,16 +55,18 @@ pub enum Section {
     Failover,
     Scale,
     Drain,
+    Heartbeats,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Churn,
         Section::Cost,
         Section::Forwarding,
         Section::Failover,
         Section::Scale,
         Section::Drain,
+        Section::Heartbeats,
     ];
 }
 
@@ -116,6 +120,7 @@ pub struct Results {
     pub failover: Option<Result<failover::Failover, String>>,
     pub scale: Option<Result<scale::Scale, String>>,
     pub drain: Option<Result<drain::Drain, String>>,
+    pub heartbeats: Option<Result<heartbeats::Heartbeats, String>>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -172,6 +177,12 @@ pub fn run(options: &Options) -> Result<()> {
             Section::Drain => {
                 results.drain = Some(with_bed(3, |bed| drain::run(bed, &objects)).map_err(text));
             }
+            Section::Heartbeats => {
+                results.heartbeats = Some(
+                    heartbeats::run(&objects, &heartbeats::loads(), plan.scale_window_seconds)
+                        .map_err(text),
+                );
+            }
             Section::Scale => {
                 results.scale = Some(
                     with_bed(1, |bed| {
@@ -227,6 +238,10 @@ pub fn run(options: &Options) -> Result<()> {
         results.failover.as_ref().map(|r| ("failover", r.is_err())),
         results.scale.as_ref().map(|r| ("scale", r.is_err())),
         results.drain.as_ref().map(|r| ("drain", r.is_err())),
+        results
+            .heartbeats
+            .as_ref()
+            .map(|r| ("heartbeats", r.is_err())),
     ]
     .into_iter()
     .flatten()

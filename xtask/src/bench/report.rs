@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::failover::{self, Trials};
 use super::forwarding::{Figure, Method};
-use super::{Options, Plan, Results, Section, drain, scale};
+use super::{Options, Plan, Results, Section, drain, heartbeats, scale};
 use crate::command;
 
 /// The machine the run happened on.
@@ -243,6 +243,7 @@ pub fn targets(results: &Results) -> Vec<Target> {
                 .into(),
         });
     }
+    out.extend(heartbeat_target(results));
     // 5. Scale.
     if let Some(Ok(s)) = &results.scale {
         let top = s
@@ -381,6 +382,7 @@ pub fn render(ctx: &Context, results: &Results) -> String {
     failover_section(&mut md, ctx, results);
     scale_section(&mut md, ctx, results);
     drain_section(&mut md, ctx, results);
+    heartbeats_section(&mut md, ctx, results);
     churn_section(&mut md, ctx, results);
 
     // The hand-written section, verbatim.
@@ -878,6 +880,113 @@ fn routing_core(previous: &str) -> String {
     };
     // It and every section after it are written by hand.
     previous[start..].to_string()
+}
+
+/// Issue 15's heartbeat target: under 20% of one core at 100,000 heartbeats a second,
+/// the daemon's CPU and the XDP program's run time together.
+fn heartbeat_target(results: &Results) -> Option<Target> {
+    let Some(Ok(h)) = &results.heartbeats else {
+        return None;
+    };
+    let rows: Vec<&heartbeats::Row> = h.rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let best = rows
+        .iter()
+        .filter(|r| r.load.version == 2 && (90_000.0..=120_000.0).contains(&r.offered_per_second))
+        .max_by(|a, b| a.total_percent().total_cmp(&b.total_percent()));
+    Some(match best {
+        Some(r) => Target {
+            name: "heartbeats: < 20% of one core at 100,000 heartbeats/s (protocol version 2, \
+                   daemon + XDP)"
+                .into(),
+            met: Some(r.total_percent() < 20.0),
+            figure: format!(
+                "{:.1}% ({:.1}% daemon + {:.1}% XDP) at {} heartbeats/s from {} nodes",
+                r.total_percent(),
+                r.daemon_percent,
+                r.xdp_percent,
+                thousands(r.offered_per_second),
+                thousands(r.load.nodes as f64)
+            ),
+            why: "the heaviest version-2 row is over the target: see \"Heartbeats\"".into(),
+        },
+        None => Target {
+            name: "heartbeats: < 20% of one core at 100,000 heartbeats/s (protocol version 2, \
+                   daemon + XDP)"
+                .into(),
+            met: None,
+            figure: "no version-2 row offered 90,000 to 120,000 heartbeats/s".into(),
+            why: String::new(),
+        },
+    })
+}
+
+fn heartbeats_section(md: &mut String, ctx: &Context, results: &Results) {
+    let _ = writeln!(md, "## Heartbeats\n");
+    let state = results.heartbeats.as_ref().map(|r| r.as_ref().map(drop));
+    if not_run(md, Section::Heartbeats, state) {
+        return;
+    }
+    let Some(Ok(h)) = &results.heartbeats else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Command: `{}` (section `heartbeats`). Code: `xtask/src/bench/heartbeats.rs`, whose \
+         doc comment has the method. Protocol version 1 (TCP `hb` lines) and version 2 (UDP \
+         datagrams the XDP program stamps and drops) against one `halod run` each, pinned to \
+         CPU 1, `dead_after: {}` (version 1: {}, its daemon is saturated); CPU over {} s of steady heartbeats: the daemon's utime + \
+         stime and the XDP program's run time (BPF run-time statistics), each as a share of \
+         one core. The kernel's cost of carrying the datagrams to the program (the \
+         generator's raw socket, veths, bridge) is on the generator's CPU and not counted, \
+         nor the TCP receive of version-1 heartbeats over loopback. \"Offered\" is what the \
+         generator, sharing the 2 cores, sent of the nominal rate (nodes x 1000 / \
+         heartbeat). Detection: a node's heartbeats stop (its connection stays open), timed \
+         from its last heartbeat to the gateway closing its connection, 3 times. At most \
+         {} nodes: every node holds a TCP connection to the daemon, and a process here may \
+         not open more than 20,000 files (hard limit, no CAP_SYS_RESOURCE), so 100,000 \
+         nodes x 1/s or 50,000 x 10/s cannot be registered on this VM.\n",
+        ctx.command,
+        heartbeats::DEAD_AFTER,
+        heartbeats::DEAD_AFTER_V1,
+        h.window_seconds,
+        thousands(heartbeats::MOST_NODES as f64),
+    );
+    let _ = writeln!(
+        md,
+        "| Protocol | nodes | heartbeat | heartbeats/s offered | daemon CPU | XDP program \
+         (runs/s) | daemon + XDP (% of one core) | join time (s) | failure detection (ms; \
+         window) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for row in &h.rows {
+        match row {
+            Ok(r) => {
+                let det: Vec<String> = r.detection_ms.iter().map(|v| format!("{v:.0}")).collect();
+                let _ = writeln!(
+                    md,
+                    "| v{} ({}) | {} | {} ms | {} of {} | {:.1}% | {:.2}% ({}) | **{:.1}%** | \
+                     {:.1} | {}; {} |",
+                    r.load.version,
+                    if r.load.version == 1 { "TCP" } else { "UDP" },
+                    thousands(r.load.nodes as f64),
+                    r.load.heartbeat_ms,
+                    thousands(r.offered_per_second),
+                    thousands(r.load.nodes as f64 * 1000.0 / r.load.heartbeat_ms as f64),
+                    r.daemon_percent,
+                    r.xdp_percent,
+                    thousands(r.xdp_runs_per_second),
+                    r.total_percent(),
+                    r.join_seconds,
+                    det.join(", "),
+                    r.load.heartbeat_ms * u64::from(r.load.dead_after()),
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(md, "| n/a: {} | | | | | | | | |", first_line(e));
+            }
+        }
+    }
+    let _ = writeln!(md);
 }
 
 #[cfg(test)]
