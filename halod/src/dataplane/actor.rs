@@ -10,7 +10,6 @@ type TableView = (Vec<Option<u16>>, Vec<Option<NodeTarget>>);
 enum Request {
     Apply(Vec<Write>, oneshot::Sender<Result<(), DataplaneError>>),
     Stats(oneshot::Sender<Result<Stats, DataplaneError>>),
-    Modes(oneshot::Sender<Vec<(String, AttachMode)>>),
     Table(oneshot::Sender<Result<TableView, DataplaneError>>),
     Shutdown(oneshot::Sender<()>),
     /// Stop, leaving the program attached and pinned for the next daemon.
@@ -23,6 +22,9 @@ pub struct DataplaneHandle {
     requests: mpsc::Sender<Request>,
     /// The dead-node flusher (its own thread), when it runs.
     flusher: Option<FlushSender>,
+    /// Attach mode per interface, fixed when the program was attached: read
+    /// without waiting for the task, which a large batch keeps busy.
+    modes: std::sync::Arc<Vec<(String, AttachMode)>>,
 }
 
 /// Moves `dataplane` into its own task. The task ends on
@@ -31,6 +33,7 @@ pub struct DataplaneHandle {
 /// every handle is dropped (as the dataplane's `keep_on_drop` says). Must be
 /// called inside a tokio runtime.
 pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
+    let modes = std::sync::Arc::new(dataplane.modes());
     let flusher = dataplane.flusher();
     let (requests, mut inbox) = mpsc::channel::<Request>(64);
     // Map updates are short syscalls; a blocking thread keeps them off the
@@ -48,9 +51,6 @@ pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
                 }
                 Request::Stats(reply) => {
                     let _ = reply.send(dataplane.stats());
-                }
-                Request::Modes(reply) => {
-                    let _ = reply.send(dataplane.modes());
                 }
                 Request::Table(reply) => {
                     let _ = reply.send(dataplane.table());
@@ -70,7 +70,11 @@ pub fn spawn(dataplane: Dataplane) -> DataplaneHandle {
             }
         }
     });
-    DataplaneHandle { requests, flusher }
+    DataplaneHandle {
+        requests,
+        flusher,
+        modes,
+    }
 }
 
 impl DataplaneHandle {
@@ -105,7 +109,10 @@ impl DataplaneHandle {
 
     /// Attach mode per interface; empty once the task has stopped.
     pub async fn modes(&self) -> Vec<(String, AttachMode)> {
-        self.ask(Request::Modes).await.unwrap_or_default()
+        if self.requests.is_closed() {
+            return Vec::new();
+        }
+        self.modes.as_ref().clone()
     }
 
     /// The route -> slot and slot -> node tables as the kernel holds them.
