@@ -199,6 +199,8 @@ impl Drains {
             }
             if drains.routes.is_empty() {
                 self.nodes.remove(&node);
+            } else if drains.routes.len() * 4 < drains.routes.capacity() {
+                drains.routes.shrink_to_fit();
             }
             for &route in &due {
                 self.forget(route);
@@ -232,6 +234,14 @@ impl Drains {
             routes.push(route);
         }
         routes.sort_unstable();
+        // A storm's drains leave room for every route behind: give it back
+        // once most of them ended.
+        if self.drainers.len() * 4 < self.drainers.capacity() {
+            self.drainers.shrink_to_fit();
+        }
+        if self.nodes.len() * 4 < self.nodes.capacity() {
+            self.nodes.shrink_to_fit();
+        }
         (ended, routes)
     }
 

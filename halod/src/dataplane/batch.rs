@@ -13,6 +13,9 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{MapData, MapError};
 
+/// Entries whose room is kept between batches; a larger batch's is freed.
+const KEEP: usize = 4096;
+
 /// `BPF_MAP_UPDATE_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -87,6 +90,11 @@ impl Pending {
         let done = attr.count as usize;
         self.keys.clear();
         self.values.clear();
+        // A storm's batch of 65,535 entries is not kept for the next one.
+        if self.keys.capacity() > KEEP {
+            self.keys = Vec::new();
+            self.values = Vec::new();
+        }
         if result < 0 {
             let io_error = std::io::Error::last_os_error();
             return Err((
