@@ -266,7 +266,8 @@ pub fn targets(results: &Results) -> Vec<Target> {
                 (
                     Some(cold && warm && memory),
                     format!(
-                        "join storm: {} of {} welcomed within {} s (last {:.2} s), {} stalls,                          halod status <= {:.0} ms; reconnect storm: {}; {:.0} B per node \
+                        "join storm: {} of {} welcomed within {} s (last {:.2} s), {} stalls, \
+                         halod status <= {:.0} ms; reconnect storm: {}; {:.0} B per node \
                          ({:.0} B while the storm's drains were open)",
                         thousands(storm.within_target as f64),
                         thousands(p.nodes as f64),
@@ -284,7 +285,44 @@ pub fn targets(results: &Results) -> Vec<Target> {
                         p.settled_bytes_per_node(),
                         p.bytes_per_node(),
                     ),
-                    "The heartbeat CPU target is the `heartbeats` section's.".to_string(),
+                    {
+                        let mut missed = Vec::new();
+                        if storm.within_target < p.nodes {
+                            missed.push(format!(
+                                "{} of {} nodes were welcomed later than {} s after the \
+                                 release (the last {:.2} s after it)",
+                                thousands((p.nodes - storm.within_target) as f64),
+                                thousands(p.nodes as f64),
+                                scale::STORM_TARGET.as_secs(),
+                                storm.seconds
+                            ));
+                        }
+                        if storm.stalls > 0 {
+                            missed.push(format!("{} stall warnings", storm.stalls));
+                        }
+                        if storm.status_max_ms > 50.0 || storm.status_failures > 0 {
+                            missed.push(format!(
+                                "`halod status` took up to {:.0} ms ({} unanswered)",
+                                storm.status_max_ms, storm.status_failures
+                            ));
+                        }
+                        if !warm {
+                            missed.push("the reconnect storm failed or moved nodes".into());
+                        }
+                        if !memory {
+                            missed.push(format!(
+                                "{:.0} B of daemon memory per node once the storm's drains \
+                                 ended",
+                                p.settled_bytes_per_node()
+                            ));
+                        }
+                        format!(
+                            "Missed: {}. The hand-written section \"Control plane at 10,000 \
+                             nodes: where a storm's time went\" below has the profile, what \
+                             changed and what is left.",
+                            missed.join("; ")
+                        )
+                    },
                 )
             }
             None => (None, "not measured".into(), String::new()),
