@@ -114,6 +114,22 @@ fn gather() {
     }
 }
 
+/// Allocations of 1 MiB and more (a storm's route-sized maps, plans and
+/// batches) get their own mappings, returned to the system when freed. glibc
+/// otherwise raises that threshold to the largest block freed so far, after
+/// which such blocks come from the heap and leave it fragmented: the resident
+/// memory per node after a storm stayed about 2 KB higher (5.9 KB against
+/// 3.5 KB at 10,000 nodes). At 128 KiB the storm itself got slower (a
+/// mapping for every route-sized table).
+fn keep_large_allocations_apart() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a tunable of the allocator; called before any
+    // other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+    }
+}
+
 /// Connections the kernel may hold for the node listener before the daemon
 /// accepts them. After a gateway restart or a power event thousands of nodes
 /// connect at once; with the usual 1,024 the rest of a burst would have
@@ -135,6 +151,7 @@ fn listen_for_nodes(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> 
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    keep_large_allocations_apart();
     // Every check before any change to the system.
     let config = Config::load(&args.config)?;
     if args.check {

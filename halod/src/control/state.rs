@@ -347,6 +347,8 @@ pub async fn run_writer(
     shutdown: CancellationToken,
 ) {
     let mut written: Option<SavedState> = None;
+    // The manager's first table is on its way: nothing is on disk for it yet.
+    metrics.state_file(|health| health.up_to_date = false);
     loop {
         let stopping = tokio::select! {
             () = shutdown.cancelled() => true,
