@@ -148,6 +148,17 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// The daemon logged no stall and failed no node.
+fn no_stall_and_no_failure(gateway: &Gateway) {
+    let log = gateway.log_text();
+    assert!(!log.contains(STALL), "the daemon stalled:\n{}", tail(&log));
+    assert!(
+        !log.contains("node failed"),
+        "a node failed:\n{}",
+        tail(&log)
+    );
+}
+
 /// The table as `halod routes --json` gives it, without the counters.
 fn table(gateway: &Gateway) -> Vec<(u64, String)> {
     let routes = gateway.json("routes");
@@ -240,16 +251,7 @@ fn a_storm_of_hellos_is_welcomed_and_a_restart_moves_nothing() {
         before.iter().all(|(_, node)| !node.is_empty()),
         "a route without a node"
     );
-    assert!(
-        !gateway.logged(STALL),
-        "the daemon stalled:\n{}",
-        tail(&gateway.log_text())
-    );
-    assert!(
-        !gateway.logged("node failed"),
-        "{}",
-        tail(&gateway.log_text())
-    );
+    no_stall_and_no_failure(&gateway);
 
     // Round 2: the daemon dies; every node reconnects at once.
     counts.connected.store(0, Ordering::SeqCst);
@@ -283,16 +285,7 @@ fn a_storm_of_hellos_is_welcomed_and_a_restart_moves_nothing() {
         0,
         "moved/assigned after the restart"
     );
-    assert!(
-        !gateway.logged(STALL),
-        "the daemon stalled:\n{}",
-        tail(&gateway.log_text())
-    );
-    assert!(
-        !gateway.logged("node failed"),
-        "{}",
-        tail(&gateway.log_text())
-    );
+    no_stall_and_no_failure(&gateway);
 
     go.send_replace(u64::MAX);
     drop(gateway);
