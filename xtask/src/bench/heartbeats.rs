@@ -51,6 +51,7 @@ use super::halod::NODES_LISTEN;
 use super::objects::Objects;
 use super::process::Process;
 use super::traffic::{pin_thread, process_cpu_ns};
+use super::victims::Victims;
 use crate::testbed::{Testbed, TestbedOptions, netns_command, run_in_netns, spawn_in_netns};
 
 /// The test bed and instance of this section: never another run's.
@@ -225,11 +226,7 @@ struct Shared {
     failed: AtomicU64,
     /// Heartbeats sent (both versions).
     sent: AtomicU64,
-    /// Index of the node that must go silent, or u64::MAX.
-    victim: AtomicU64,
-    victim_last_hb: AtomicU64,
-    armed_at: AtomicU64,
-    first_event: AtomicU64,
+    victims: Victims,
 }
 
 impl Shared {
@@ -280,10 +277,7 @@ fn measure(bed: &Testbed, objects: &Objects, load: Load, window: u64) -> Result<
         joined: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         sent: AtomicU64::new(0),
-        victim: AtomicU64::new(u64::MAX),
-        victim_last_hb: AtomicU64::new(0),
-        armed_at: AtomicU64::new(u64::MAX),
-        first_event: AtomicU64::new(0),
+        victims: Victims::default(),
     });
     // Each node's id and key, from its welcome (0: not registered yet): the UDP
     // generator sends for every registered node from the start, so that the first to
@@ -359,37 +353,13 @@ fn measure(bed: &Testbed, objects: &Objects, load: Load, window: u64) -> Result<
         let xdp_ns = xdp.0.saturating_sub(xdp_before.0);
         let xdp_runs = xdp.1.saturating_sub(xdp_before.1);
 
-        let mut detection_ms = Vec::new();
-        for v in 0..VICTIMS {
-            let victim = load.nodes - 1 - v;
-            shared.first_event.store(0, Ordering::SeqCst);
-            shared.victim_last_hb.store(0, Ordering::SeqCst);
-            shared.victim.store(victim as u64, Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_millis(load.heartbeat_ms * 3 + 2000);
-            while shared.victim_last_hb.load(Ordering::SeqCst) == 0 {
-                if Instant::now() > deadline {
-                    bail!("the victim node did not stop its heartbeats");
-                }
-                thread::sleep(Duration::from_millis(1));
-            }
-            let last_hb = shared.victim_last_hb.load(Ordering::SeqCst);
-            shared.armed_at.store(last_hb, Ordering::SeqCst);
-            let dead = Duration::from_millis(load.heartbeat_ms * u64::from(load.dead_after()));
-            let deadline = Instant::now() + dead + Duration::from_secs(10);
-            let first = loop {
-                let first = shared.first_event.load(Ordering::SeqCst);
-                if first != 0 {
-                    break first;
-                }
-                if Instant::now() > deadline {
-                    bail!("the silent node {victim} was not failed within its window + 10 s");
-                }
-                thread::sleep(Duration::from_millis(1));
-            };
-            detection_ms.push(first.saturating_sub(last_hb) as f64 / 1e6);
-            shared.armed_at.store(u64::MAX, Ordering::SeqCst);
-            thread::sleep(Duration::from_millis(200));
-        }
+        let dead = Duration::from_millis(load.heartbeat_ms * u64::from(load.dead_after()));
+        let detection_ms = shared.victims.measure(
+            load.nodes,
+            VICTIMS,
+            Duration::from_millis(load.heartbeat_ms * 3 + 2000),
+            dead + Duration::from_secs(10),
+        )?;
         Ok(Row {
             load,
             join_seconds,
@@ -542,9 +512,9 @@ async fn node(
                 if silent {
                     continue;
                 }
-                if shared.victim.load(Ordering::Relaxed) == i as u64 {
+                if shared.victims.is(i) {
                     silent = true;
-                    shared.victim_last_hb.store(last_sent.max(1), Ordering::SeqCst);
+                    shared.victims.stopped(last_sent);
                     continue;
                 }
                 writer.write_all(b"{\"type\":\"hb\"}\n").await?;
@@ -554,12 +524,10 @@ async fn node(
             line = lines.next_line() => match line? {
                 Some(_) => {}
                 None => {
-                    let now = shared.now();
-                    let is_victim = shared.victim.load(Ordering::Relaxed) == i as u64;
-                    if is_victim && now >= shared.armed_at.load(Ordering::SeqCst) {
-                        let _ = shared.first_event.compare_exchange(
-                            0, now, Ordering::SeqCst, Ordering::SeqCst);
-                    } else if !is_victim && !shared.stop.load(Ordering::Relaxed) {
+                    let is_victim = shared.victims.is(i);
+                    if is_victim {
+                        shared.victims.failed(shared.now());
+                    } else if !shared.stop.load(Ordering::Relaxed) {
                         bail!("the gateway closed the connection of a live node");
                     }
                     while !shared.stop.load(Ordering::Relaxed) {
@@ -642,14 +610,14 @@ fn udp_heartbeats(
                 let mut headers = Vec::with_capacity(count);
                 for k in 0..count {
                     let i = ((next + k as u64) % packets.len() as u64) as usize;
-                    let victim = shared.victim.load(Ordering::Relaxed);
+                    let victim = shared.victims.current();
                     if victim != victim_seen && victim as usize == i {
                         // Its next heartbeat is the one it does not send.
                         victim_seen = victim;
                         silenced = Some(i);
                         let last = packets.len() - 1 - i;
                         let last = last_sent.get(last).copied().unwrap_or(0);
-                        shared.victim_last_hb.store(last.max(1), Ordering::SeqCst);
+                        shared.victims.stopped(last);
                     }
                     if silenced == Some(i) {
                         continue;

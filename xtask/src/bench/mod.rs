@@ -28,6 +28,7 @@ mod process;
 mod report;
 mod scale;
 mod traffic;
+mod victims;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -45,6 +45,7 @@ use super::halod::{GatewaySettings, INSTANCE, NODES_LISTEN, config_text};
 use super::objects::Objects;
 use super::process::Process;
 use super::traffic::{process_cpu_ns, rss_bytes};
+use super::victims::Victims;
 use crate::testbed::{Testbed, netns_command, spawn_in_netns};
 
 pub const HEARTBEAT_MS: u64 = 100;
@@ -196,12 +197,7 @@ struct Shared {
     answer_max: AtomicU64,
     /// Connections that ended while a restart was announced (`restarting`).
     restarting: AtomicBool,
-    /// Index of the node that must go silent, or u64::MAX.
-    victim: AtomicU64,
-    victim_last_hb: AtomicU64,
-    /// After this instant (ns since base), the first failure message is noted.
-    armed_at: AtomicU64,
-    first_event: AtomicU64,
+    victims: Victims,
 }
 
 impl Shared {
@@ -286,10 +282,7 @@ fn measure(bed: &Testbed, objects: &Objects, nodes: usize, window: u64) -> Resul
         connect_max: AtomicU64::new(0),
         answer_max: AtomicU64::new(0),
         restarting: AtomicBool::new(false),
-        victim: AtomicU64::new(u64::MAX),
-        victim_last_hb: AtomicU64::new(0),
-        armed_at: AtomicU64::new(u64::MAX),
-        first_event: AtomicU64::new(0),
+        victims: Victims::default(),
     });
     let generator = {
         let shared = shared.clone();
@@ -452,40 +445,12 @@ fn storm(
 
 /// Failure detection: three nodes go silent one after the other.
 fn detect(nodes: usize, shared: &Shared) -> Result<Vec<f64>> {
-    let mut detection_ms = Vec::new();
-    for v in 0..VICTIMS {
-        // The last joined nodes hold the last slots: each failure returns only their
-        // routes to the slots they came from.
-        let victim = nodes - 1 - v;
-        shared.first_event.store(0, Ordering::SeqCst);
-        shared.victim_last_hb.store(0, Ordering::SeqCst);
-        shared.victim.store(victim as u64, Ordering::SeqCst);
-        // The victim notes its last heartbeat when it sees it must stop.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while shared.victim_last_hb.load(Ordering::SeqCst) == 0 {
-            if Instant::now() > deadline {
-                bail!("the victim node did not stop its heartbeats");
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        let last_hb = shared.victim_last_hb.load(Ordering::SeqCst);
-        shared.armed_at.store(last_hb, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let first = loop {
-            let first = shared.first_event.load(Ordering::SeqCst);
-            if first != 0 {
-                break first;
-            }
-            if Instant::now() > deadline {
-                bail!("the silent node {victim} was not failed within 10 s");
-            }
-            thread::sleep(Duration::from_millis(1));
-        };
-        detection_ms.push((first.saturating_sub(last_hb)) as f64 / 1e6);
-        shared.armed_at.store(u64::MAX, Ordering::SeqCst);
-        thread::sleep(Duration::from_millis(200));
-    }
-    Ok(detection_ms)
+    shared.victims.measure(
+        nodes,
+        VICTIMS,
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    )
 }
 
 /// The reconnect storm: SIGKILL, a new daemon, every live node back at once.
@@ -621,14 +586,6 @@ async fn session(i: usize, nodes: usize, stream: TcpStream, shared: &Shared) -> 
         Duration::from_millis(HEARTBEAT_MS),
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let note_event = || {
-        let now = shared.now();
-        if now >= shared.armed_at.load(Ordering::SeqCst)
-            && shared.first_event.load(Ordering::SeqCst) == 0
-        {
-            shared.first_event.store(now, Ordering::SeqCst);
-        }
-    };
     let mut silent = false;
     // When this node's last heartbeat left (ns since base).
     let mut last_sent = 0;
@@ -641,9 +598,9 @@ async fn session(i: usize, nodes: usize, stream: TcpStream, shared: &Shared) -> 
                 if silent {
                     continue;
                 }
-                if shared.victim.load(Ordering::Relaxed) == i as u64 {
+                if shared.victims.is(i) {
                     silent = true;
-                    shared.victim_last_hb.store(last_sent.max(1), Ordering::SeqCst);
+                    shared.victims.stopped(last_sent);
                     continue;
                 }
                 if writer.write_all(b"{\"type\":\"hb\"}\n").await.is_err()
@@ -666,7 +623,7 @@ async fn session(i: usize, nodes: usize, stream: TcpStream, shared: &Shared) -> 
                     end => {
                         if silent {
                             // A failed (silent) node's connection is closed by the gateway.
-                            note_event();
+                            shared.victims.failed(shared.now());
                             shared.welcomed.fetch_sub(1, Ordering::SeqCst);
                             return Ok(Ended::Failed);
                         }
