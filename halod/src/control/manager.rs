@@ -753,10 +753,14 @@ impl<T: TablePush> Manager<T> {
                 "connection lost; waiting for the node to reconnect");
             entry.connection = None;
             entry.connected_since_unix_ms = None;
-            entry.awaiting = Some(Awaiting {
-                until: self.clock.now_ms() + grace_ms,
-                restart: false,
-            });
+            let until = self.clock.now_ms() + grace_ms;
+            self.nodes.set_awaiting(
+                &name,
+                Some(Awaiting {
+                    until,
+                    restart: false,
+                }),
+            );
             self.emit(WatchEvent::NodeDisconnected {
                 node: name,
                 reason,
@@ -972,11 +976,11 @@ impl<T: TablePush> Manager<T> {
         };
         let after_restart = entry.awaiting.is_some_and(|awaiting| awaiting.restart);
         entry.connection = Some(greeting.connection);
-        entry.awaiting = None;
         entry.connected_since_unix_ms = Some(unix_ms());
         entry.last_seen.store(now, Ordering::Relaxed);
         let last_seen = entry.last_seen.clone();
         let index = entry.index();
+        self.nodes.set_awaiting(&name, None);
         self.publish_summary();
         let delivered = greeting
             .reply
@@ -1517,12 +1521,8 @@ impl<T: TablePush> Manager<T> {
             counts: crate::api::Counts {
                 nodes: self.nodes.len(),
                 active,
-                spares: self.cluster.spares().len(),
-                awaiting: self
-                    .nodes
-                    .values()
-                    .filter(|n| n.connection.is_none())
-                    .count(),
+                spares: self.cluster.spare_count(),
+                awaiting: self.nodes.awaiting(),
                 routes_served: if active > 0 {
                     usize::from(self.cluster.routes())
                 } else {

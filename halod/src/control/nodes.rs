@@ -66,11 +66,46 @@ pub(super) struct NodeTable {
     by_addr: HashMap<Ipv4Addr, String>,
     free_indexes: Vec<u32>,
     next_index: u32,
+    /// `free_indexes` must be worked out again before use: nodes of a saved
+    /// table were entered (once for all of them, not per node).
+    free_stale: bool,
+    /// Entries that wait for their node to reconnect (`awaiting` set): kept
+    /// as entries change, so `halod status` never counts them one by one.
+    awaiting: usize,
 }
 
 impl NodeTable {
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Entries waiting for their node to reconnect.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting
+    }
+
+    /// Sets `name`'s reconnect deadline (`None`: it is connected again).
+    pub fn set_awaiting(&mut self, name: &str, awaiting: Option<Awaiting>) {
+        if let Some(entry) = self.nodes.get_mut(name) {
+            match (entry.awaiting.is_some(), awaiting.is_some()) {
+                (false, true) => self.awaiting += 1,
+                (true, false) => self.awaiting -= 1,
+                _ => {}
+            }
+            entry.awaiting = awaiting;
+        }
+    }
+
+    /// Works the free indexes out again after a restore.
+    fn refresh_free(&mut self) {
+        if !std::mem::take(&mut self.free_stale) {
+            return;
+        }
+        let used: std::collections::HashSet<u32> = self.nodes.values().map(|n| n.index).collect();
+        self.free_indexes = (0..self.next_index)
+            .rev()
+            .filter(|i| !used.contains(i))
+            .collect();
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -109,6 +144,7 @@ impl NodeTable {
         now_ms: u64,
         since_unix_ms: u64,
     ) -> &NodeEntry {
+        self.refresh_free();
         let index = self.free_indexes.pop().unwrap_or_else(|| {
             self.next_index += 1;
             self.next_index - 1
@@ -144,19 +180,15 @@ impl NodeTable {
             },
         );
         self.next_index = self.next_index.max(index + 1);
-        let used: std::collections::HashSet<u32> = self.nodes.values().map(|n| n.index).collect();
-        self.free_indexes = (0..self.next_index)
-            .rev()
-            .filter(|i| !used.contains(i))
-            .collect();
+        self.free_stale = true;
     }
 
     fn insert(&mut self, name: &str, entry: NodeEntry) -> &NodeEntry {
         self.by_addr.insert(entry.addr, name.to_string());
-        self.nodes
-            .entry(name.to_string())
-            .insert_entry(entry)
-            .into_mut()
+        self.awaiting += usize::from(entry.awaiting.is_some());
+        let replaced = self.nodes.insert(name.to_string(), entry);
+        self.awaiting -= replaced.map_or(0, |old| usize::from(old.awaiting.is_some()));
+        &self.nodes[name]
     }
 
     /// A registered node now sends from `addr`; `true` when it changed.
@@ -183,6 +215,7 @@ impl NodeTable {
     /// taken (the data plane still uses it) until [`NodeTable::release`].
     pub fn retire(&mut self, name: &str) -> Option<NodeEntry> {
         let entry = self.nodes.remove(name)?;
+        self.awaiting -= usize::from(entry.awaiting.is_some());
         if self
             .by_addr
             .get(&entry.addr)
@@ -195,6 +228,7 @@ impl NodeTable {
 
     /// Frees a counter index kept by [`NodeTable::retire`] or [`NodeTable::reserve`].
     pub fn release(&mut self, index: u32) {
+        self.refresh_free();
         if !self.nodes.values().any(|node| node.index == index) {
             self.free_indexes.push(index);
         }
@@ -203,6 +237,7 @@ impl NodeTable {
     /// Keeps `index` from being handed out (a node of a saved table that
     /// left and still drains).
     pub fn reserve(&mut self, index: u32) {
+        self.refresh_free();
         self.next_index = self.next_index.max(index + 1);
         self.free_indexes.retain(|free| *free != index);
     }
@@ -210,6 +245,7 @@ impl NodeTable {
     /// Drops a node's entry (its connection closes after what is queued) and
     /// frees its counter index.
     pub fn remove(&mut self, name: &str) -> Option<NodeEntry> {
+        self.refresh_free();
         let entry = self.retire(name)?;
         self.free_indexes.push(entry.index);
         Some(entry)

@@ -387,6 +387,11 @@ impl Cluster {
     }
 
     /// Whether `name` is registered (active or spare).
+    /// How many spares wait.
+    pub fn spare_count(&self) -> usize {
+        self.spares.len()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.places.contains_key(name)
     }
