@@ -66,7 +66,8 @@ pub(super) struct NodeTable {
     by_addr: HashMap<Ipv4Addr, String>,
     free_indexes: Vec<u32>,
     next_index: u32,
-    /// `free_indexes` must be worked out again before use: nodes of a saved
+    /// `free_indexes` must be worked out again, from the entries, before any
+    /// index is taken, given back or kept by a leaving node: nodes of a saved
     /// table were entered (once for all of them, not per node).
     free_stale: bool,
     /// Entries that wait for their node to reconnect (`awaiting` set): kept
@@ -214,6 +215,8 @@ impl NodeTable {
     /// Takes a node's entry out of the table but keeps its counter index
     /// taken (the data plane still uses it) until [`NodeTable::release`].
     pub fn retire(&mut self, name: &str) -> Option<NodeEntry> {
+        // Before the entry goes: its index stays taken.
+        self.refresh_free();
         let entry = self.nodes.remove(name)?;
         self.awaiting -= usize::from(entry.awaiting.is_some());
         if self
@@ -245,7 +248,6 @@ impl NodeTable {
     /// Drops a node's entry (its connection closes after what is queued) and
     /// frees its counter index.
     pub fn remove(&mut self, name: &str) -> Option<NodeEntry> {
-        self.refresh_free();
         let entry = self.retire(name)?;
         self.free_indexes.push(entry.index);
         Some(entry)
@@ -291,5 +293,34 @@ mod tests {
         assert_eq!(table.join("n3", addr(13), connection(), 0, 0).index(), 0);
         assert_eq!(table.join("n4", addr(14), connection(), 0, 0).index(), 2);
         assert_eq!(table.join("n5", addr(15), connection(), 0, 0).index(), 4);
+    }
+
+    /// A restored node that leaves before any join keeps its index taken
+    /// (it drains), and the waiting ones are counted as they come and go.
+    #[test]
+    fn a_restored_node_that_leaves_keeps_its_index_and_waiting_nodes_are_counted() {
+        let mut table = NodeTable::default();
+        table.restore("n1", addr(11), 0, 100);
+        table.restore("n2", addr(12), 2, 100);
+        assert_eq!(table.awaiting(), 2);
+        let left = table.retire("n1").unwrap();
+        assert_eq!(left.index(), 0);
+        assert_eq!(table.awaiting(), 1);
+        assert_eq!(table.join("n3", addr(13), connection(), 0, 0).index(), 1);
+        assert_eq!(table.join("n4", addr(14), connection(), 0, 0).index(), 3);
+        table.release(0);
+        assert_eq!(table.join("n5", addr(15), connection(), 0, 0).index(), 0);
+        table.set_awaiting("n2", None);
+        assert_eq!(table.awaiting(), 0);
+        table.set_awaiting(
+            "n3",
+            Some(Awaiting {
+                until: 5,
+                restart: false,
+            }),
+        );
+        assert_eq!(table.awaiting(), 1);
+        table.remove("n3");
+        assert_eq!(table.awaiting(), 0);
     }
 }
