@@ -834,20 +834,19 @@ impl Dataplane {
         let mut written: Vec<u16> = Vec::new();
         // Routes the batch drains, and routes it points at a slot: looked up
         // per write below, so a batch of thousands of routes stays linear.
-        let drained: std::collections::HashSet<u16> = writes
-            .iter()
-            .filter_map(|w| match *w {
-                Write::Drain { route, .. } => Some(route),
-                _ => None,
-            })
-            .collect();
-        let routed: std::collections::HashSet<u16> = writes
-            .iter()
-            .filter_map(|w| match *w {
-                Write::Route { route, .. } => Some(route),
-                _ => None,
-            })
-            .collect();
+        let mut drained = std::collections::HashSet::new();
+        let mut routed = std::collections::HashSet::new();
+        for write in writes {
+            match *write {
+                Write::Drain { route, .. } => {
+                    drained.insert(route);
+                }
+                Write::Route { route, .. } => {
+                    routed.insert(route);
+                }
+                Write::Slot { .. } | Write::DrainEnd { .. } => {}
+            }
+        }
         // New drains first: the entry (old and new node), then the route's
         // flag, in one write of its `ROUTE_SLOT` value. A drain the batch
         // ends before it starts the route's next one ends first, in order:
